@@ -1,0 +1,1124 @@
+//! The CLI layer: one method per smolvm subcommand, each building the exact argv the
+//! installed smolvm's dialect accepts and running it without a shell.
+//!
+//! Lifecycle calls return `Result<_, Error>`. [`Smolvm::machine_exec`] returns the guest's
+//! output and exit code, and fails only when smolvm itself failed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::{config, config_or_default};
+use crate::dialect::{Dialect, Version};
+use crate::error::{tail_lines, CommandLine, Error, Result};
+use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
+// use crate::sim::SimulatedRunner; // SIMTMP
+use crate::transcript;
+use crate::validate::{
+    format_timeout, validate_cidr, validate_env_key, validate_env_value, validate_guest_path,
+    validate_label, validate_machine_name,
+};
+
+/// A smolvm client: which binary, which runner, which timeout. Cheap to clone (an `Arc`).
+///
+/// ```no_run
+/// use smolvm_harness::{CreateOptions, ExecOptions, Smolvm};
+///
+/// let smolvm = Smolvm::from_env();
+/// smolvm.machine_create("web", &CreateOptions::image("alpine:latest").net())?;
+/// smolvm.machine_start("web")?;
+/// let out = smolvm.machine_exec("web", &["uname", "-a"], &ExecOptions::default())?;
+/// assert!(out.success());
+/// smolvm.machine_delete("web")?;
+/// # Ok::<(), smolvm_harness::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Smolvm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// As configured: a bare name (looked up on `PATH`) or a path.
+    program: PathBuf,
+    runner: Arc<dyn Runner>,
+    /// Only the real runner's answers may be cached per binary across clients.
+    process_runner: bool,
+    timeout: Option<Duration>,
+    env: Vec<(String, String)>,
+    version_override: Option<Version>,
+    version: OnceLock<Version>,
+}
+
+impl fmt::Debug for Smolvm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smolvm")
+            .field("program", &self.inner.program)
+            .field("runner", &self.inner.runner)
+            .field("timeout", &self.timeout())
+            .field("version", &self.inner.version.get())
+            .finish()
+    }
+}
+
+impl Smolvm {
+    /// The binary named by `SMOLVM_BIN` (a name or a path), else `smolvm` on `PATH`.
+    pub fn from_env() -> Smolvm {
+        Smolvm::new(smolvm_bin_from_env())
+    }
+
+    /// A specific binary: a name looked up on `PATH`, or a path.
+    pub fn new(program: impl Into<PathBuf>) -> Smolvm {
+        Smolvm {
+            inner: Arc::new(Inner {
+                program: program.into(),
+                runner: Arc::new(ProcessRunner),
+                process_runner: true,
+                timeout: None,
+                env: Vec::new(),
+                version_override: None,
+                version: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// A client whose runner is the in-process simulation of the newest supported smolvm.
+    /// Nothing is spawned; see [`SimulatedRunner`] for what it simulates.
+    ///
+    /// ```
+    /// use smolvm_harness::{CreateOptions, ExecOptions, Smolvm};
+    /// let smolvm = Smolvm::simulated();
+    /// smolvm.machine_create("demo", &CreateOptions::image("alpine").net()).unwrap();
+    /// smolvm.machine_start("demo").unwrap();
+    /// let out = smolvm.machine_exec("demo", &["echo", "hi"], &ExecOptions::default()).unwrap();
+    /// assert_eq!(out.stdout_str(), "hi\n");
+    /// ```
+    pub fn simulated() -> Smolvm {
+        Smolvm::simulated_version(Version::NEWEST_KNOWN)
+    }
+
+    /// A client over the simulation of a given smolvm version (e.g. `Version::new(0, 8, 0)`).
+    pub fn simulated_version(version: Version) -> Smolvm {
+        { let _ = version; todo!() } // SIMTMP
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Inner)) -> Smolvm {
+        let mut inner = Inner {
+            program: self.inner.program.clone(),
+            runner: Arc::clone(&self.inner.runner),
+            process_runner: self.inner.process_runner,
+            timeout: self.inner.timeout,
+            env: self.inner.env.clone(),
+            version_override: self.inner.version_override,
+            version: OnceLock::new(),
+        };
+        if let Some(v) = self.inner.version.get() {
+            let _ = inner.version.set(*v);
+        }
+        f(&mut inner);
+        Smolvm {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same client with another runner (a [`crate::ScriptedRunner`], a
+    /// [`SimulatedRunner`], or your own). The detected version is forgotten.
+    pub fn with_runner(&self, runner: impl Runner + 'static) -> Smolvm {
+        self.edit(|i| {
+            i.runner = Arc::new(runner);
+            i.process_runner = false;
+            i.version = OnceLock::new();
+        })
+    }
+
+    /// The same client with another default host-side timeout per call (instead of
+    /// `SMOLVM_HARNESS_TIMEOUT`, default 300 s). `pack create` uses the larger of this and
+    /// `SMOLVM_HARNESS_PACK_TIMEOUT`.
+    pub fn with_timeout(&self, timeout: Duration) -> Smolvm {
+        self.edit(|i| i.timeout = Some(timeout))
+    }
+
+    /// The same client, with `KEY=VALUE` in the environment of the smolvm process (not of the
+    /// guest): e.g. `SMOLVM_DATA_DIR` to isolate state.
+    pub fn with_process_env(&self, key: impl Into<String>, value: impl Into<String>) -> Smolvm {
+        let (key, value) = (key.into(), value.into());
+        self.edit(|i| i.env.push((key, value)))
+    }
+
+    /// The same client, assuming this smolvm version instead of asking `--version`: for
+    /// builds whose version string is unusual.
+    pub fn with_version(&self, version: Version) -> Smolvm {
+        self.edit(|i| {
+            i.version_override = Some(version);
+            i.version = OnceLock::new();
+        })
+    }
+
+    /// The program as configured.
+    pub fn program(&self) -> &Path {
+        &self.inner.program
+    }
+
+    /// For a client that spawns real processes: the program and the extra process env, i.e.
+    /// what another process needs to reach the same smolvm (the crash watcher and the
+    /// next run's sweep). `None` for in-process runners, whose machines die with the process.
+    pub(crate) fn process_target(&self) -> Option<(PathBuf, Vec<(String, String)>)> {
+        self.inner
+            .process_runner
+            .then(|| (self.inner.program.clone(), self.inner.env.clone()))
+    }
+
+    /// The default host-side timeout of each call.
+    pub fn timeout(&self) -> Duration {
+        self.inner
+            .timeout
+            .unwrap_or_else(|| config_or_default().call_timeout)
+    }
+
+    /// True when this client can run smolvm: for the real runner, the binary resolves to an
+    /// executable file (checked once per binary); for any other runner, always.
+    pub fn is_available(&self) -> bool {
+        if !self.inner.process_runner {
+            return true;
+        }
+        static CACHE: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(hit) = lock(cache).get(&self.inner.program) {
+            return *hit;
+        }
+        let found = resolve_program(&self.inner.program).is_ok();
+        lock(cache).insert(self.inner.program.clone(), found);
+        found
+    }
+
+    /// The smolvm version, from `smolvm --version` (asked once per binary and cached), or the
+    /// override given to [`Smolvm::with_version`].
+    pub fn version(&self) -> Result<Version> {
+        if let Some(v) = self.inner.version_override {
+            return Ok(v);
+        }
+        if let Some(v) = self.inner.version.get() {
+            return Ok(*v);
+        }
+        static BY_BINARY: OnceLock<Mutex<HashMap<PathBuf, Version>>> = OnceLock::new();
+        let by_binary = BY_BINARY.get_or_init(Default::default);
+        if self.inner.process_runner {
+            if let Some(v) = lock(by_binary).get(&self.inner.program) {
+                let _ = self.inner.version.set(*v);
+                return Ok(*v);
+            }
+        }
+        let args = vec!["--version".to_string()];
+        let (inv, out) = self.run(None, args, self.timeout())?;
+        let out = check(&inv, out)?;
+        let v = Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(
+            |e| Error::Parse {
+                command: inv.command_line(),
+                reason: e.to_string(),
+            },
+        )?;
+        let _ = self.inner.version.set(v);
+        if self.inner.process_runner {
+            lock(by_binary).insert(self.inner.program.clone(), v);
+        }
+        Ok(v)
+    }
+
+    /// The dialect of [`Smolvm::version`].
+    pub fn dialect(&self) -> Result<Dialect> {
+        Ok(Dialect::for_version(self.version()?))
+    }
+
+    /// `smolvm pack create --image IMAGE -o OUTPUT`. Returns the `.smolmachine` sidecar
+    /// (`OUTPUT.smolmachine`), which is what [`CreateOptions::from_path`] needs; smolvm writes
+    /// both files.
+    pub fn pack_create(&self, image: &str, output: impl AsRef<Path>) -> Result<PathBuf> {
+        check_image(image)?;
+        let output = output.as_ref();
+        let out_str = path_arg("pack output", output)?;
+        if out_str.is_empty() {
+            return Err(Error::invalid("pack output", "must not be empty"));
+        }
+        let args = strings(&["pack", "create", "--image", image, "-o", &out_str]);
+        let timeout = self.timeout().max(config_or_default().pack_timeout);
+        let (inv, out) = self.run(None, args, timeout)?;
+        check(&inv, out)?;
+        let mut sidecar = output.as_os_str().to_owned();
+        sidecar.push(".smolmachine");
+        Ok(PathBuf::from(sidecar))
+    }
+
+    /// `smolvm machine create` in this smolvm's dialect: created, not started.
+    ///
+    /// Refuses, before spawning, a [`CreateOptions::from_path`] with CIDRs on smolvm < 1.8.0:
+    /// those versions silently drop the egress policy (and 0.8.0 with `--net` would grant
+    /// unrestricted network). Labels are sent only where supported (≥ 1.8.0).
+    pub fn machine_create(&self, name: &str, options: &CreateOptions) -> Result<()> {
+        validate_machine_name(name)?;
+        options.validate()?;
+        let dialect = self.dialect()?;
+        let args = options.argv(name, dialect)?;
+        let (inv, out) = self.run(Some(name), args, self.timeout())?;
+        check(&inv, out).map(drop)
+    }
+
+    /// `smolvm machine start --name NAME`.
+    pub fn machine_start(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "start", "--name", name]);
+        let (inv, out) = self.run(Some(name), args, self.timeout())?;
+        check(&inv, out).map(drop)
+    }
+
+    /// `smolvm machine stop --name NAME`. Stopping a machine that is not running succeeds.
+    pub fn machine_stop(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "stop", "--name", name]);
+        let (inv, out) = self.run(Some(name), args, self.timeout())?;
+        check(&inv, out).map(drop)
+    }
+
+    /// `smolvm machine delete -f` in this smolvm's dialect. Idempotent: a machine that does
+    /// not exist counts as deleted. `-f` is always sent: without it smolvm prompts, and on a
+    /// closed stdin cancels and keeps the machine. On smolvm 0.8.0, whose delete leaves a
+    /// running VM orphaned, the machine is stopped first.
+    pub fn machine_delete(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let dialect = self.dialect()?;
+        if !dialect.delete_stops_running {
+            match self.machine_stop(name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => return Ok(()),
+                // The delete below still removes the record; report its outcome instead.
+                Err(_) => {}
+            }
+        }
+        let args = if dialect.name_flag {
+            strings(&["machine", "delete", "-f", "--name", name])
+        } else {
+            strings(&["machine", "delete", "-f", name])
+        };
+        let (inv, out) = self.run(Some(name), args, self.timeout())?;
+        match check(&inv, out) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `smolvm machine exec --name NAME [-w DIR] [--timeout T] [--env=K=V]… -- ARGV…`.
+    ///
+    /// A non-zero guest exit is **not** an error: it is in [`ExecOutput::code`]. It is an
+    /// error when smolvm itself failed (machine not found, not running), which smolvm
+    /// reports as exit 1 with its own `Error: …` line, so exec on a dead machine never looks
+    /// like "the guest exited 1". The host-side limit is the guest timeout plus 10 s when a
+    /// guest timeout is set, and never less than the client's default.
+    pub fn machine_exec<S: AsRef<str>>(
+        &self,
+        name: &str,
+        argv: &[S],
+        options: &ExecOptions,
+    ) -> Result<ExecOutput> {
+        validate_machine_name(name)?;
+        if argv.is_empty() {
+            return Err(Error::invalid("exec argv", "must name a command to run"));
+        }
+        options.validate()?;
+        let mut args = strings(&["machine", "exec", "--name", name]);
+        if let Some(dir) = &options.workdir {
+            // The attached form keeps a directory that starts with `-` from being read as a flag.
+            if dir.starts_with('-') {
+                args.push(format!("-w={dir}"));
+            } else {
+                args.push("-w".into());
+                args.push(dir.clone());
+            }
+        }
+        let mut host_timeout = self.timeout();
+        if let Some(t) = options.timeout {
+            args.push("--timeout".into());
+            args.push(format_timeout(t)?);
+            host_timeout = host_timeout.max(t + Duration::from_secs(10));
+        }
+        for (k, v) in &options.env {
+            args.push(format!("--env={k}={v}"));
+        }
+        args.push("--".into());
+        args.extend(argv.iter().map(|a| a.as_ref().to_string()));
+        let (inv, out) = self.run(Some(name), args, host_timeout)?;
+        if out.code != Some(0) && is_smolvm_error(&out) {
+            return Err(failed(&inv, out));
+        }
+        let Some(code) = out.code else {
+            return Err(failed(&inv, out));
+        };
+        Ok(ExecOutput {
+            code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            duration: out.duration,
+            command: inv.command_line(),
+        })
+    }
+
+    /// `smolvm machine cp SRC DST`: one side on the host, the other `machine:path`.
+    /// A no-op when either side is empty (as the seed design did).
+    ///
+    /// ```
+    /// use smolvm_harness::{CpPath, Smolvm, ScriptedRunner};
+    /// let runner = ScriptedRunner::new();
+    /// let smolvm = Smolvm::new("smolvm").with_runner(runner.clone());
+    /// smolvm.machine_cp(CpPath::host("out/report.txt"), CpPath::guest("web", "/tmp/r.txt")).unwrap();
+    /// assert_eq!(runner.argvs()[0], ["machine", "cp", "out/report.txt", "web:/tmp/r.txt"]);
+    /// ```
+    pub fn machine_cp(&self, src: impl Into<CpPath>, dst: impl Into<CpPath>) -> Result<()> {
+        let (src, dst) = (src.into(), dst.into());
+        if src.is_empty() || dst.is_empty() {
+            return Ok(());
+        }
+        let machine = match (&src, &dst) {
+            (CpPath::Host(h), CpPath::Guest { machine, path }) => {
+                let h = path_arg("host path", h)?;
+                // smolvm reads any SRC containing `:` as `machine:path`; there is no escape.
+                if h.contains(':') {
+                    return Err(Error::invalid(
+                        "host path",
+                        format!(
+                            "{h:?} contains `:`, which smolvm would read as `machine:path`; \
+                             copy it to a path without `:` first"
+                        ),
+                    ));
+                }
+                validate_machine_name(machine)?;
+                validate_guest_path(path)?;
+                machine.clone()
+            }
+            (CpPath::Guest { machine, path }, CpPath::Host(h)) => {
+                path_arg("host path", h)?;
+                validate_machine_name(machine)?;
+                validate_guest_path(path)?;
+                machine.clone()
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "cp paths",
+                    "exactly one side must be a guest path (smolvm copies host<->machine only)",
+                ))
+            }
+        };
+        let args = vec![
+            "machine".into(),
+            "cp".into(),
+            src.to_arg()?,
+            dst.to_arg()?,
+        ];
+        let (inv, out) = self.run(Some(&machine), args, self.timeout())?;
+        check(&inv, out).map(drop)
+    }
+
+    /// `smolvm machine ls --json`, sorted by name (smolvm's own order is not stable).
+    pub fn machine_list(&self) -> Result<Vec<MachineInfo>> {
+        let args = strings(&["machine", "ls", "--json"]);
+        let (inv, out) = self.run(None, args, self.timeout())?;
+        let out = check(&inv, out)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| parse_error(&inv, &out, e))?;
+        let items = value.as_array().ok_or_else(|| Error::Parse {
+            command: inv.command_line(),
+            reason: "expected a JSON array".into(),
+        })?;
+        let mut list = items
+            .iter()
+            .map(|v| MachineInfo::from_json(v).ok_or_else(|| bad_entry(&inv, v)))
+            .collect::<Result<Vec<_>>>()?;
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    /// `smolvm machine status --name NAME --json`; `None` when the machine does not exist.
+    pub fn machine_status(&self, name: &str) -> Result<Option<MachineInfo>> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "status", "--name", name, "--json"]);
+        let (inv, out) = self.run(Some(name), args, self.timeout())?;
+        let out = match check(&inv, out) {
+            Ok(out) => out,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| parse_error(&inv, &out, e))?;
+        MachineInfo::from_json(&value)
+            .map(Some)
+            .ok_or_else(|| bad_entry(&inv, &value))
+    }
+
+    /// Run one invocation through the runner, recording it in the machine's transcript.
+    fn run(
+        &self,
+        machine: Option<&str>,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(Invocation, RawOutput)> {
+        let inv = Invocation {
+            program: self.inner.program.clone(),
+            args,
+            env: self.inner.env.clone(),
+            timeout: Some(timeout),
+        };
+        let result = self.inner.runner.run(&inv);
+        let trace = config().map(|c| c.trace).unwrap_or(false);
+        transcript::record(machine, &inv, &result, trace);
+        match result {
+            Ok(out) => Ok((inv, out)),
+            Err(Error::NotFound { binary, .. }) if self.inner.process_runner => {
+                Err(Error::NotFound {
+                    looked: describe_lookup(&self.inner.program),
+                    binary,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// True if the binary from the environment (`SMOLVM_BIN`, else `smolvm` on `PATH`) resolves
+/// to an executable file. Cheap: checked once per binary.
+pub fn is_available() -> bool {
+    Smolvm::from_env().is_available()
+}
+
+/// The value of `SMOLVM_BIN`, or `smolvm`.
+pub(crate) fn smolvm_bin_from_env() -> PathBuf {
+    match std::env::var_os("SMOLVM_BIN") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from("smolvm"),
+    }
+}
+
+/// Where `program` resolves: itself if it has a `/`, else the first executable file of that
+/// name on `PATH`.
+pub(crate) fn resolve_program(program: &Path) -> Result<PathBuf> {
+    let has_dir = program.components().count() > 1 || program.is_absolute();
+    if has_dir {
+        if is_executable(program) {
+            return Ok(program.to_path_buf());
+        }
+    } else if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(program);
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(Error::NotFound {
+        binary: program.display().to_string(),
+        looked: describe_lookup(program),
+    })
+}
+
+fn describe_lookup(program: &Path) -> String {
+    let from_env = std::env::var_os("SMOLVM_BIN").is_some_and(|v| Path::new(&v) == program);
+    let has_dir = program.components().count() > 1 || program.is_absolute();
+    match (from_env, has_dir) {
+        (true, _) => format!(
+            "SMOLVM_BIN={} is not an executable file",
+            program.display()
+        ),
+        (false, true) => format!("{} is not an executable file", program.display()),
+        (false, false) => format!("`{}` is not on PATH", program.display()),
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
+}
+
+/// Source of a machine: an image reference, or a packed `.smolmachine` file. One or the
+/// other, by construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `--image IMAGE`: a registry reference, or a local archive or directory (≥ 1.x).
+    Image(String),
+    /// `--from PATH`: a `.smolmachine` sidecar made by `pack create`.
+    FromPath(PathBuf),
+}
+
+/// Options of `machine create`, built by value.
+///
+/// ```
+/// use smolvm_harness::CreateOptions;
+/// let opts = CreateOptions::image("alpine:latest")
+///     .allow_cidr("10.0.0.0/8")
+///     .env("TOKEN", "secret")
+///     .label("team", "infra");
+/// // Env values never show in Debug output.
+/// assert!(!format!("{opts:?}").contains("secret"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[must_use]
+pub struct CreateOptions {
+    source: Source,
+    net: bool,
+    allow_cidrs: Vec<String>,
+    env: Vec<(String, String)>,
+    labels: Vec<(String, String)>,
+}
+
+impl fmt::Debug for CreateOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateOptions")
+            .field("source", &self.source)
+            .field("net", &self.net)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("env", &redacted_env(&self.env))
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl CreateOptions {
+    /// Create from an image reference (`--image`).
+    pub fn image(image: impl Into<String>) -> CreateOptions {
+        CreateOptions::with_source(Source::Image(image.into()))
+    }
+
+    /// Create from a packed `.smolmachine` file (`--from`); see [`Smolvm::pack_create`].
+    pub fn from_path(path: impl Into<PathBuf>) -> CreateOptions {
+        CreateOptions::with_source(Source::FromPath(path.into()))
+    }
+
+    fn with_source(source: Source) -> CreateOptions {
+        CreateOptions {
+            source,
+            net: false,
+            allow_cidrs: Vec::new(),
+            env: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// Turn networking on (`--net`). A registry image needs it on smolvm ≥ 1.7.3, which
+    /// pulls inside the guest; CIDRs turn it on by themselves.
+    pub fn net(mut self) -> CreateOptions {
+        self.net = true;
+        self
+    }
+
+    /// Allow egress to this CIDR (`--allow-cidr`); `--net` is then sent explicitly, since
+    /// with `--from` some versions do not infer it.
+    pub fn allow_cidr(mut self, cidr: impl Into<String>) -> CreateOptions {
+        self.allow_cidrs.push(cidr.into());
+        self
+    }
+
+    /// Set a guest environment variable (sent as `--env=K=V`, so a value starting with `-`
+    /// survives). Values are redacted in every message and log.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> CreateOptions {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Attach a label (`--label K=V`, smolvm ≥ 1.8.0; not sent to older versions).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> CreateOptions {
+        self.labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// The source.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The labels, in the order given.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        match &self.source {
+            Source::Image(image) => check_image(image)?,
+            Source::FromPath(p) => {
+                path_arg("from path", p)?;
+                if !p.is_file() {
+                    return Err(Error::invalid(
+                        "from path",
+                        format!("{} is not a file (expected a .smolmachine made by `pack create`)", p.display()),
+                    ));
+                }
+            }
+        }
+        for c in &self.allow_cidrs {
+            validate_cidr(c)?;
+        }
+        for (k, v) in &self.env {
+            validate_env_key(k)?;
+            validate_env_value(k, v)?;
+        }
+        for (k, v) in &self.labels {
+            validate_label(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// The exact argv for `dialect` (after validation).
+    pub(crate) fn argv(&self, name: &str, dialect: Dialect) -> Result<Vec<String>> {
+        let mut args = strings(&["machine", "create"]);
+        if dialect.name_flag {
+            args.extend(strings(&["--name", name]));
+        }
+        match &self.source {
+            Source::Image(image) => args.extend(strings(&["--image", image])),
+            Source::FromPath(p) => {
+                if !self.allow_cidrs.is_empty() && !dialect.from_keeps_egress {
+                    return Err(Error::Unsupported {
+                        what: "--from together with --allow-cidr",
+                        version: dialect.version,
+                        reason: "smolvm before 1.8.0 silently drops the egress policy of a \
+                                 machine created --from a pack (0.8.0 with --net even grants \
+                                 unrestricted network); upgrade smolvm to 1.8.0 or later, or \
+                                 create from an image",
+                    });
+                }
+                args.push("--from".into());
+                args.push(path_arg("from path", p)?);
+            }
+        }
+        if self.net || !self.allow_cidrs.is_empty() {
+            args.push("--net".into());
+        }
+        for c in &self.allow_cidrs {
+            args.push("--allow-cidr".into());
+            args.push(c.clone());
+        }
+        for (k, v) in &self.env {
+            args.push(format!("--env={k}={v}"));
+        }
+        if dialect.labels {
+            for (k, v) in &self.labels {
+                args.push("--label".into());
+                args.push(format!("{k}={v}"));
+            }
+        }
+        if !dialect.name_flag {
+            args.push(name.to_string());
+        }
+        Ok(args)
+    }
+}
+
+/// Options of `machine exec`.
+///
+/// ```
+/// use std::time::Duration;
+/// use smolvm_harness::ExecOptions;
+/// let opts = ExecOptions::default()
+///     .env("MODE", "test")
+///     .workdir("/srv")
+///     .timeout(Duration::from_secs(30));
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct ExecOptions {
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for ExecOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecOptions")
+            .field("env", &redacted_env(&self.env))
+            .field("workdir", &self.workdir)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl ExecOptions {
+    /// Set a guest environment variable for this command (overrides the machine's own by
+    /// key). Values are redacted in every message and log.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ExecOptions {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Run in this guest directory (`-w`).
+    pub fn workdir(mut self, dir: impl Into<String>) -> ExecOptions {
+        self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Guest-side timeout (`--timeout`): smolvm kills the command and reports exit 124.
+    /// At least 1 ms; sent in whole milliseconds or seconds.
+    pub fn timeout(mut self, timeout: Duration) -> ExecOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        for (k, v) in &self.env {
+            validate_env_key(k)?;
+            validate_env_value(k, v)?;
+        }
+        if let Some(dir) = &self.workdir {
+            if dir.is_empty() || dir.contains('\0') {
+                return Err(Error::invalid("workdir", format!("{dir:?}")));
+            }
+        }
+        if let Some(t) = self.timeout {
+            format_timeout(t)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a guest command produced. A non-zero [`ExecOutput::code`] is the guest's answer, not
+/// an error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    duration: Duration,
+    command: CommandLine,
+}
+
+impl fmt::Debug for ExecOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecOutput")
+            .field("command", &self.command.to_string())
+            .field("code", &self.code)
+            .field("stdout", &self.command.redact_output(&self.stdout_str()))
+            .field("stderr", &self.command.redact_output(&self.stderr_str()))
+            .field("duration", &self.duration)
+            .finish()
+    }
+}
+
+impl ExecOutput {
+    /// Build one by hand (for tests of code that consumes exec results).
+    pub fn new(code: i32, stdout: impl Into<Vec<u8>>, stderr: impl Into<Vec<u8>>) -> ExecOutput {
+        ExecOutput {
+            code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            duration: Duration::ZERO,
+            command: CommandLine::new("smolvm", &[]),
+        }
+    }
+
+    /// The guest's exit code (124 when smolvm's `--timeout` killed it).
+    pub fn code(&self) -> i32 {
+        self.code
+    }
+
+    /// True when the guest exited 0.
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// stdout as bytes, exactly.
+    pub fn stdout(&self) -> &[u8] {
+        &self.stdout
+    }
+
+    /// stderr as bytes, exactly.
+    pub fn stderr(&self) -> &[u8] {
+        &self.stderr
+    }
+
+    /// stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// How long the call took, spawn to exit.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// The command that ran, env values redacted.
+    pub fn command(&self) -> &CommandLine {
+        &self.command
+    }
+
+    /// Panic unless the guest exited 0, with the command, the code and the tails of stdout
+    /// and stderr (secrets scrubbed). Returns `self` for chaining.
+    ///
+    /// ```should_panic
+    /// smolvm_harness::ExecOutput::new(3, "", "boom").assert_success();
+    /// ```
+    #[track_caller]
+    pub fn assert_success(&self) -> &ExecOutput {
+        if !self.success() {
+            panic!("{}", self.describe("expected exit 0"));
+        }
+        self
+    }
+
+    /// Panic unless the guest exited `code`. Returns `self` for chaining.
+    ///
+    /// ```
+    /// smolvm_harness::ExecOutput::new(3, "", "").expect_code(3);
+    /// ```
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &ExecOutput {
+        if self.code != code {
+            panic!("{}", self.describe(&format!("expected exit {code}")));
+        }
+        self
+    }
+
+    fn describe(&self, expectation: &str) -> String {
+        format!(
+            "{expectation}, got exit {} from `{}` after {:?}\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
+            self.code,
+            self.command,
+            self.duration,
+            self.command.redact_output(&tail_lines(&self.stdout, 20)),
+            self.command.redact_output(&tail_lines(&self.stderr, 20)),
+        )
+    }
+}
+
+/// One side of `machine cp`: a host path, or a path inside a machine. Typed, so that a host
+/// path containing `:` is never misread as `machine:path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpPath {
+    /// A path on the host.
+    Host(PathBuf),
+    /// A path inside a machine (relative paths are taken from `/`).
+    Guest {
+        /// The machine's name.
+        machine: String,
+        /// The path inside it.
+        path: String,
+    },
+}
+
+impl CpPath {
+    /// A host path.
+    pub fn host(path: impl Into<PathBuf>) -> CpPath {
+        CpPath::Host(path.into())
+    }
+
+    /// A path inside `machine`.
+    pub fn guest(machine: impl Into<String>, path: impl Into<String>) -> CpPath {
+        CpPath::Guest {
+            machine: machine.into(),
+            path: path.into(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            CpPath::Host(p) => p.as_os_str().is_empty(),
+            CpPath::Guest { path, .. } => path.is_empty(),
+        }
+    }
+
+    fn to_arg(&self) -> Result<String> {
+        match self {
+            CpPath::Host(p) => path_arg("host path", p),
+            CpPath::Guest { machine, path } => Ok(format!("{machine}:{path}")),
+        }
+    }
+}
+
+impl From<&Path> for CpPath {
+    fn from(p: &Path) -> CpPath {
+        CpPath::Host(p.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for CpPath {
+    fn from(p: PathBuf) -> CpPath {
+        CpPath::Host(p)
+    }
+}
+
+/// A machine's state as `ls --json` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Stopped.
+    Stopped,
+    /// Failed.
+    Failed,
+    /// Recorded as running, but its agent does not answer.
+    Unreachable,
+    /// A fork base (≥ 1.x).
+    Frozen,
+    /// A state this crate does not know yet.
+    Other(String),
+}
+
+impl MachineState {
+    fn parse(s: &str) -> MachineState {
+        match s {
+            "created" => MachineState::Created,
+            "running" => MachineState::Running,
+            "stopped" => MachineState::Stopped,
+            "failed" => MachineState::Failed,
+            "unreachable" => MachineState::Unreachable,
+            "frozen" => MachineState::Frozen,
+            other => MachineState::Other(other.to_string()),
+        }
+    }
+}
+
+/// One machine, from `machine ls --json` or `machine status --json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineInfo {
+    /// Its name.
+    pub name: String,
+    /// Its state, probed live by smolvm.
+    pub state: MachineState,
+    /// The VM process id as recorded (may be stale).
+    pub pid: Option<u32>,
+    /// Creation time, Unix seconds.
+    pub created_at: Option<u64>,
+    /// The image, if it was created from one.
+    pub image: Option<String>,
+    /// Labels (smolvm ≥ 1.8.0; empty before).
+    pub labels: BTreeMap<String, String>,
+    /// Whether networking is on.
+    pub network: Option<bool>,
+}
+
+impl MachineInfo {
+    /// Read one entry of smolvm's JSON; `None` if it has no string `name`.
+    pub fn from_json(v: &serde_json::Value) -> Option<MachineInfo> {
+        let name = v.get("name")?.as_str()?.to_string();
+        let labels = v
+            .get("labels")
+            .and_then(|l| l.as_object())
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(MachineInfo {
+            name,
+            state: MachineState::parse(v.get("state").and_then(|s| s.as_str()).unwrap_or("")),
+            pid: v
+                .get("pid")
+                .and_then(|p| p.as_u64())
+                .and_then(|p| u32::try_from(p).ok()),
+            created_at: v.get("created_at").and_then(|c| c.as_u64()),
+            image: v.get("image").and_then(|i| i.as_str()).map(str::to_string),
+            labels,
+            network: v.get("network").and_then(|n| n.as_bool()),
+        })
+    }
+}
+
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|s| s.to_string()).collect()
+}
+
+fn check_image(image: &str) -> Result<()> {
+    if image.trim().is_empty() {
+        return Err(Error::invalid("image", "must not be empty"));
+    }
+    if image.starts_with('-') || image.contains('\0') {
+        return Err(Error::invalid("image", format!("{image:?}")));
+    }
+    Ok(())
+}
+
+fn path_arg(what: &'static str, p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::invalid(what, format!("{} is not valid UTF-8", p.display())))
+}
+
+fn redacted_env(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .map(|(k, _)| format!("{k}={}", crate::error::REDACTED))
+        .collect()
+}
+
+/// `Ok` for exit 0, else [`Error::Failed`].
+fn check(inv: &Invocation, out: RawOutput) -> Result<RawOutput> {
+    if out.code == Some(0) {
+        Ok(out)
+    } else {
+        Err(failed(inv, out))
+    }
+}
+
+fn failed(inv: &Invocation, out: RawOutput) -> Error {
+    Error::Failed {
+        command: inv.command_line(),
+        code: out.code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+/// smolvm's own failures of `exec` are exit 1 with a last stderr line `Error: ` followed by
+/// one of its error kinds (§0.4 of the CLI notes); a guest's exit 1 has no such line.
+/// A guest that prints exactly such a line and exits 1 would be misread; that is the price of
+/// the CLI's shared exit code, and the kinds are specific enough to make it unlikely.
+fn is_smolvm_error(out: &RawOutput) -> bool {
+    if out.code != Some(1) {
+        return out.code.is_none();
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return false;
+    };
+    let Some(rest) = last.strip_prefix("Error: ") else {
+        return false;
+    };
+    ["vm not found: ", "agent operation failed: ", "config operation failed: "]
+        .iter()
+        .any(|kind| rest.starts_with(kind))
+        || rest.contains("command output exceeded")
+}
+
+fn parse_error(inv: &Invocation, out: &RawOutput, e: serde_json::Error) -> Error {
+    Error::Parse {
+        command: inv.command_line(),
+        reason: format!(
+            "{e}; output began {:?}",
+            String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(200)])
+        ),
+    }
+}
+
+fn bad_entry(inv: &Invocation, v: &serde_json::Value) -> Error {
+    let mut shown = v.to_string();
+    shown.truncate(200);
+    Error::Parse {
+        command: inv.command_line(),
+        reason: format!("machine entry without a name: {shown}"),
+    }
+}

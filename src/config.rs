@@ -1,0 +1,306 @@
+//! Configuration, in one place: every environment variable the crate reads.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `SMOLVM_BIN` | the smolvm binary: a name looked up on `PATH`, or a path | `smolvm` |
+//! | `SMOLVM_HARNESS_TIMEOUT` | host-side limit for each smolvm call (`90s`, `5m`, `1500ms`) | `300s` |
+//! | `SMOLVM_HARNESS_PACK_TIMEOUT` | host-side limit for `pack create` | `1800s` |
+//! | `SMOLVM_HARNESS_KEEP` | `never`, `on-failure` or `always`: keep machines instead of deleting them | `never` |
+//! | `SMOLVM_HARNESS_PREFIX` | first part of generated machine names | `smt` |
+//! | `SMOLVM_HARNESS_IMAGE` | image of the `machine` fixture | `alpine:latest` |
+//! | `SMOLVM_HARNESS_REQUIRE` | `1`: a missing smolvm fails tests instead of skipping them | unset |
+//! | `SMOLVM_HARNESS_MAX_MACHINES` | machines alive at once across all test processes of a run | from CPUs and memory |
+//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live | `$TMPDIR/smolvm-harness-$USER` |
+//! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
+//!
+//! Values are read when first needed and then kept for the life of the process, except
+//! `SMOLVM_BIN`, which [`crate::Smolvm::from_env`] reads on every call. A malformed value is
+//! an [`Error::InvalidInput`] that names the variable, returned by the first call that needs
+//! it; it is never silently replaced by the default.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// What to do with a machine when its guard goes away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeepPolicy {
+    /// Always delete (the default).
+    #[default]
+    Never,
+    /// Keep machines of failing (panicking) tests, for inspection; delete the others.
+    OnFailure,
+    /// Never delete; print the command that would.
+    Always,
+}
+
+impl KeepPolicy {
+    fn parse(value: &str) -> Result<KeepPolicy> {
+        match value.trim() {
+            "" | "never" | "0" | "false" => Ok(KeepPolicy::Never),
+            "on-failure" | "on_failure" | "failure" => Ok(KeepPolicy::OnFailure),
+            "always" | "1" | "true" => Ok(KeepPolicy::Always),
+            other => Err(Error::invalid(
+                "SMOLVM_HARNESS_KEEP",
+                format!("{other:?}: expected never, on-failure or always"),
+            )),
+        }
+    }
+
+    /// Whether a machine should be kept, given whether its test is failing.
+    pub fn keeps(self, failing: bool) -> bool {
+        match self {
+            KeepPolicy::Never => false,
+            KeepPolicy::OnFailure => failing,
+            KeepPolicy::Always => true,
+        }
+    }
+}
+
+/// The harness settings read from the environment (see the module docs for the table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `SMOLVM_HARNESS_TIMEOUT`.
+    pub call_timeout: Duration,
+    /// `SMOLVM_HARNESS_PACK_TIMEOUT`.
+    pub pack_timeout: Duration,
+    /// `SMOLVM_HARNESS_KEEP`.
+    pub keep: KeepPolicy,
+    /// `SMOLVM_HARNESS_PREFIX`.
+    pub prefix: String,
+    /// `SMOLVM_HARNESS_IMAGE`.
+    pub image: String,
+    /// `SMOLVM_HARNESS_REQUIRE`.
+    pub require: bool,
+    /// `SMOLVM_HARNESS_MAX_MACHINES` (`None`: derived from the machine's size).
+    pub max_machines: Option<usize>,
+    /// `SMOLVM_HARNESS_STATE_DIR`.
+    pub state_dir: PathBuf,
+    /// `SMOLVM_HARNESS_TRACE`.
+    pub trace: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            call_timeout: Duration::from_secs(300),
+            pack_timeout: Duration::from_secs(1800),
+            keep: KeepPolicy::Never,
+            prefix: "smt".to_string(),
+            image: "alpine:latest".to_string(),
+            require: false,
+            max_machines: None,
+            state_dir: default_state_dir(),
+            trace: false,
+        }
+    }
+}
+
+impl Config {
+    /// Read the settings from the process environment.
+    pub fn from_env() -> Result<Config> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Read the settings through `lookup` (for tests, or settings from elsewhere).
+    ///
+    /// ```
+    /// use smolvm_harness::{Config, KeepPolicy};
+    /// let cfg = Config::from_lookup(|k| match k {
+    ///     "SMOLVM_HARNESS_KEEP" => Some("on-failure".into()),
+    ///     "SMOLVM_HARNESS_TIMEOUT" => Some("90s".into()),
+    ///     _ => None,
+    /// }).unwrap();
+    /// assert_eq!(cfg.keep, KeepPolicy::OnFailure);
+    /// assert_eq!(cfg.call_timeout.as_secs(), 90);
+    /// assert!(Config::from_lookup(|k| (k == "SMOLVM_HARNESS_KEEP").then(|| "sometimes".into())).is_err());
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut cfg = Config::default();
+        if let Some(v) = lookup("SMOLVM_HARNESS_TIMEOUT") {
+            cfg.call_timeout = parse_duration("SMOLVM_HARNESS_TIMEOUT", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_PACK_TIMEOUT") {
+            cfg.pack_timeout = parse_duration("SMOLVM_HARNESS_PACK_TIMEOUT", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_KEEP") {
+            cfg.keep = KeepPolicy::parse(&v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_PREFIX") {
+            let v = v.trim().to_string();
+            if v.is_empty()
+                || v.len() > 32
+                || !v.as_bytes()[0].is_ascii_alphanumeric()
+                || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(Error::invalid(
+                    "SMOLVM_HARNESS_PREFIX",
+                    format!("{v:?}: 1 to 32 of [A-Za-z0-9_], starting with a letter or digit"),
+                ));
+            }
+            cfg.prefix = v;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_IMAGE") {
+            if v.trim().is_empty() {
+                return Err(Error::invalid("SMOLVM_HARNESS_IMAGE", "must not be empty"));
+            }
+            cfg.image = v;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_REQUIRE") {
+            cfg.require = parse_bool("SMOLVM_HARNESS_REQUIRE", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_TRACE") {
+            cfg.trace = parse_bool("SMOLVM_HARNESS_TRACE", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_MAX_MACHINES") {
+            match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => cfg.max_machines = Some(n),
+                _ => {
+                    return Err(Error::invalid(
+                        "SMOLVM_HARNESS_MAX_MACHINES",
+                        format!("{v:?}: expected a whole number above 0"),
+                    ))
+                }
+            }
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_STATE_DIR") {
+            if v.trim().is_empty() {
+                return Err(Error::invalid("SMOLVM_HARNESS_STATE_DIR", "must not be empty"));
+            }
+            cfg.state_dir = PathBuf::from(v);
+        }
+        Ok(cfg)
+    }
+
+    /// The machine cap in force: `SMOLVM_HARNESS_MAX_MACHINES`, else one machine per CPU (at
+    /// least 2, the default test parallelism's order) and at most one per 2 GiB of memory,
+    /// between 1 and 32. smolvm machines default to 4 vCPUs and 8 GiB but overcommit; what
+    /// hurts is many booting at once, which smolvm's own suite avoids by serialising.
+    pub fn machine_cap(&self) -> usize {
+        self.max_machines.unwrap_or_else(default_machine_cap)
+    }
+}
+
+/// The process-wide settings, read once. A malformed variable is reported by every call.
+pub fn config() -> Result<&'static Config> {
+    static CONFIG: OnceLock<std::result::Result<Config, String>> = OnceLock::new();
+    match CONFIG.get_or_init(|| Config::from_env().map_err(|e| e.to_string())) {
+        Ok(cfg) => Ok(cfg),
+        Err(msg) => Err(Error::invalid("configuration", msg.clone())),
+    }
+}
+
+/// The settings for places that cannot return an error (`Drop`, exit hooks): the real ones,
+/// or the defaults when the environment is malformed (the error was reported elsewhere).
+pub(crate) fn config_or_default() -> &'static Config {
+    static FALLBACK: OnceLock<Config> = OnceLock::new();
+    match config() {
+        Ok(cfg) => cfg,
+        Err(_) => FALLBACK.get_or_init(Config::default),
+    }
+}
+
+fn parse_bool(var: &'static str, v: &str) -> Result<bool> {
+    match v.trim() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        other => Err(Error::invalid(var, format!("{other:?}: expected 1 or 0"))),
+    }
+}
+
+/// `90s`, `5m`, `1500ms`, `2h`, or a plain number of seconds.
+pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || Error::invalid(var, format!("{v:?}: expected a duration like 90s, 5m or 1500ms"));
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "" | "s" | "sec" | "secs" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" | "mins" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+fn default_state_dir() -> PathBuf {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| uid_string());
+    let user: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    std::env::temp_dir().join(format!("smolvm-harness-{user}"))
+}
+
+fn uid_string() -> String {
+    #[cfg(unix)]
+    {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        uid.to_string()
+    }
+    #[cfg(not(unix))]
+    {
+        "user".to_string()
+    }
+}
+
+fn default_machine_cap() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mem_gib = total_memory_gib().unwrap_or(8);
+    cpus.max(2).min(mem_gib / 2).clamp(1, 32)
+}
+
+fn total_memory_gib() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1024 * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors() {
+        let cfg = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(cfg.keep, KeepPolicy::Never);
+        assert_eq!(cfg.prefix, "smt");
+        assert!(cfg.machine_cap() >= 1);
+        let err = Config::from_lookup(|k| (k == "SMOLVM_HARNESS_TIMEOUT").then(|| "soon".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SMOLVM_HARNESS_TIMEOUT"), "{err}");
+        assert!(Config::from_lookup(|k| (k == "SMOLVM_HARNESS_PREFIX").then(|| "a-b".into())).is_err());
+        assert!(Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "0".into())).is_err());
+        let cfg = Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "3".into())).unwrap();
+        assert_eq!(cfg.machine_cap(), 3);
+    }
+
+    #[test]
+    fn keep_policy() {
+        assert!(!KeepPolicy::Never.keeps(true));
+        assert!(KeepPolicy::OnFailure.keeps(true));
+        assert!(!KeepPolicy::OnFailure.keeps(false));
+        assert!(KeepPolicy::Always.keeps(false));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("X", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("X", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("X", "0s").is_err());
+        assert!(parse_duration("X", "-1s").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! Input checks that run before smolvm is spawned, so bad input gets a typed error that says
+//! what is wrong instead of smolvm's exit 1 or 2 (or, worse, a silently different meaning).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// smolvm's `MAX_VM_NAME_LENGTH`.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Check a machine name against smolvm's `validate_vm_name` (same in 0.8.0 and 1.9.2).
+///
+/// ```
+/// use smolvm_harness::validate_machine_name;
+/// assert!(validate_machine_name("web-1_a").is_ok());
+/// for bad in ["", "-x", "a--b", "a-", "a.b", "a:b", &"x".repeat(129)] {
+///     assert!(validate_machine_name(bad).is_err(), "{bad}");
+/// }
+/// ```
+pub fn validate_machine_name(name: &str) -> Result<()> {
+    let bad = |reason: String| Err(Error::invalid("machine name", format!("{name:?}: {reason}")));
+    if name.is_empty() {
+        return bad("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad(format!(
+            "too long: {} characters (max {MAX_NAME_LEN})",
+            name.len()
+        ));
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return bad(format!(
+            "contains invalid character {c:?} (allowed: A-Z a-z 0-9 _ -)"
+        ));
+    }
+    if name.contains("--") {
+        return bad("must not contain consecutive hyphens".into());
+    }
+    if name.ends_with('-') {
+        return bad("must not end with a hyphen".into());
+    }
+    Ok(())
+}
+
+/// Check an env key for `-e KEY=VALUE`. Values are never checked or quoted in errors: they may
+/// be secrets.
+pub fn validate_env_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid(
+            "env key",
+            "must not be empty (smolvm silently drops `=VALUE`)",
+        ));
+    }
+    if key.contains('=') {
+        return Err(Error::invalid(
+            "env key",
+            format!("{key:?} contains `=` (smolvm splits KEY=VALUE at the first `=`)"),
+        ));
+    }
+    if key.contains('\0') {
+        return Err(Error::invalid("env key", format!("{key:?} contains NUL")));
+    }
+    Ok(())
+}
+
+/// Check an env value: only NUL is impossible to pass in an argv. The value is not quoted.
+pub fn validate_env_value(key: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(
+            "env value",
+            format!("the value of {key:?} contains NUL (value not shown)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a label for `--label KEY=VALUE` (smolvm ≥ 1.8.0).
+pub fn validate_label(key: &str, value: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid("label", "key must not be empty"));
+    }
+    if key.contains('=') || key.contains('\0') || value.contains('\0') {
+        return Err(Error::invalid(
+            "label",
+            format!("{key:?}: the key must not contain `=` and neither part NUL"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a CIDR for `--allow-cidr`, with the grammar smolvm's `parse_cidr` accepts: an IPv4 or
+/// IPv6 address with an optional `/prefix` in range, no surrounding whitespace, no hostnames.
+///
+/// ```
+/// use smolvm_harness::validate_cidr;
+/// assert!(validate_cidr("10.0.0.0/8").is_ok());
+/// assert!(validate_cidr("1.1.1.1").is_ok());
+/// assert!(validate_cidr("2001:db8::/32").is_ok());
+/// for bad in ["10.0.0.0/33", " 10.0.0.0/8", "example.com", "10.0.0/8", ""] {
+///     assert!(validate_cidr(bad).is_err(), "{bad}");
+/// }
+/// ```
+pub fn validate_cidr(cidr: &str) -> Result<()> {
+    let bad = || {
+        Err(Error::invalid(
+            "CIDR",
+            format!("{cidr:?}: expected format like 10.0.0.0/8 or 1.1.1.1"),
+        ))
+    };
+    let (addr, prefix) = match cidr.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (cidr, None),
+    };
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return bad();
+    };
+    if let Some(p) = prefix {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        match p.parse::<u8>() {
+            Ok(n) if n <= max && !p.starts_with('+') => {}
+            _ => return bad(),
+        }
+    }
+    Ok(())
+}
+
+/// Format a guest timeout for `--timeout`: whole seconds as `Ns`, otherwise whole
+/// milliseconds as `Nms` (the agent works in milliseconds, so a finer remainder would be
+/// dropped by smolvm anyway). Zero and anything under a millisecond are refused: smolvm
+/// rejects `0s`, and sub-millisecond values would kill the command at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use smolvm_harness::format_timeout;
+/// assert_eq!(format_timeout(Duration::from_secs(30)).unwrap(), "30s");
+/// assert_eq!(format_timeout(Duration::from_millis(1500)).unwrap(), "1500ms");
+/// assert!(format_timeout(Duration::from_micros(999)).is_err());
+/// ```
+pub fn format_timeout(timeout: Duration) -> Result<String> {
+    let ms = timeout.as_millis();
+    if ms == 0 {
+        return Err(Error::invalid(
+            "timeout",
+            format!("{timeout:?}: must be at least 1ms (smolvm rejects zero and works in milliseconds)"),
+        ));
+    }
+    if ms % 1000 == 0 {
+        Ok(format!("{}s", ms / 1000))
+    } else {
+        Ok(format!("{ms}ms"))
+    }
+}
+
+/// Check a guest path for `machine cp`: non-empty after the leading `/` smolvm adds, and no
+/// `.` or `..` segments (the agent rejects both).
+pub fn validate_guest_path(path: &str) -> Result<()> {
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(Error::invalid(
+            "guest path",
+            format!("{path:?}: `.` and `..` segments are not allowed"),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(Error::invalid("guest path", format!("{path:?} contains NUL")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_smolvm_rules() {
+        assert!(validate_machine_name("default").is_ok());
+        assert!(validate_machine_name(&"a".repeat(128)).is_ok());
+        let err = validate_machine_name("a.b").unwrap_err().to_string();
+        assert!(err.contains("invalid character '.'"), "{err}");
+        let err = validate_machine_name("a--b").unwrap_err().to_string();
+        assert!(err.contains("consecutive hyphens"), "{err}");
+        assert!(validate_machine_name("_a").is_err());
+        assert!(validate_machine_name("é").is_err());
+    }
+
+    #[test]
+    fn env_key_errors_never_show_values() {
+        assert!(validate_env_key("").is_err());
+        assert!(validate_env_key("A=B").is_err());
+        assert!(validate_env_key("A\0").is_err());
+        let err = validate_env_value("TOKEN", "sec\0ret").unwrap_err().to_string();
+        assert!(!err.contains("sec"), "{err}");
+    }
+
+    #[test]
+    fn cidr_edge_cases() {
+        assert!(validate_cidr("10.1.2.3/8").is_ok());
+        assert!(validate_cidr("::1/128").is_ok());
+        assert!(validate_cidr("::1/129").is_err());
+        assert!(validate_cidr("10.0.0.0/").is_err());
+        assert!(validate_cidr("10.0.0.0/+8").is_err());
+        assert!(validate_cidr("10.0.0.0/8 ").is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(format_timeout(Duration::from_millis(1)).unwrap(), "1ms");
+        assert_eq!(format_timeout(Duration::from_secs(3600)).unwrap(), "3600s");
+        assert!(format_timeout(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn guest_paths() {
+        assert!(validate_guest_path("/tmp/x").is_ok());
+        assert!(validate_guest_path("tmp/x").is_ok());
+        assert!(validate_guest_path("/tmp/../etc").is_err());
+        assert!(validate_guest_path("./x").is_err());
+    }
+}
