@@ -14,7 +14,7 @@ use crate::config::{config, config_or_default};
 use crate::dialect::{Dialect, Version};
 use crate::error::{tail_lines, CommandLine, Error, Result};
 use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
-// use crate::sim::SimulatedRunner; // SIMTMP
+use crate::sim::SimulatedRunner;
 use crate::transcript;
 use crate::validate::{
     format_timeout, validate_cidr, validate_env_key, validate_env_value, validate_guest_path,
@@ -100,7 +100,7 @@ impl Smolvm {
 
     /// A client over the simulation of a given smolvm version (e.g. `Version::new(0, 8, 0)`).
     pub fn simulated_version(version: Version) -> Smolvm {
-        { let _ = version; todo!() } // SIMTMP
+        Smolvm::new("smolvm").with_runner(SimulatedRunner::new(version))
     }
 
     fn edit(&self, f: impl FnOnce(&mut Inner)) -> Smolvm {
@@ -212,12 +212,13 @@ impl Smolvm {
         let args = vec!["--version".to_string()];
         let (inv, out) = self.run(None, args, self.timeout())?;
         let out = check(&inv, out)?;
-        let v = Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(
-            |e| Error::Parse {
-                command: inv.command_line(),
-                reason: e.to_string(),
-            },
-        )?;
+        let v =
+            Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
+                Error::Parse {
+                    command: inv.command_line(),
+                    reason: e.to_string(),
+                }
+            })?;
         let _ = self.inner.version.set(v);
         if self.inner.process_runner {
             lock(by_binary).insert(self.inner.program.clone(), v);
@@ -341,6 +342,9 @@ impl Smolvm {
             args.push(format_timeout(t)?);
             host_timeout = host_timeout.max(t + Duration::from_secs(10));
         }
+        if options.stream {
+            args.push("--stream".into());
+        }
         for (k, v) in &options.env {
             args.push(format!("--env={k}={v}"));
         }
@@ -407,12 +411,7 @@ impl Smolvm {
                 ))
             }
         };
-        let args = vec![
-            "machine".into(),
-            "cp".into(),
-            src.to_arg()?,
-            dst.to_arg()?,
-        ];
+        let args = vec!["machine".into(), "cp".into(), src.to_arg()?, dst.to_arg()?];
         let (inv, out) = self.run(Some(&machine), args, self.timeout())?;
         check(&inv, out).map(drop)
     }
@@ -522,10 +521,7 @@ fn describe_lookup(program: &Path) -> String {
     let from_env = std::env::var_os("SMOLVM_BIN").is_some_and(|v| Path::new(&v) == program);
     let has_dir = program.components().count() > 1 || program.is_absolute();
     match (from_env, has_dir) {
-        (true, _) => format!(
-            "SMOLVM_BIN={} is not an executable file",
-            program.display()
-        ),
+        (true, _) => format!("SMOLVM_BIN={} is not an executable file", program.display()),
         (false, true) => format!("{} is not an executable file", program.display()),
         (false, false) => format!("`{}` is not on PATH", program.display()),
     }
@@ -658,7 +654,10 @@ impl CreateOptions {
                 if !p.is_file() {
                     return Err(Error::invalid(
                         "from path",
-                        format!("{} is not a file (expected a .smolmachine made by `pack create`)", p.display()),
+                        format!(
+                            "{} is not a file (expected a .smolmachine made by `pack create`)",
+                            p.display()
+                        ),
                     ));
                 }
             }
@@ -739,6 +738,7 @@ pub struct ExecOptions {
     env: Vec<(String, String)>,
     workdir: Option<String>,
     timeout: Option<Duration>,
+    stream: bool,
 }
 
 impl fmt::Debug for ExecOptions {
@@ -747,6 +747,7 @@ impl fmt::Debug for ExecOptions {
             .field("env", &redacted_env(&self.env))
             .field("workdir", &self.workdir)
             .field("timeout", &self.timeout)
+            .field("stream", &self.stream)
             .finish()
     }
 }
@@ -769,6 +770,15 @@ impl ExecOptions {
     /// At least 1 ms; sent in whole milliseconds or seconds.
     pub fn timeout(mut self, timeout: Duration) -> ExecOptions {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Ask smolvm to stream the output (`--stream`) instead of buffering it in the agent.
+    /// Needed for output over 11 MiB per stream, which smolvm ≥ 1.0 otherwise refuses (exit 1)
+    /// and 0.8.x silently truncates; it also keeps stdout and stderr from being reordered.
+    /// The crate still captures everything and returns it when the command ends.
+    pub fn stream(mut self) -> ExecOptions {
+        self.stream = true;
         self
     }
 
@@ -1098,9 +1108,13 @@ fn is_smolvm_error(out: &RawOutput) -> bool {
     let Some(rest) = last.strip_prefix("Error: ") else {
         return false;
     };
-    ["vm not found: ", "agent operation failed: ", "config operation failed: "]
-        .iter()
-        .any(|kind| rest.starts_with(kind))
+    [
+        "vm not found: ",
+        "agent operation failed: ",
+        "config operation failed: ",
+    ]
+    .iter()
+    .any(|kind| rest.starts_with(kind))
         || rest.contains("command output exceeded")
 }
 

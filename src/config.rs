@@ -167,7 +167,10 @@ impl Config {
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_STATE_DIR") {
             if v.trim().is_empty() {
-                return Err(Error::invalid("SMOLVM_HARNESS_STATE_DIR", "must not be empty"));
+                return Err(Error::invalid(
+                    "SMOLVM_HARNESS_STATE_DIR",
+                    "must not be empty",
+                ));
             }
             cfg.state_dir = PathBuf::from(v);
         }
@@ -215,7 +218,12 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
     let t = v.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || Error::invalid(var, format!("{v:?}: expected a duration like 90s, 5m or 1500ms"));
+    let bad = || {
+        Error::invalid(
+            var,
+            format!("{v:?}: expected a duration like 90s, 5m or 1500ms"),
+        )
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
         "" | "s" | "sec" | "secs" => Duration::from_secs(n),
@@ -281,9 +289,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("SMOLVM_HARNESS_TIMEOUT"), "{err}");
-        assert!(Config::from_lookup(|k| (k == "SMOLVM_HARNESS_PREFIX").then(|| "a-b".into())).is_err());
-        assert!(Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "0".into())).is_err());
-        let cfg = Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "3".into())).unwrap();
+        assert!(
+            Config::from_lookup(|k| (k == "SMOLVM_HARNESS_PREFIX").then(|| "a-b".into())).is_err()
+        );
+        assert!(
+            Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "0".into()))
+                .is_err()
+        );
+        let cfg = Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "3".into()))
+            .unwrap();
         assert_eq!(cfg.machine_cap(), 3);
     }
 
@@ -299,7 +313,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("X", "90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("X", "5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("X", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("X", "250ms").unwrap(),
+            Duration::from_millis(250)
+        );
         assert!(parse_duration("X", "0s").is_err());
         assert!(parse_duration("X", "-1s").is_err());
     }

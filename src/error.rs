@@ -57,7 +57,10 @@ pub enum Error {
     },
 
     /// smolvm did not finish within the host-side timeout; it was killed and reaped.
-    #[error("`{command}` timed out after {timeout:?} and was killed{}", tail_suffix(stderr, command))]
+    #[error(
+        "`{command}` timed out after {timeout:?} and was killed{}",
+        tail_suffix(stderr, command)
+    )]
     Timeout {
         /// The command line, redacted.
         command: CommandLine,
@@ -224,8 +227,14 @@ pub const REDACTED: &str = "<redacted>";
 ///
 /// The secret values themselves are kept (never displayed) only so that they can also be
 /// scrubbed from output quoted in messages, e.g. a guest that echoed its environment.
+///
+/// Shared behind an `Arc`: it travels in every error, transcript entry and exec output, and
+/// keeps [`Error`] small.
 #[derive(Clone, PartialEq, Eq)]
-pub struct CommandLine {
+pub struct CommandLine(std::sync::Arc<CommandLineInner>);
+
+#[derive(PartialEq, Eq)]
+struct CommandLineInner {
     program: String,
     args: Vec<String>,
     secrets: Vec<String>,
@@ -265,21 +274,21 @@ impl CommandLine {
                 args.push(arg.clone());
             }
         }
-        CommandLine {
+        CommandLine(std::sync::Arc::new(CommandLineInner {
             program: program.into(),
             args,
             secrets,
-        }
+        }))
     }
 
     /// The program as configured (`smolvm`, or the value of `SMOLVM_BIN`).
     pub fn program(&self) -> &str {
-        &self.program
+        &self.0.program
     }
 
     /// The redacted arguments.
     pub fn args(&self) -> &[String] {
-        &self.args
+        &self.0.args
     }
 
     /// Replace every secret value (of 4 or more bytes) in `text` by `<redacted>`.
@@ -288,7 +297,7 @@ impl CommandLine {
     /// unreadable, and such values are not secrets.
     pub fn redact_output(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for secret in &self.secrets {
+        for secret in &self.0.secrets {
             if secret.len() >= 4 {
                 out = out.replace(secret.as_str(), REDACTED);
             }
@@ -311,10 +320,13 @@ fn redact_pair(pair: &str, secrets: &mut Vec<String>) -> String {
 
 impl fmt::Display for CommandLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.program)?;
-        for arg in &self.args {
+        f.write_str(&self.0.program)?;
+        for arg in &self.0.args {
             f.write_str(" ")?;
-            if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"')
+            if arg.is_empty()
+                || arg
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '\'' || c == '"')
             {
                 write!(f, "'{}'", arg.replace('\'', r"'\''"))?;
             } else {
@@ -345,8 +357,19 @@ mod tests {
         let cl = CommandLine::new(
             "smolvm",
             &argv(&[
-                "machine", "exec", "--name", "m", "--env=TOKEN=hunter22", "-e", "A=sekret",
-                "--env", "B=x=y", "-e=C=-dash", "--", "echo", "--env=GUEST=shown",
+                "machine",
+                "exec",
+                "--name",
+                "m",
+                "--env=TOKEN=hunter22",
+                "-e",
+                "A=sekret",
+                "--env",
+                "B=x=y",
+                "-e=C=-dash",
+                "--",
+                "echo",
+                "--env=GUEST=shown",
             ]),
         );
         let shown = cl.to_string();

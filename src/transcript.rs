@@ -29,7 +29,11 @@ pub struct TranscriptEntry {
 
 impl fmt::Display for TranscriptEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} -> {} ({:?})", self.command, self.outcome, self.duration)
+        write!(
+            f,
+            "{} -> {} ({:?})",
+            self.command, self.outcome, self.duration
+        )
     }
 }
 

@@ -19,7 +19,12 @@ pub const MAX_NAME_LEN: usize = 128;
 /// }
 /// ```
 pub fn validate_machine_name(name: &str) -> Result<()> {
-    let bad = |reason: String| Err(Error::invalid("machine name", format!("{name:?}: {reason}")));
+    let bad = |reason: String| {
+        Err(Error::invalid(
+            "machine name",
+            format!("{name:?}: {reason}"),
+        ))
+    };
     if name.is_empty() {
         return bad("must not be empty".into());
     }
@@ -148,10 +153,12 @@ pub fn format_timeout(timeout: Duration) -> Result<String> {
     if ms == 0 {
         return Err(Error::invalid(
             "timeout",
-            format!("{timeout:?}: must be at least 1ms (smolvm rejects zero and works in milliseconds)"),
+            format!(
+                "{timeout:?}: must be at least 1ms (smolvm rejects zero and works in milliseconds)"
+            ),
         ));
     }
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         Ok(format!("{}s", ms / 1000))
     } else {
         Ok(format!("{ms}ms"))
@@ -168,7 +175,10 @@ pub fn validate_guest_path(path: &str) -> Result<()> {
         ));
     }
     if path.contains('\0') {
-        return Err(Error::invalid("guest path", format!("{path:?} contains NUL")));
+        return Err(Error::invalid(
+            "guest path",
+            format!("{path:?} contains NUL"),
+        ));
     }
     Ok(())
 }
@@ -194,7 +204,9 @@ mod tests {
         assert!(validate_env_key("").is_err());
         assert!(validate_env_key("A=B").is_err());
         assert!(validate_env_key("A\0").is_err());
-        let err = validate_env_value("TOKEN", "sec\0ret").unwrap_err().to_string();
+        let err = validate_env_value("TOKEN", "sec\0ret")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("sec"), "{err}");
     }
 

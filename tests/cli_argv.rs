@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use smolvm_harness::{
-    CpPath, CreateOptions, Error, ExecOptions, MachineState, Reply, ScriptedRunner, Smolvm,
-    Version,
+    CpPath, CreateOptions, Error, ExecOptions, MachineState, Reply, ScriptedRunner, Smolvm, Version,
 };
 
 const OLD: &str = "0.8.0";
@@ -63,8 +62,13 @@ fn version_is_asked_once_and_cached_across_clones() {
 fn version_override_skips_the_probe() {
     let runner = ScriptedRunner::new().on(&["--version"], Reply::fail(2, "error: weird build"));
     let smolvm = client_with(runner.clone()).with_version(Version::new(0, 8, 0));
-    smolvm.machine_create("a", &CreateOptions::image("alpine")).unwrap();
-    assert_eq!(runner.argvs(), [["machine", "create", "--image", "alpine", "a"]]);
+    smolvm
+        .machine_create("a", &CreateOptions::image("alpine"))
+        .unwrap();
+    assert_eq!(
+        runner.argvs(),
+        [["machine", "create", "--image", "alpine", "a"]]
+    );
 }
 
 #[test]
@@ -78,11 +82,20 @@ fn unparseable_version_is_a_parse_error() {
 #[test]
 fn pack_create_argv_and_sidecar_path() {
     let (smolvm, runner) = client(NEW);
-    let sidecar = smolvm.pack_create("alpine:3.20", "/tmp/out/app.bin").unwrap();
+    let sidecar = smolvm
+        .pack_create("alpine:3.20", "/tmp/out/app.bin")
+        .unwrap();
     assert_eq!(sidecar, PathBuf::from("/tmp/out/app.bin.smolmachine"));
     assert_eq!(
         one(&runner),
-        ["pack", "create", "--image", "alpine:3.20", "-o", "/tmp/out/app.bin"]
+        [
+            "pack",
+            "create",
+            "--image",
+            "alpine:3.20",
+            "-o",
+            "/tmp/out/app.bin"
+        ]
     );
     // pack does not depend on the dialect: no version probe needed.
     assert!(runner.argvs().iter().all(|a| a[0] != "--version"));
@@ -93,13 +106,33 @@ fn create_from_image_both_dialects() {
     for (version, expected) in [
         (
             OLD,
-            vec!["machine", "create", "--image", "alpine", "--net", "--env=A=1", "--env=B=-x=y", "web"],
+            vec![
+                "machine",
+                "create",
+                "--image",
+                "alpine",
+                "--net",
+                "--env=A=1",
+                "--env=B=-x=y",
+                "web",
+            ],
         ),
         (
             NEW,
             vec![
-                "machine", "create", "--name", "web", "--image", "alpine", "--net", "--env=A=1",
-                "--env=B=-x=y", "--label", "team=infra", "--label", "k=v=w",
+                "machine",
+                "create",
+                "--name",
+                "web",
+                "--image",
+                "alpine",
+                "--net",
+                "--env=A=1",
+                "--env=B=-x=y",
+                "--label",
+                "team=infra",
+                "--label",
+                "k=v=w",
             ],
         ),
     ] {
@@ -125,8 +158,17 @@ fn create_with_cidrs_sends_net_explicitly() {
     assert_eq!(
         one(&runner),
         [
-            "machine", "create", "--name", "web", "--image", "alpine", "--net", "--allow-cidr",
-            "10.0.0.0/8", "--allow-cidr", "2001:db8::/32"
+            "machine",
+            "create",
+            "--name",
+            "web",
+            "--image",
+            "alpine",
+            "--net",
+            "--allow-cidr",
+            "10.0.0.0/8",
+            "--allow-cidr",
+            "2001:db8::/32"
         ]
     );
 }
@@ -139,15 +181,31 @@ fn create_from_pack_both_dialects() {
     smolvm
         .machine_create("m", &CreateOptions::from_path(&path).env("K", "V"))
         .unwrap();
-    assert_eq!(one(&runner), ["machine", "create", "--from", p, "--env=K=V", "m"]);
+    assert_eq!(
+        one(&runner),
+        ["machine", "create", "--from", p, "--env=K=V", "m"]
+    );
 
     let (smolvm, runner) = client(NEW);
     smolvm
-        .machine_create("m", &CreateOptions::from_path(&path).allow_cidr("192.0.2.7"))
+        .machine_create(
+            "m",
+            &CreateOptions::from_path(&path).allow_cidr("192.0.2.7"),
+        )
         .unwrap();
     assert_eq!(
         one(&runner),
-        ["machine", "create", "--name", "m", "--from", p, "--net", "--allow-cidr", "192.0.2.7"]
+        [
+            "machine",
+            "create",
+            "--name",
+            "m",
+            "--from",
+            p,
+            "--net",
+            "--allow-cidr",
+            "192.0.2.7"
+        ]
     );
 }
 
@@ -157,15 +215,24 @@ fn from_path_with_cidr_is_refused_before_1_8_0() {
     for version in ["0.8.0", "1.0.2", "1.7.9"] {
         let (smolvm, runner) = client(version);
         let err = smolvm
-            .machine_create("m", &CreateOptions::from_path(&path).allow_cidr("10.0.0.0/8"))
+            .machine_create(
+                "m",
+                &CreateOptions::from_path(&path).allow_cidr("10.0.0.0/8"),
+            )
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{version}: {err}");
         assert!(err.to_string().contains(version), "{err}");
-        assert!(sent(&runner).is_empty(), "nothing may be created on {version}");
+        assert!(
+            sent(&runner).is_empty(),
+            "nothing may be created on {version}"
+        );
     }
     let (smolvm, _) = client("1.8.0");
     smolvm
-        .machine_create("m", &CreateOptions::from_path(&path).allow_cidr("10.0.0.0/8"))
+        .machine_create(
+            "m",
+            &CreateOptions::from_path(&path).allow_cidr("10.0.0.0/8"),
+        )
         .unwrap();
 }
 
@@ -173,9 +240,20 @@ fn from_path_with_cidr_is_refused_before_1_8_0() {
 fn labels_only_from_1_8_0_and_names_flag_from_1_0_2() {
     let cases = [
         ("1.0.1", vec!["machine", "create", "--image", "i", "n"]),
-        ("1.0.2", vec!["machine", "create", "--name", "n", "--image", "i"]),
-        ("1.7.9", vec!["machine", "create", "--name", "n", "--image", "i"]),
-        ("1.8.0", vec!["machine", "create", "--name", "n", "--image", "i", "--label", "a=b"]),
+        (
+            "1.0.2",
+            vec!["machine", "create", "--name", "n", "--image", "i"],
+        ),
+        (
+            "1.7.9",
+            vec!["machine", "create", "--name", "n", "--image", "i"],
+        ),
+        (
+            "1.8.0",
+            vec![
+                "machine", "create", "--name", "n", "--image", "i", "--label", "a=b",
+            ],
+        ),
     ];
     for (version, expected) in cases {
         let (smolvm, runner) = client(version);
@@ -194,7 +272,10 @@ fn start_and_stop_are_the_same_in_both_dialects() {
         smolvm.machine_stop("m").unwrap();
         assert_eq!(
             sent(&runner),
-            [["machine", "start", "--name", "m"], ["machine", "stop", "--name", "m"]]
+            [
+                ["machine", "start", "--name", "m"],
+                ["machine", "stop", "--name", "m"]
+            ]
         );
     }
 }
@@ -214,21 +295,32 @@ fn delete_always_forces_and_stops_first_on_0_8_0() {
     smolvm.machine_delete("m").unwrap();
     assert_eq!(
         sent(&runner),
-        [vec!["machine", "stop", "--name", "m"], vec!["machine", "delete", "-f", "m"]]
+        [
+            vec!["machine", "stop", "--name", "m"],
+            vec!["machine", "delete", "-f", "m"]
+        ]
     );
 }
 
 #[test]
 fn delete_of_a_missing_machine_succeeds() {
-    let runner = ScriptedRunner::new()
-        .on(&["machine", "delete"], Reply::fail(1, "Error: vm not found: m\n"));
+    let runner = ScriptedRunner::new().on(
+        &["machine", "delete"],
+        Reply::fail(1, "Error: vm not found: m\n"),
+    );
     client_with(runner).machine_delete("m").unwrap();
 
     // On 0.8.0 a missing machine is recognised from stop... which exits 0 there; delete says it.
     let runner = ScriptedRunner::new()
         .version(OLD)
-        .on(&["machine", "stop"], Reply::stdout("Machine 'm' not found or not running\n"))
-        .on(&["machine", "delete"], Reply::fail(1, "Error: vm not found: m\n"));
+        .on(
+            &["machine", "stop"],
+            Reply::stdout("Machine 'm' not found or not running\n"),
+        )
+        .on(
+            &["machine", "delete"],
+            Reply::fail(1, "Error: vm not found: m\n"),
+        );
     client_with(runner).machine_delete("m").unwrap();
 }
 
@@ -253,6 +345,7 @@ fn exec_argv_with_every_option() {
         let opts = ExecOptions::default()
             .workdir("/srv")
             .timeout(Duration::from_secs(30))
+            .stream()
             .env("A", "1")
             .env("NEG", "-1");
         smolvm
@@ -261,8 +354,21 @@ fn exec_argv_with_every_option() {
         assert_eq!(
             one(&runner),
             [
-                "machine", "exec", "--name", "m", "-w", "/srv", "--timeout", "30s", "--env=A=1",
-                "--env=NEG=-1", "--", "sh", "-c", "echo --name x"
+                "machine",
+                "exec",
+                "--name",
+                "m",
+                "-w",
+                "/srv",
+                "--timeout",
+                "30s",
+                "--stream",
+                "--env=A=1",
+                "--env=NEG=-1",
+                "--",
+                "sh",
+                "-c",
+                "echo --name x"
             ],
             "{version}"
         );
@@ -288,7 +394,17 @@ fn exec_minimal_and_odd_forms() {
         sent(&runner),
         [
             vec!["machine", "exec", "--name", "m", "--", "--name", "y"],
-            vec!["machine", "exec", "--name", "m", "-w=-odd", "--timeout", "1500ms", "--", "true"],
+            vec![
+                "machine",
+                "exec",
+                "--name",
+                "m",
+                "-w=-odd",
+                "--timeout",
+                "1500ms",
+                "--",
+                "true"
+            ],
         ]
     );
     // The host-side limit covers the guest timeout plus smolvm's own buffer.
@@ -300,8 +416,14 @@ fn exec_minimal_and_odd_forms() {
 #[test]
 fn exec_guest_exit_codes_are_results_not_errors() {
     let runner = ScriptedRunner::new()
-        .on(&["machine", "exec", "--name", "m", "--", "false"], Reply::with(1, "", ""))
-        .on(&["machine", "exec", "--name", "m", "--", "two"], Reply::with(2, "", "error: usage\n"))
+        .on(
+            &["machine", "exec", "--name", "m", "--", "false"],
+            Reply::with(1, "", ""),
+        )
+        .on(
+            &["machine", "exec", "--name", "m", "--", "two"],
+            Reply::with(2, "", "error: usage\n"),
+        )
         .on(
             &["machine", "exec", "--name", "m", "--", "slow"],
             Reply::with(124, "partial", "\ncommand timed out after 1000ms"),
@@ -338,7 +460,10 @@ fn exec_smolvm_failures_are_errors() {
         assert!(matches!(err, Error::Failed { code: Some(1), .. }), "{err}");
         assert!(err.to_string().contains(stderr.trim()), "{err}");
     }
-    let runner = ScriptedRunner::new().on(&["machine", "exec"], Reply::fail(1, "Error: vm not found: m\n"));
+    let runner = ScriptedRunner::new().on(
+        &["machine", "exec"],
+        Reply::fail(1, "Error: vm not found: m\n"),
+    );
     let err = client_with(runner)
         .machine_exec("m", &["true"], &ExecOptions::default())
         .unwrap_err();
@@ -354,7 +479,12 @@ fn exec_env_values_never_appear_in_errors_or_debug() {
     let smolvm = client_with(runner.clone());
     let opts = ExecOptions::default().env("TOKEN", "hunter2-secret");
     let err = smolvm.machine_exec("m", &["true"], &opts).unwrap_err();
-    for shown in [err.to_string(), format!("{err:?}"), format!("{opts:?}"), format!("{:?}", runner.calls())] {
+    for shown in [
+        err.to_string(),
+        format!("{err:?}"),
+        format!("{opts:?}"),
+        format!("{:?}", runner.calls()),
+    ] {
         assert!(!shown.contains("hunter2-secret"), "leaked: {shown}");
     }
     assert!(err.to_string().contains("--env=TOKEN=<redacted>"), "{err}");
@@ -376,9 +506,16 @@ fn exec_rejects_bad_input_before_spawning() {
     let (smolvm, runner) = client(NEW);
     let none: [&str; 0] = [];
     let cases: Vec<(Result<_, Error>, &str)> = vec![
-        (smolvm.machine_exec("m", &none, &ExecOptions::default()), "exec argv"),
         (
-            smolvm.machine_exec("m", &["true"], &ExecOptions::default().timeout(Duration::ZERO)),
+            smolvm.machine_exec("m", &none, &ExecOptions::default()),
+            "exec argv",
+        ),
+        (
+            smolvm.machine_exec(
+                "m",
+                &["true"],
+                &ExecOptions::default().timeout(Duration::ZERO),
+            ),
             "timeout",
         ),
         (
@@ -389,10 +526,22 @@ fn exec_rejects_bad_input_before_spawning() {
             ),
             "timeout",
         ),
-        (smolvm.machine_exec("m", &["true"], &ExecOptions::default().env("", "v")), "env key"),
-        (smolvm.machine_exec("m", &["true"], &ExecOptions::default().env("A=B", "v")), "env key"),
-        (smolvm.machine_exec("m", &["true"], &ExecOptions::default().env("A\0", "v")), "env key"),
-        (smolvm.machine_exec("bad name", &["true"], &ExecOptions::default()), "machine name"),
+        (
+            smolvm.machine_exec("m", &["true"], &ExecOptions::default().env("", "v")),
+            "env key",
+        ),
+        (
+            smolvm.machine_exec("m", &["true"], &ExecOptions::default().env("A=B", "v")),
+            "env key",
+        ),
+        (
+            smolvm.machine_exec("m", &["true"], &ExecOptions::default().env("A\0", "v")),
+            "env key",
+        ),
+        (
+            smolvm.machine_exec("bad name", &["true"], &ExecOptions::default()),
+            "machine name",
+        ),
     ];
     for (result, what) in cases {
         match result {
@@ -400,7 +549,11 @@ fn exec_rejects_bad_input_before_spawning() {
             other => panic!("expected invalid {what}, got {other:?}"),
         }
     }
-    assert!(runner.argvs().is_empty(), "nothing may be spawned: {:?}", runner.argvs());
+    assert!(
+        runner.argvs().is_empty(),
+        "nothing may be spawned: {:?}",
+        runner.argvs()
+    );
 }
 
 #[test]
@@ -413,11 +566,23 @@ fn create_rejects_bad_input_before_spawning() {
         ("a.b", CreateOptions::image("alpine"), "machine name"),
         (&long, CreateOptions::image("alpine"), "machine name"),
         ("ok", CreateOptions::image(" "), "image"),
-        ("ok", CreateOptions::image("alpine").allow_cidr("10.0.0.0/33"), "CIDR"),
-        ("ok", CreateOptions::image("alpine").allow_cidr("example.com"), "CIDR"),
+        (
+            "ok",
+            CreateOptions::image("alpine").allow_cidr("10.0.0.0/33"),
+            "CIDR",
+        ),
+        (
+            "ok",
+            CreateOptions::image("alpine").allow_cidr("example.com"),
+            "CIDR",
+        ),
         ("ok", CreateOptions::image("alpine").env("", "x"), "env key"),
         ("ok", CreateOptions::image("alpine").label("", "x"), "label"),
-        ("ok", CreateOptions::from_path("/nonexistent/x.smolmachine"), "from path"),
+        (
+            "ok",
+            CreateOptions::from_path("/nonexistent/x.smolmachine"),
+            "from path",
+        ),
     ];
     for (name, opts, what) in bad {
         match smolvm.machine_create(name, &opts) {
@@ -432,14 +597,24 @@ fn create_rejects_bad_input_before_spawning() {
 fn cp_argv_both_directions_and_no_ops() {
     let (smolvm, runner) = client(NEW);
     smolvm
-        .machine_cp(CpPath::host("/tmp/in.txt"), CpPath::guest("m", "/work/in.txt"))
+        .machine_cp(
+            CpPath::host("/tmp/in.txt"),
+            CpPath::guest("m", "/work/in.txt"),
+        )
         .unwrap();
     smolvm
-        .machine_cp(CpPath::guest("m", "tmp/out.txt"), CpPath::host("/tmp/a:b/out.txt"))
+        .machine_cp(
+            CpPath::guest("m", "tmp/out.txt"),
+            CpPath::host("/tmp/a:b/out.txt"),
+        )
         .unwrap();
     // Empty sides are a no-op, as in the seed design.
-    smolvm.machine_cp(CpPath::host(""), CpPath::guest("m", "/x")).unwrap();
-    smolvm.machine_cp(CpPath::host("/x"), CpPath::guest("m", "")).unwrap();
+    smolvm
+        .machine_cp(CpPath::host(""), CpPath::guest("m", "/x"))
+        .unwrap();
+    smolvm
+        .machine_cp(CpPath::host("/x"), CpPath::guest("m", ""))
+        .unwrap();
     assert_eq!(
         runner.argvs(),
         [
@@ -453,11 +628,27 @@ fn cp_argv_both_directions_and_no_ops() {
 fn cp_rejects_ambiguous_or_invalid_paths() {
     let (smolvm, runner) = client(NEW);
     let cases = [
-        (CpPath::host("/tmp/a:b"), CpPath::guest("m", "/x"), "host path"),
+        (
+            CpPath::host("/tmp/a:b"),
+            CpPath::guest("m", "/x"),
+            "host path",
+        ),
         (CpPath::host("/a"), CpPath::host("/b"), "cp paths"),
-        (CpPath::guest("m", "/a"), CpPath::guest("n", "/b"), "cp paths"),
-        (CpPath::host("/a"), CpPath::guest("m", "/x/../etc"), "guest path"),
-        (CpPath::host("/a"), CpPath::guest("bad name", "/x"), "machine name"),
+        (
+            CpPath::guest("m", "/a"),
+            CpPath::guest("n", "/b"),
+            "cp paths",
+        ),
+        (
+            CpPath::host("/a"),
+            CpPath::guest("m", "/x/../etc"),
+            "guest path",
+        ),
+        (
+            CpPath::host("/a"),
+            CpPath::guest("bad name", "/x"),
+            "machine name",
+        ),
     ];
     for (src, dst, what) in cases {
         match smolvm.machine_cp(src.clone(), dst.clone()) {
@@ -487,7 +678,13 @@ fn list_parses_and_sorts() {
     assert_eq!(list[1].state, MachineState::Running);
     assert_eq!(list[1].pid, Some(4242));
     assert_eq!(list[1].created_at, Some(1_760_000_000));
-    assert_eq!(list[1].labels.get("smolvm-harness.owner").map(String::as_str), Some("1-2"));
+    assert_eq!(
+        list[1]
+            .labels
+            .get("smolvm-harness.owner")
+            .map(String::as_str),
+        Some("1-2")
+    );
     assert_eq!(list[1].network, Some(true));
 }
 
@@ -495,7 +692,9 @@ fn list_parses_and_sorts() {
 fn list_of_0_8_0_has_no_labels_and_empty_is_empty() {
     let runner = ScriptedRunner::new().on(
         &["machine", "ls"],
-        Reply::stdout(r#"[{"name":"x","state":"stopped","pid":null,"created_at":1,"image":"alpine"}]"#),
+        Reply::stdout(
+            r#"[{"name":"x","state":"stopped","pid":null,"created_at":1,"image":"alpine"}]"#,
+        ),
     );
     let list = client_with(runner).machine_list().unwrap();
     assert!(list[0].labels.is_empty());
@@ -510,7 +709,10 @@ fn list_garbage_is_a_parse_error() {
         let runner = ScriptedRunner::new().on(&["machine", "ls"], Reply::stdout(stdout));
         let err = client_with(runner).machine_list().unwrap_err();
         assert!(matches!(err, Error::Parse { .. }), "{stdout}: {err}");
-        assert!(err.to_string().contains("smolvm machine ls --json"), "{err}");
+        assert!(
+            err.to_string().contains("smolvm machine ls --json"),
+            "{err}"
+        );
     }
 }
 
@@ -523,7 +725,10 @@ fn status_found_and_not_found() {
         )
         .on(
             &["machine", "status", "--name", "gone"],
-            Reply::fail(1, "Error: config operation failed: machine status: machine 'gone' not found\n"),
+            Reply::fail(
+                1,
+                "Error: config operation failed: machine status: machine 'gone' not found\n",
+            ),
         );
     let smolvm = client_with(runner.clone());
     let a = smolvm.machine_status("a").unwrap().unwrap();
@@ -540,7 +745,10 @@ fn status_found_and_not_found() {
 
 #[test]
 fn lifecycle_failures_carry_command_code_and_stderr() {
-    let runner = ScriptedRunner::new().on(&["machine", "start"], Reply::fail(1, "Error: vm not found: x\n"));
+    let runner = ScriptedRunner::new().on(
+        &["machine", "start"],
+        Reply::fail(1, "Error: vm not found: x\n"),
+    );
     let err = client_with(runner).machine_start("x").unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -548,7 +756,12 @@ fn lifecycle_failures_carry_command_code_and_stderr() {
     );
     assert!(err.is_not_found());
     match err {
-        Error::Failed { command, code, stderr, .. } => {
+        Error::Failed {
+            command,
+            code,
+            stderr,
+            ..
+        } => {
             assert_eq!(command.args(), ["machine", "start", "--name", "x"]);
             assert_eq!(code, Some(1));
             assert_eq!(stderr, b"Error: vm not found: x\n");
@@ -596,7 +809,10 @@ fn missing_binary_is_not_found_with_advice() {
     let err = smolvm.version().unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("/nonexistent/dir/smolvm is not an executable file"), "{text}");
+    assert!(
+        text.contains("/nonexistent/dir/smolvm is not an executable file"),
+        "{text}"
+    );
     assert!(text.contains("SMOLVM_BIN"), "{text}");
 
     let smolvm = Smolvm::new("smolvm-surely-not-installed-anywhere");
@@ -636,5 +852,8 @@ fn process_env_reaches_the_runner() {
     let smolvm = smolvm.with_process_env("SMOLVM_DATA_DIR", "/tmp/isolated");
     smolvm.machine_start("m").unwrap();
     let last = runner.calls().pop().unwrap();
-    assert_eq!(last.env, [("SMOLVM_DATA_DIR".to_string(), "/tmp/isolated".to_string())]);
+    assert_eq!(
+        last.env,
+        [("SMOLVM_DATA_DIR".to_string(), "/tmp/isolated".to_string())]
+    );
 }

@@ -1,0 +1,433 @@
+//! The fake CLI front end: state in a locked directory, configuration in env vars, and a
+//! JSON log line per invocation.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::apply::Step;
+use super::grammar::{parse_duration, Features};
+use super::state::{SimMachine, State};
+use super::{check_knob_key, drive, Backend, Call, Knobs, Outcome, SimOutput};
+use crate::error::{Error, Result, REDACTED};
+use crate::Version;
+
+/// `SMOLVM_FAKE_STATE=DIR`: where the fake keeps its machines (required).
+pub const STATE_ENV: &str = "SMOLVM_FAKE_STATE";
+/// `SMOLVM_FAKE_VERSION=X.Y.Z`: the smolvm version to behave as (default 1.9.2).
+pub const VERSION_ENV: &str = "SMOLVM_FAKE_VERSION";
+/// `SMOLVM_FAKE_FAIL=start,exec`: subcommands that exit 1 with an injected failure.
+pub const FAIL_ENV: &str = "SMOLVM_FAKE_FAIL";
+/// `SMOLVM_FAKE_LATENCY=create=50ms,exec=20ms`: per-subcommand latency.
+pub const LATENCY_ENV: &str = "SMOLVM_FAKE_LATENCY";
+/// `SMOLVM_FAKE_HANG=exec`: subcommands that sleep until killed.
+pub const HANG_ENV: &str = "SMOLVM_FAKE_HANG";
+/// `SMOLVM_FAKE_LOG=FILE`: append one JSON line per invocation.
+pub const LOG_ENV: &str = "SMOLVM_FAKE_LOG";
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+/// The fake smolvm's `main`: reads argv and the `SMOLVM_FAKE_*` variables (see [the module
+/// docs](super)), prints what smolvm would print, and returns the exit code.
+///
+/// `fixtures/smolvm-fake.rs` is `std::process::exit(fake_cli_main())`.
+pub fn fake_cli_main() -> i32 {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = run_fake(&args);
+    // A closed pipe is the reader's choice; there is nobody left to tell.
+    let _ = io::stdout().lock().write_all(&out.stdout);
+    let _ = io::stdout().flush();
+    let _ = io::stderr().lock().write_all(&out.stderr);
+    out.code
+}
+
+fn fake_error(msg: &str) -> SimOutput {
+    SimOutput {
+        code: 1,
+        stdout: Vec::new(),
+        stderr: format!("Error: smolvm-fake: {msg}\n").into_bytes(),
+    }
+}
+
+fn run_fake(args: &[String]) -> SimOutput {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(msg) => return fake_error(&msg),
+    };
+    let backend = FileBackend {
+        dir: config.dir,
+        log: config.log,
+        argv: redact_argv(args),
+    };
+    let lookup = |key: &str| std::env::var(key).ok();
+    let confirm = || {
+        let mut line = String::new();
+        match io::stdin().lock().read_line(&mut line) {
+            Ok(_) => matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+            Err(_) => false,
+        }
+    };
+    let call = Call {
+        args,
+        features: Features::new(config.version),
+        knobs: &config.knobs,
+        lookup_env: &lookup,
+        confirm_delete: &confirm,
+        // The host kills this process; nothing to watch here.
+        host_deadline: None,
+        hang_forever: true,
+    };
+    match drive(&call, &backend) {
+        Ok(Outcome::Exit(out)) => out,
+        // Unreachable without a host deadline; answer like a timed-out exec.
+        Ok(Outcome::HostTimeout { stdout, stderr }) => SimOutput {
+            code: 124,
+            stdout,
+            stderr,
+        },
+        Err(msg) => fake_error(&msg),
+    }
+}
+
+struct Config {
+    dir: PathBuf,
+    version: Version,
+    knobs: Knobs,
+    log: Option<PathBuf>,
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn key_list(var: &str) -> std::result::Result<Vec<String>, String> {
+    let Some(value) = env_nonempty(var) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            check_knob_key(k)
+                .map(|()| k.to_string())
+                .map_err(|e| format!("{var}: {e}"))
+        })
+        .collect()
+}
+
+fn latency_list(var: &str) -> std::result::Result<Vec<(String, Duration)>, String> {
+    let Some(value) = env_nonempty(var) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (k, d) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{var}: expected KEY=DURATION, got {entry:?}"))?;
+            check_knob_key(k.trim()).map_err(|e| format!("{var}: {e}"))?;
+            let d = parse_duration(d.trim())
+                .map_err(|e| format!("{var}: bad duration {d:?} for {k}: {e}"))?;
+            Ok((k.trim().to_string(), d))
+        })
+        .collect()
+}
+
+impl Config {
+    fn from_env() -> std::result::Result<Config, String> {
+        let dir = env_nonempty(STATE_ENV).ok_or_else(|| {
+            format!(
+                "{STATE_ENV} is not set; set it to a directory where the simulated machines are \
+                 kept (created if missing)"
+            )
+        })?;
+        let version = match env_nonempty(VERSION_ENV) {
+            Some(v) => v.parse().map_err(|e| format!("{VERSION_ENV}={v:?}: {e}"))?,
+            None => Version::NEWEST_KNOWN,
+        };
+        let knobs = Knobs {
+            fail: key_list(FAIL_ENV)?.into_iter().collect(),
+            latency: latency_list(LATENCY_ENV)?.into_iter().collect(),
+            hang: key_list(HANG_ENV)?.into_iter().collect(),
+        };
+        Ok(Config {
+            dir: PathBuf::from(dir),
+            version,
+            knobs,
+            log: env_nonempty(LOG_ENV).map(PathBuf::from),
+        })
+    }
+}
+
+/// The state directory, locked per read-modify-write.
+struct FileBackend {
+    dir: PathBuf,
+    log: Option<PathBuf>,
+    /// Redacted once: the log must never see an env value.
+    argv: Vec<String>,
+}
+
+/// An exclusive lock on `DIR/lock`, released when dropped (closing the file releases it).
+fn lock_dir(dir: &Path) -> std::result::Result<File, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.lock()
+        .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(file)
+}
+
+fn read_state(dir: &Path) -> std::result::Result<(State, String), String> {
+    let path = dir.join(STATE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let state = State::from_json_text(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((state, text))
+}
+
+impl FileBackend {
+    fn append_log(&self, code: i32, machines: usize) {
+        let Some(path) = &self.log else {
+            return;
+        };
+        let t_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let line = json!({
+            "t_us": t_us,
+            "pid": std::process::id(),
+            "argv": self.argv,
+            "code": code,
+            "machines": machines,
+        })
+        .to_string()
+            + "\n";
+        // One write of one line, in append mode: lines from parallel processes never mix.
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("smolvm-fake: cannot write log {}: {e}", path.display());
+        }
+    }
+}
+
+impl Backend for FileBackend {
+    fn transact(&self, f: &mut dyn FnMut(&mut State) -> Step) -> std::result::Result<Step, String> {
+        let lock = lock_dir(&self.dir)?;
+        let (mut state, before) = read_state(&self.dir)?;
+        let step = f(&mut state);
+        let after = state.to_json_text();
+        if after != before {
+            // Write-then-rename: a crash mid-write must not leave half a state behind.
+            let path = self.dir.join(STATE_FILE);
+            let tmp = self
+                .dir
+                .join(format!("{STATE_FILE}.{}.tmp", std::process::id()));
+            fs::write(&tmp, &after)
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        if let Step::Done(out) = &step {
+            self.append_log(out.code, state.machines.len());
+        }
+        drop(lock);
+        Ok(step)
+    }
+
+    fn log_exec(&self, code: i32, machines: usize) {
+        if self.log.is_none() {
+            return;
+        }
+        match lock_dir(&self.dir) {
+            Ok(lock) => {
+                self.append_log(code, machines);
+                drop(lock);
+            }
+            Err(e) => eprintln!("smolvm-fake: {e}"),
+        }
+    }
+}
+
+/// Read the machines a fake CLI keeps in `dir` (its `SMOLVM_FAKE_STATE`), under its lock:
+/// what tests inspect after driving the fake, including env, CIDRs and copied files.
+/// A directory the fake never wrote to holds no machines.
+pub fn read_fake_state(dir: impl AsRef<Path>) -> Result<Vec<SimMachine>> {
+    let dir = dir.as_ref();
+    let lock = lock_dir(dir).map_err(|e| Error::io("lock fake state", dir, io::Error::other(e)))?;
+    let (state, _) = read_state(dir)
+        .map_err(|e| Error::io("read fake state", dir.join(STATE_FILE), io::Error::other(e)))?;
+    drop(lock);
+    Ok(state.machines)
+}
+
+/// Replace every `-e`/`--env` value with `<redacted>`, in all of clap's forms (`-e K=V`,
+/// `--env K=V`, `--env=K=V`, `-e=K=V`, `-eK=V`, `-ie K=V`); words after `--` are the guest's
+/// and are left alone.
+pub(crate) fn redact_argv(args: &[String]) -> Vec<String> {
+    let pair = |p: &str| match p.split_once('=') {
+        Some((k, _)) => format!("{k}={REDACTED}"),
+        None => p.to_string(),
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut value_next = false;
+    let mut guest = false;
+    for a in args {
+        if guest {
+            out.push(a.clone());
+        } else if value_next {
+            value_next = false;
+            out.push(pair(a));
+        } else if a == "--" {
+            guest = true;
+            out.push(a.clone());
+        } else if a == "--env" {
+            value_next = true;
+            out.push(a.clone());
+        } else if let Some(v) = a.strip_prefix("--env=") {
+            out.push(format!("--env={}", pair(v)));
+        } else if let Some(body) = a.strip_prefix('-').filter(|b| !b.starts_with('-')) {
+            // Flags that take no value may come before `e` in a cluster.
+            let skip = body
+                .find(|c: char| !"fitdv".contains(c))
+                .unwrap_or(body.len());
+            match body[skip..].strip_prefix('e') {
+                Some("") => {
+                    value_next = true;
+                    out.push(a.clone());
+                }
+                Some(rest) => {
+                    let (eq, value) = match rest.strip_prefix('=') {
+                        Some(v) => ("=", v),
+                        None => ("", rest),
+                    };
+                    out.push(format!("-{}e{eq}{}", &body[..skip], pair(value)));
+                }
+                None => out.push(a.clone()),
+            }
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn redaction_covers_every_env_form() {
+        let got = redact_argv(&argv(&[
+            "machine",
+            "exec",
+            "--name",
+            "m",
+            "-e",
+            "A=s1",
+            "--env",
+            "B=s2",
+            "--env=C=s3",
+            "-e=D=s4",
+            "-eE=s5",
+            "-ieF=s6",
+            "-it",
+            "-e",
+            "G",
+            "--env=",
+            "--",
+            "echo",
+            "-e",
+            "H=shown",
+        ]));
+        assert_eq!(
+            got,
+            argv(&[
+                "machine",
+                "exec",
+                "--name",
+                "m",
+                "-e",
+                "A=<redacted>",
+                "--env",
+                "B=<redacted>",
+                "--env=C=<redacted>",
+                "-e=D=<redacted>",
+                "-eE=<redacted>",
+                "-ieF=<redacted>",
+                "-it",
+                "-e",
+                "G",
+                "--env=",
+                "--",
+                "echo",
+                "-e",
+                "H=shown",
+            ])
+        );
+        let joined = got.join(" ");
+        for secret in ["s1", "s2", "s3", "s4", "s5", "s6"] {
+            assert!(!joined.contains(&format!("={secret}")), "{secret}");
+        }
+    }
+
+    #[test]
+    fn redaction_leaves_other_short_options_alone() {
+        assert_eq!(
+            redact_argv(&argv(&["machine", "create", "-w/e=x", "-nweb", "-Ialpine"])),
+            argv(&["machine", "create", "-w/e=x", "-nweb", "-Ialpine"])
+        );
+    }
+
+    #[test]
+    fn file_backend_persists_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = FileBackend {
+            dir: dir.path().join("nested"),
+            log: Some(dir.path().join("log.jsonl")),
+            argv: argv(&["x"]),
+        };
+        backend
+            .transact(&mut |s| {
+                s.machines.push(SimMachine::new("a".into(), 1));
+                Step::Done(SimOutput::default())
+            })
+            .unwrap();
+        let machines = read_fake_state(dir.path().join("nested")).unwrap();
+        assert_eq!(machines.len(), 1);
+        let log = fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(log.trim()).unwrap();
+        assert_eq!(line["machines"], 1);
+        assert_eq!(line["code"], 0);
+        assert_eq!(line["argv"], json!(["x"]));
+        assert!(read_fake_state(dir.path().join("never-used"))
+            .unwrap()
+            .is_empty());
+    }
+}
