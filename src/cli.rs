@@ -201,10 +201,14 @@ impl Smolvm {
         if let Some(v) = self.inner.version.get() {
             return Ok(*v);
         }
-        static BY_BINARY: OnceLock<Mutex<HashMap<PathBuf, Version>>> = OnceLock::new();
+        // Keyed by binary and process env: the same program can front different smolvms
+        // (a wrapper, or the fake CLI told which version to be through its environment).
+        type Key = (PathBuf, Vec<(String, String)>);
+        static BY_BINARY: OnceLock<Mutex<HashMap<Key, Version>>> = OnceLock::new();
         let by_binary = BY_BINARY.get_or_init(Default::default);
+        let key = (self.inner.program.clone(), self.inner.env.clone());
         if self.inner.process_runner {
-            if let Some(v) = lock(by_binary).get(&self.inner.program) {
+            if let Some(v) = lock(by_binary).get(&key) {
                 let _ = self.inner.version.set(*v);
                 return Ok(*v);
             }
@@ -221,7 +225,7 @@ impl Smolvm {
             })?;
         let _ = self.inner.version.set(v);
         if self.inner.process_runner {
-            lock(by_binary).insert(self.inner.program.clone(), v);
+            lock(by_binary).insert(key, v);
         }
         Ok(v)
     }

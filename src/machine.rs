@@ -1,0 +1,854 @@
+//! The machine guard: a smolvm machine that is deleted when its [`Machine`] goes away.
+//!
+//! Order of events over a guard's life, and why:
+//!
+//! 1. Everything is validated before anything happens, so bad input leaves nothing behind,
+//!    and the name is claimed in-process, so no two live guards share one.
+//! 2. A slot under `SMOLVM_HARNESS_MAX_MACHINES` is taken (booting many VMs at once is what
+//!    hurts), then the name is registered with the cleanup machinery *before* `machine
+//!    create`, so a crash at any later point is still cleaned up by the exit hook, the crash
+//!    watcher or the next run's sweep.
+//! 3. On drop the machine is deleted, then unregistered, then the slot is released (it is the
+//!    last field, so it drops after `Drop::drop` ran): another process never boots into a
+//!    slot whose machine still exists.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::cleanup;
+use crate::cli::{CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, Smolvm};
+use crate::config::{config, config_or_default, KeepPolicy};
+use crate::diag;
+use crate::error::{Error, Result};
+use crate::names::{current_test_name, generate_name};
+use crate::pack::Pack;
+use crate::runner::lock;
+use crate::slots::{self, Slot};
+use crate::transcript::{self, TranscriptEntry};
+use crate::validate::validate_machine_name;
+
+/// A smolvm machine owned by a test: created by [`MachineBuilder::create`] or
+/// [`MachineBuilder::start`], deleted (`machine delete -f`) when dropped.
+///
+/// When the test is failing (the guard drops while the thread panics), the drop first prints
+/// the machine's name, its last smolvm commands and where its logs are, then honours
+/// `SMOLVM_HARNESS_KEEP` (see [`MachineBuilder::keep_policy`]).
+///
+/// Cleanup does **not** run from drop when the process is killed, calls
+/// `std::process::exit`, or the guard lives in a `static` or an rstest `#[once]` fixture; the
+/// harness's exit hook, signal handler and next-run sweep cover those cases.
+///
+/// Escape hatches, as on `tempfile::TempDir`: [`Machine::keep`] (never delete),
+/// [`Machine::disable_cleanup`] (switch deletion off in place) and [`Machine::delete`]
+/// (delete now and see the error that drop can only log).
+///
+/// ```no_run
+/// use smolvm_harness::Machine;
+///
+/// let vm = Machine::builder().image("alpine:latest").net().start()?;
+/// let out = vm.sh("echo hello from $(uname -s)")?;
+/// out.assert_success();
+/// assert_eq!(out.stdout_str(), "hello from Linux\n");
+/// # Ok::<(), smolvm_harness::Error>(())
+/// ```
+///
+/// In unit mode the same code runs against a scripted runner:
+///
+/// ```
+/// use smolvm_harness::{Machine, Reply, ScriptedRunner, Smolvm};
+///
+/// let runner = ScriptedRunner::new().on(
+///     &["machine", "exec"],
+///     Reply::stdout("hello\n"),
+/// );
+/// let smolvm = Smolvm::new("smolvm").with_runner(runner.clone());
+/// {
+///     let vm = Machine::builder().smolvm(smolvm).name("doc-vm").start().unwrap();
+///     assert_eq!(vm.exec(&["echo", "hello"]).unwrap().stdout_str(), "hello\n");
+/// }
+/// let last = runner.argvs().pop().unwrap();
+/// assert_eq!(last, ["machine", "delete", "-f", "--name", "doc-vm"]);
+/// ```
+#[must_use = "dropping a Machine deletes the VM at once"]
+pub struct Machine {
+    smolvm: Smolvm,
+    name: String,
+    /// False once the machine is no longer ours to delete: after `keep`, `delete`, a
+    /// handled start failure, or `disable_cleanup(true)`.
+    armed: bool,
+    keep_policy: Option<KeepPolicy>,
+    /// Released after `Drop::drop` has run, like the slot.
+    _claim: Claim,
+    /// Last field: released after `Drop::drop` has deleted the machine.
+    _slot: Option<Slot>,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("name", &self.name)
+            .field("cleanup", &self.armed)
+            .finish()
+    }
+}
+
+/// A name held by a live guard of this process.
+///
+/// The cleanup registry is keyed by name, so two guards with one name would share one
+/// registration: the second one's failed create (the name exists) would unregister the first
+/// one's machine, which a signal or crash would then leak. Names are therefore claimed before
+/// anything else happens, and released when the guard (or the failed attempt) is gone.
+#[derive(Debug)]
+struct Claim(String);
+
+fn claimed() -> std::sync::MutexGuard<'static, HashSet<String>> {
+    static CLAIMED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    lock(CLAIMED.get_or_init(Default::default))
+}
+
+impl Claim {
+    fn new(name: &str) -> Result<Claim> {
+        if claimed().insert(name.to_string()) {
+            Ok(Claim(name.to_string()))
+        } else {
+            Err(Error::invalid(
+                "machine name",
+                format!("{name:?} is in use by another Machine of this process"),
+            ))
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        claimed().remove(&self.0);
+    }
+}
+
+/// Where the machine comes from, as given to the builder.
+#[derive(Clone, Debug)]
+enum BuilderSource {
+    Image(String),
+    Path(PathBuf),
+}
+
+/// Builds a [`Machine`]: source, network, env, labels, name, client. By value, so a
+/// partly set up builder can be cloned and reused.
+///
+/// Without a source, the machine uses the image of `SMOLVM_HARNESS_IMAGE` (default
+/// `alpine:latest`) with networking on, which smolvm ≥ 1.7.3 needs to pull it. With an
+/// explicit [`MachineBuilder::image`], add [`MachineBuilder::net`] yourself for a registry
+/// image.
+///
+/// ```
+/// use smolvm_harness::{Machine, ScriptedRunner, Smolvm};
+///
+/// let runner = ScriptedRunner::new();
+/// let vm = Machine::builder()
+///     .smolvm(Smolvm::new("smolvm").with_runner(runner.clone()))
+///     .image("alpine:3.20")
+///     .allow_cidr("10.0.0.0/8")
+///     .env("MODE", "test")
+///     .name("builder-doc")
+///     .create()
+///     .unwrap();
+/// assert_eq!(vm.name(), "builder-doc");
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct MachineBuilder {
+    source: Option<BuilderSource>,
+    net: bool,
+    allow_cidrs: Vec<String>,
+    env: Vec<(String, String)>,
+    labels: Vec<(String, String)>,
+    name: Option<String>,
+    smolvm: Option<Smolvm>,
+    test_name: Option<String>,
+    keep_policy: Option<KeepPolicy>,
+}
+
+impl fmt::Debug for MachineBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Env values may be secrets: keys only.
+        let env_keys: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("MachineBuilder")
+            .field("source", &self.source)
+            .field("net", &self.net)
+            .field("allow_cidrs", &self.allow_cidrs)
+            .field("env_keys", &env_keys)
+            .field("labels", &self.labels)
+            .field("name", &self.name)
+            .field("smolvm", &self.smolvm)
+            .field("test_name", &self.test_name)
+            .field("keep_policy", &self.keep_policy)
+            .finish()
+    }
+}
+
+impl Machine {
+    /// Start describing a machine.
+    pub fn builder() -> MachineBuilder {
+        MachineBuilder {
+            source: None,
+            net: false,
+            allow_cidrs: Vec::new(),
+            env: Vec::new(),
+            labels: Vec::new(),
+            name: None,
+            smolvm: None,
+            test_name: None,
+            keep_policy: None,
+        }
+    }
+}
+
+impl MachineBuilder {
+    /// Create from an image (`--image`): a registry reference, or on smolvm ≥ 1.x a local
+    /// archive or directory. Replaces any earlier source.
+    pub fn image(mut self, image: impl Into<String>) -> MachineBuilder {
+        self.source = Some(BuilderSource::Image(image.into()));
+        self
+    }
+
+    /// Create from a pack (`--from PACK.smolmachine`). Keep the [`Pack`] alive until the
+    /// machine is created; a [`Pack::shared`] pack lives for the whole run anyway.
+    pub fn from_pack(self, pack: &Pack) -> MachineBuilder {
+        self.from_path(pack.path())
+    }
+
+    /// Create from a `.smolmachine` file made by `smolvm pack create` (`--from`).
+    pub fn from_path(mut self, path: impl Into<PathBuf>) -> MachineBuilder {
+        self.source = Some(BuilderSource::Path(path.into()));
+        self
+    }
+
+    /// Turn networking on (`--net`).
+    pub fn net(mut self) -> MachineBuilder {
+        self.net = true;
+        self
+    }
+
+    /// Set a guest environment variable for every command of the machine. Values are
+    /// redacted in every message and log.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> MachineBuilder {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Allow egress to this CIDR (`--allow-cidr`; networking is then on). Refused for a
+    /// pack source on smolvm < 1.8.0, which would silently drop the policy.
+    pub fn allow_cidr(mut self, cidr: impl Into<String>) -> MachineBuilder {
+        self.allow_cidrs.push(cidr.into());
+        self
+    }
+
+    /// Attach a label (`--label K=V`, sent on smolvm ≥ 1.8.0 only), after the labels that
+    /// mark the machine as the harness's; their keys are reserved.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> MachineBuilder {
+        self.labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// Use this exact name instead of a generated one. It must follow smolvm's rules (see
+    /// [`crate::validate_machine_name`]) and not be taken: an existing machine of that name is
+    /// an error, and is never deleted on your behalf.
+    pub fn name(mut self, name: impl Into<String>) -> MachineBuilder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Use this client instead of [`Smolvm::from_env`].
+    pub fn smolvm(mut self, smolvm: Smolvm) -> MachineBuilder {
+        self.smolvm = Some(smolvm);
+        self
+    }
+
+    /// Name generated machines after this instead of [`crate::current_test_name`] (e.g. for
+    /// machines made on a helper thread, whose name libtest does not set).
+    pub fn test_name(mut self, test_name: impl Into<String>) -> MachineBuilder {
+        self.test_name = Some(test_name.into());
+        self
+    }
+
+    /// Decide for this machine what `SMOLVM_HARNESS_KEEP` decides for all: keep it when its
+    /// test fails ([`KeepPolicy::OnFailure`]), always, or never.
+    pub fn keep_policy(mut self, policy: KeepPolicy) -> MachineBuilder {
+        self.keep_policy = Some(policy);
+        self
+    }
+
+    /// Create the machine, not started.
+    ///
+    /// Input (name, image, env keys, CIDRs, labels, and what the installed smolvm can do
+    /// safely) is checked first; an error there has no side effect. If `machine create`
+    /// fails, whatever it may have left is deleted and its error returned. A generated name
+    /// that is already taken (a kept machine of an earlier process with the same pid) is
+    /// replaced by the next one, once.
+    pub fn create(self) -> Result<Machine> {
+        let smolvm = match &self.smolvm {
+            Some(s) => s.clone(),
+            None => Smolvm::from_env(),
+        };
+        let options = self.options()?;
+        options.validate()?;
+        // `Some(test name)` when the name is generated, so that a retry can make another.
+        let (mut name, test_name) = match &self.name {
+            Some(name) => (name.clone(), None),
+            None => {
+                let test = self.test_name.clone().unwrap_or_else(current_test_name);
+                (generate_name(&config()?.prefix, &test), Some(test))
+            }
+        };
+        validate_machine_name(&name)?;
+        let dialect = smolvm.dialect()?;
+        // Refusals that depend on the version (e.g. `--from` with CIDRs before 1.8.0).
+        options.argv(&name, dialect)?;
+
+        let mut claim = Claim::new(&name)?;
+        let slot = slots::acquire(&smolvm)?;
+        let mut retried = false;
+        loop {
+            cleanup::register(&smolvm, &name)?;
+            let err = match smolvm.machine_create(&name, &options) {
+                Ok(()) => {
+                    return Ok(Machine {
+                        smolvm,
+                        name,
+                        armed: true,
+                        keep_policy: self.keep_policy,
+                        _claim: claim,
+                        _slot: slot,
+                    })
+                }
+                Err(e) => e,
+            };
+            if is_already_exists(&err) {
+                // Not a machine of a live guard here (the claim rules that out), so someone
+                // else's, often one kept for inspection: deleting it "to clean up" would
+                // destroy exactly what was kept.
+                cleanup::unregister(&name);
+                transcript::forget(&name);
+                if let (Some(test), false) = (&test_name, retried) {
+                    retried = true;
+                    name = generate_name(&config()?.prefix, test);
+                    claim = Claim::new(&name)?;
+                    continue;
+                }
+                return Err(err);
+            }
+            if may_have_created(&err) {
+                // A create that timed out or failed late may have left a record behind.
+                match smolvm.machine_delete(&name) {
+                    Ok(()) => cleanup::unregister(&name),
+                    Err(e) => log_delete_failure(&name, &e),
+                }
+            } else {
+                cleanup::unregister(&name);
+            }
+            transcript::forget(&name);
+            return Err(err);
+        }
+    }
+
+    /// Create the machine and start it. If starting fails, the machine is deleted and the
+    /// start error returned.
+    pub fn start(self) -> Result<Machine> {
+        let mut machine = self.create()?;
+        if let Err(err) = machine.smolvm.machine_start(&machine.name) {
+            machine.armed = false;
+            match machine.smolvm.machine_delete(&machine.name) {
+                Ok(()) => {
+                    cleanup::unregister(&machine.name);
+                    transcript::forget(&machine.name);
+                }
+                Err(e) => log_delete_failure(&machine.name, &e),
+            }
+            return Err(err);
+        }
+        Ok(machine)
+    }
+
+    fn options(&self) -> Result<CreateOptions> {
+        let mut options = match &self.source {
+            Some(BuilderSource::Image(image)) => CreateOptions::image(image.clone()),
+            Some(BuilderSource::Path(path)) => CreateOptions::from_path(path.clone()),
+            None => CreateOptions::image(config()?.image.clone()).net(),
+        };
+        if self.net {
+            options = options.net();
+        }
+        for cidr in &self.allow_cidrs {
+            options = options.allow_cidr(cidr.clone());
+        }
+        for (k, v) in &self.env {
+            options = options.env(k.clone(), v.clone());
+        }
+        let own = cleanup::ownership_labels();
+        for (k, _) in &self.labels {
+            // A user label with the same key would hide whose machine it is from the sweep.
+            if own.iter().any(|(own_key, _)| own_key == k) {
+                return Err(Error::invalid(
+                    "label",
+                    format!("{k:?} is reserved: the harness marks its machines with it"),
+                ));
+            }
+        }
+        for (k, v) in own {
+            options = options.label(k, v);
+        }
+        for (k, v) in &self.labels {
+            options = options.label(k.clone(), v.clone());
+        }
+        Ok(options)
+    }
+}
+
+impl Machine {
+    /// The machine's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client the machine was created with.
+    pub fn smolvm(&self) -> &Smolvm {
+        &self.smolvm
+    }
+
+    /// Run `argv` in the machine. A non-zero guest exit is in [`ExecOutput::code`], not an
+    /// error; see [`Smolvm::machine_exec`].
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<ExecOutput> {
+        self.smolvm
+            .machine_exec(&self.name, argv, &ExecOptions::default())
+    }
+
+    /// A command to run in the machine, with env, working directory and timeout, in the
+    /// manner of `std::process::Command`.
+    ///
+    /// ```no_run
+    /// # fn f(vm: &smolvm_harness::Machine) -> smolvm_harness::Result<()> {
+    /// use std::time::Duration;
+    /// let out = vm
+    ///     .command(&["make", "test"])
+    ///     .env("CI", "1")
+    ///     .workdir("/src")
+    ///     .timeout(Duration::from_secs(120))
+    ///     .run()?;
+    /// out.assert_success();
+    /// # Ok(()) }
+    /// ```
+    pub fn command<S: AsRef<str>>(&self, argv: &[S]) -> MachineCommand<'_> {
+        MachineCommand {
+            machine: self,
+            argv: argv.iter().map(|a| a.as_ref().to_string()).collect(),
+            options: ExecOptions::default(),
+        }
+    }
+
+    /// Run a shell script: `sh -c SCRIPT`.
+    pub fn sh(&self, script: &str) -> Result<ExecOutput> {
+        self.exec(&["sh", "-c", script])
+    }
+
+    /// Copy a host file into the machine (`machine cp HOST NAME:GUEST`).
+    pub fn copy_in(&self, host: impl AsRef<Path>, guest: &str) -> Result<()> {
+        self.smolvm.machine_cp(
+            CpPath::host(host.as_ref()),
+            CpPath::guest(self.name.as_str(), guest),
+        )
+    }
+
+    /// Copy a file out of the machine (`machine cp NAME:GUEST HOST`).
+    pub fn copy_out(&self, guest: &str, host: impl AsRef<Path>) -> Result<()> {
+        self.smolvm.machine_cp(
+            CpPath::guest(self.name.as_str(), guest),
+            CpPath::host(host.as_ref()),
+        )
+    }
+
+    /// Start the machine (again): `machine start`.
+    pub fn start(&self) -> Result<()> {
+        self.smolvm.machine_start(&self.name)
+    }
+
+    /// Stop the machine: `machine stop`. It still exists and can be started again.
+    pub fn stop(&self) -> Result<()> {
+        self.smolvm.machine_stop(&self.name)
+    }
+
+    /// `machine status --json`; `None` if the machine no longer exists.
+    pub fn status(&self) -> Result<Option<MachineInfo>> {
+        self.smolvm.machine_status(&self.name)
+    }
+
+    /// The smolvm commands run for this machine in this process, oldest first (at most
+    /// [`crate::TRANSCRIPT_LEN`]).
+    pub fn transcript(&self) -> Vec<TranscriptEntry> {
+        transcript::transcript(&self.name)
+    }
+
+    /// Delete the machine now and return the error, which drop could only log. On success
+    /// the machine is forgotten by the cleanup machinery; on failure it stays registered, so
+    /// the exit hook and the next run's sweep try again.
+    #[doc(alias = "close")]
+    pub fn delete(mut self) -> Result<()> {
+        self.armed = false;
+        self.smolvm.machine_delete(&self.name)?;
+        cleanup::unregister(&self.name);
+        transcript::forget(&self.name);
+        Ok(())
+    }
+
+    /// Keep the machine: never delete it, not on drop, not at exit, not in a later sweep.
+    /// Prints the command that deletes it and returns its name.
+    pub fn keep(mut self) -> String {
+        self.armed = false;
+        self.mark_kept();
+        transcript::forget(&self.name);
+        std::mem::take(&mut self.name)
+    }
+
+    /// Switch deletion off (`true`) or back on (`false`), in place; for debugging. While
+    /// off, the machine counts as kept (see [`Machine::keep`]), so the exit hook and sweeps
+    /// leave it alone too.
+    pub fn disable_cleanup(&mut self, disable: bool) {
+        if disable && self.armed {
+            self.armed = false;
+            self.mark_kept();
+        } else if !disable && !self.armed {
+            match cleanup::register(&self.smolvm, &self.name) {
+                Ok(()) => self.armed = true,
+                Err(e) => diag::log(&format!(
+                    "smolvm-harness: could not re-enable cleanup of machine {}: {e}",
+                    self.name
+                )),
+            }
+        }
+    }
+
+    fn mark_kept(&self) {
+        cleanup::mark_kept(&self.name);
+        diag::log(&format!(
+            "smolvm-harness: keeping machine {}; delete it with: {}",
+            self.name,
+            delete_command(&self.smolvm, &self.name)
+        ));
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.armed = false;
+        let failing = std::thread::panicking();
+        let policy = self.keep_policy.unwrap_or_else(|| config_or_default().keep);
+        let action = drop_action(policy, failing);
+        if failing {
+            diag::log(&failure_report(
+                &self.smolvm,
+                &self.name,
+                &transcript::transcript(&self.name),
+                action,
+            ));
+        }
+        if action == DropAction::Keep {
+            self.mark_kept();
+            transcript::forget(&self.name);
+            return;
+        }
+        // A panic here while the test is already unwinding would abort the whole test
+        // process (and every other test's cleanup); a runner is user code and may panic.
+        let result = catch_unwind(AssertUnwindSafe(|| self.smolvm.machine_delete(&self.name)));
+        match result {
+            Ok(Ok(())) => cleanup::unregister(&self.name),
+            Ok(Err(e)) => log_delete_failure(&self.name, &e),
+            Err(_) => diag::log(&format!(
+                "smolvm-harness: failed to delete machine {}: the runner panicked",
+                self.name
+            )),
+        }
+        transcript::forget(&self.name);
+    }
+}
+
+/// What a guard does when it drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DropAction {
+    Delete,
+    Keep,
+}
+
+fn drop_action(policy: KeepPolicy, failing: bool) -> DropAction {
+    if policy.keeps(failing) {
+        DropAction::Keep
+    } else {
+        DropAction::Delete
+    }
+}
+
+/// The block printed when a machine's test fails: enough to find out what happened without
+/// rerunning.
+fn failure_report(
+    smolvm: &Smolvm,
+    name: &str,
+    transcript: &[TranscriptEntry],
+    action: DropAction,
+) -> String {
+    let mut out = format!("smolvm-harness: test failed; machine {name}:\n");
+    if transcript.is_empty() {
+        out.push_str("  no smolvm commands recorded for it\n");
+    } else {
+        out.push_str("  last smolvm commands (oldest first):\n");
+        for entry in transcript {
+            out.push_str(&format!("    {entry}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "  logs: agent-console.log in its data directory, printed by: {}\n",
+        data_dir_command(smolvm, name)
+    ));
+    out.push_str(match action {
+        DropAction::Keep => "  kept for inspection (SMOLVM_HARNESS_KEEP)",
+        DropAction::Delete => {
+            "  deleting it now; set SMOLVM_HARNESS_KEEP=on-failure to keep it for inspection"
+        }
+    });
+    out
+}
+
+/// The command that deletes `name`, as the user would type it: this client's program and
+/// dialect, and its state-locating env (a machine in an isolated data dir is not found
+/// without it).
+fn delete_command(smolvm: &Smolvm, name: &str) -> String {
+    if name_flag(smolvm) {
+        command_text(smolvm, &["machine", "delete", "-f", "--name", name])
+    } else {
+        command_text(smolvm, &["machine", "delete", "-f", name])
+    }
+}
+
+fn data_dir_command(smolvm: &Smolvm, name: &str) -> String {
+    if name_flag(smolvm) {
+        command_text(smolvm, &["machine", "data-dir", "--name", name])
+    } else {
+        command_text(smolvm, &["machine", "data-dir", name])
+    }
+}
+
+/// Names are positional before smolvm 1.0.2. When the version is unknown, the current form.
+fn name_flag(smolvm: &Smolvm) -> bool {
+    smolvm.dialect().map_or(true, |d| d.name_flag)
+}
+
+/// Only variables that say where smolvm keeps its state are shown: they are paths, and the
+/// command is wrong without them. Any other process env is left out, since it might be a
+/// secret.
+const STATE_ENV: &[&str] = &[
+    "SMOLVM_DATA_DIR",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_RUNTIME_DIR",
+    "HOME",
+    "SMOLVM_CONFIG",
+    "SMOLVM_AGENT_ROOTFS",
+];
+
+fn command_text(smolvm: &Smolvm, args: &[&str]) -> String {
+    let mut words = Vec::new();
+    if let Some((_, env)) = smolvm.process_target() {
+        for (k, v) in env {
+            if STATE_ENV.contains(&k.as_str()) {
+                words.push(shell_word(&format!("{k}={v}")));
+            }
+        }
+    }
+    words.push(shell_word(&smolvm.program().display().to_string()));
+    words.extend(args.iter().map(|a| shell_word(a)));
+    words.join(" ")
+}
+
+/// Quote for a POSIX shell, only when needed, so the usual command stays copy-pasteable and
+/// readable.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn log_delete_failure(name: &str, err: &Error) {
+    diag::log(&format!(
+        "smolvm-harness: failed to delete machine {name}: {err}"
+    ));
+}
+
+/// smolvm's duplicate-name refusal: `machine 'N' already exists` (0.8.x) or `… already exists
+/// or is being created` (≥ 1.0.0).
+fn is_already_exists(err: &Error) -> bool {
+    match err {
+        Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).contains("already exists"),
+        _ => false,
+    }
+}
+
+/// False when smolvm never ran (missing binary, spawn failure) or refused the input before
+/// running: then there is nothing to delete, and a delete would only fail the same way.
+fn may_have_created(err: &Error) -> bool {
+    !matches!(
+        err,
+        Error::NotFound { .. }
+            | Error::Spawn { .. }
+            | Error::InvalidInput { .. }
+            | Error::Unsupported { .. }
+    )
+}
+
+/// A command to run in a [`Machine`], built like `std::process::Command` (`&mut self`
+/// setters, then [`MachineCommand::run`]). Made by [`Machine::command`].
+#[derive(Debug)]
+#[must_use = "a MachineCommand does nothing until .run() is called"]
+pub struct MachineCommand<'a> {
+    machine: &'a Machine,
+    argv: Vec<String>,
+    options: ExecOptions,
+}
+
+impl MachineCommand<'_> {
+    /// Append an argument.
+    pub fn arg(&mut self, arg: impl AsRef<str>) -> &mut Self {
+        self.argv.push(arg.as_ref().to_string());
+        self
+    }
+
+    /// Append arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.argv
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// Set a guest environment variable for this command (`--env=K=V`). The value is
+    /// redacted in every message and log.
+    pub fn env(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.options = std::mem::take(&mut self.options).env(key, value);
+        self
+    }
+
+    /// Run in this guest directory (`-w`).
+    #[doc(alias = "current_dir")]
+    pub fn workdir(&mut self, dir: impl Into<String>) -> &mut Self {
+        self.options = std::mem::take(&mut self.options).workdir(dir);
+        self
+    }
+
+    /// Guest-side limit (`--timeout`): smolvm kills the command and it exits 124.
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options = std::mem::take(&mut self.options).timeout(timeout);
+        self
+    }
+
+    /// Run it and wait. A non-zero guest exit is in [`ExecOutput::code`], not an error.
+    pub fn run(&self) -> Result<ExecOutput> {
+        self.machine
+            .smolvm
+            .machine_exec(&self.machine.name, &self.argv, &self.options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::ScriptedRunner;
+
+    #[test]
+    fn drop_policy() {
+        use DropAction::*;
+        assert_eq!(drop_action(KeepPolicy::Never, true), Delete);
+        assert_eq!(drop_action(KeepPolicy::Never, false), Delete);
+        assert_eq!(drop_action(KeepPolicy::OnFailure, true), Keep);
+        assert_eq!(drop_action(KeepPolicy::OnFailure, false), Delete);
+        assert_eq!(drop_action(KeepPolicy::Always, true), Keep);
+        assert_eq!(drop_action(KeepPolicy::Always, false), Keep);
+    }
+
+    #[test]
+    fn commands_follow_the_dialect_and_show_state_env_only() {
+        let new = Smolvm::new("smolvm").with_runner(ScriptedRunner::new());
+        assert_eq!(
+            delete_command(&new, "m1"),
+            "smolvm machine delete -f --name m1"
+        );
+        assert_eq!(
+            data_dir_command(&new, "m1"),
+            "smolvm machine data-dir --name m1"
+        );
+        let old = Smolvm::new("smolvm").with_runner(ScriptedRunner::new().version("0.8.0"));
+        assert_eq!(delete_command(&old, "m1"), "smolvm machine delete -f m1");
+        assert_eq!(data_dir_command(&old, "m1"), "smolvm machine data-dir m1");
+
+        let real = Smolvm::new("/opt/smol vm/smolvm")
+            .with_version(crate::Version::new(1, 9, 2))
+            .with_process_env("SMOLVM_DATA_DIR", "/tmp/state")
+            .with_process_env("API_TOKEN", "hunter22");
+        let cmd = delete_command(&real, "m1");
+        assert_eq!(
+            cmd,
+            "SMOLVM_DATA_DIR=/tmp/state '/opt/smol vm/smolvm' machine delete -f --name m1"
+        );
+        assert!(!cmd.contains("hunter22"));
+    }
+
+    #[test]
+    fn failure_report_names_machine_commands_and_logs() {
+        let smolvm = Smolvm::new("smolvm").with_runner(ScriptedRunner::new());
+        let entries = vec![TranscriptEntry {
+            command: "smolvm machine exec --name m1 -- false".into(),
+            outcome: "exit 1".into(),
+            duration: Duration::from_millis(12),
+        }];
+        let text = failure_report(&smolvm, "m1", &entries, DropAction::Keep);
+        assert!(text.contains("machine m1"), "{text}");
+        assert!(
+            text.contains("smolvm machine exec --name m1 -- false -> exit 1 (12ms)"),
+            "{text}"
+        );
+        assert!(text.contains("agent-console.log"), "{text}");
+        assert!(text.contains("smolvm machine data-dir --name m1"), "{text}");
+        assert!(text.contains("kept"), "{text}");
+        let text = failure_report(&smolvm, "m1", &[], DropAction::Delete);
+        assert!(text.contains("no smolvm commands"), "{text}");
+        assert!(text.contains("deleting"), "{text}");
+    }
+
+    #[test]
+    fn already_exists_in_both_wordings() {
+        let fail = |stderr: &str| Error::Failed {
+            command: crate::error::CommandLine::new("smolvm", &[]),
+            code: Some(1),
+            stdout: vec![],
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        assert!(is_already_exists(&fail(
+            "Error: config operation failed: create machine: machine 'a' already exists\n"
+        )));
+        assert!(is_already_exists(&fail(
+            "Error: config operation failed: create machine: machine 'a' already exists or is being created\n"
+        )));
+        assert!(!is_already_exists(&fail("Error: vm not found: a\n")));
+    }
+}

@@ -1,0 +1,209 @@
+//! Cross-process machine slots: at most `SMOLVM_HARNESS_MAX_MACHINES` machines alive at once,
+//! across every test process of the host (nextest runs one process per test, so an in-process
+//! semaphore would cap nothing).
+//!
+//! A slot is an exclusive lock on one of N files, `$SMOLVM_HARNESS_STATE_DIR/slots/slot-<i>.lock`
+//! (N = [`crate::Config::machine_cap`]). Why file locks: the kernel releases them when the
+//! holder's file is closed, including when the process is SIGKILLed, so a crashed test never
+//! holds a slot forever, and there is no count file to go stale (serial_test's
+//! `file_parallel` weakness). The lock files are close-on-exec, so smolvm children do not
+//! inherit them.
+//!
+//! Processes configured with different caps share slots `0..min` and each respects its own
+//! cap; the host-wide bound is the largest cap in use.
+
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::config;
+use crate::diag;
+use crate::error::{Error, Result};
+use crate::Smolvm;
+
+/// After this long without a slot, say once why the test is waiting.
+const WAIT_NOTICE: Duration = Duration::from_secs(10);
+
+/// A cross-process slot under `SMOLVM_HARNESS_MAX_MACHINES` (`config().machine_cap()`).
+/// Released on drop: the lock file is closed (the kernel also releases it if the process
+/// dies, so a SIGKILLed holder never holds a slot forever).
+pub(crate) struct Slot {
+    /// Holding the open, locked file is holding the slot.
+    _file: File,
+    index: usize,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("index", &self.index)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Slot {
+    /// Which slot, `0..cap`.
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// Take a slot for a machine of this client, blocking until one is free.
+///
+/// `None` for in-process runners (`process_target()` is `None`): they start no VM, so there is
+/// nothing to cap. There is deliberately no timeout: the wait ends when another machine's
+/// guard is dropped or its process dies, and a test stuck behind a hung test is what
+/// nextest's `slow-timeout` is for. After 10 s a line on stderr says what the test waits for.
+pub(crate) fn acquire(smolvm: &Smolvm) -> Result<Option<Slot>> {
+    if smolvm.process_target().is_none() {
+        return Ok(None);
+    }
+    let cfg = config()?;
+    acquire_in(&cfg.state_dir.join("slots"), cfg.machine_cap()).map(Some)
+}
+
+/// [`acquire`] against an explicit directory and cap.
+pub(crate) fn acquire_in(dir: &Path, cap: usize) -> Result<Slot> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create slot directory", dir, e))?;
+    let cap = cap.max(1);
+    let mut files = Vec::with_capacity(cap);
+    for i in 0..cap {
+        let path = dir.join(format!("slot-{i}.lock"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io("open slot lock file", &path, e))?;
+        files.push(Some((file, path)));
+    }
+    let mut rng = Jitter::new();
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        // Start each round at a random slot, so waiters do not all contend for slot 0.
+        let first = rng.below(cap as u64) as usize;
+        for k in 0..cap {
+            let i = (first + k) % cap;
+            let Some((file, path)) = &files[i] else {
+                continue;
+            };
+            match file.try_lock() {
+                Ok(()) => {
+                    let (file, path) = files[i].take().ok_or_else(|| {
+                        Error::io(
+                            "lock machine slot",
+                            dir,
+                            std::io::Error::other("slot vanished"),
+                        )
+                    })?;
+                    return Ok(Slot {
+                        _file: file,
+                        index: i,
+                        path,
+                    });
+                }
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::io("lock machine slot", path.clone(), e));
+                }
+            }
+        }
+        if !told && started.elapsed() >= WAIT_NOTICE {
+            told = true;
+            diag::log(&format!(
+                "smolvm-harness: waiting for a machine slot: all {cap} are taken \
+                 (SMOLVM_HARNESS_MAX_MACHINES; lock files in {})",
+                dir.display()
+            ));
+        }
+        // 5–20 ms, jittered so that waiters released together do not retry in lockstep.
+        std::thread::sleep(Duration::from_millis(5 + rng.below(16)));
+    }
+}
+
+/// A tiny xorshift generator: jitter needs no quality, only independence between processes
+/// and threads, which the seed gives.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let local = 0u8;
+        let addr = &local as *const u8 as u64;
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ addr.rotate_left(17);
+        Jitter(seed | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        if n == 0 {
+            0
+        } else {
+            x % n
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn never_more_than_cap_holders_among_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (dir, held, peak) = (dir.path().to_path_buf(), held.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..3 {
+                        let slot = acquire_in(&dir, 2).unwrap();
+                        let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(15));
+                        held.fetch_sub(1, Ordering::SeqCst);
+                        drop(slot);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn slots_are_distinct_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = acquire_in(dir.path(), 2).unwrap();
+        let b = acquire_in(dir.path(), 2).unwrap();
+        assert_ne!(a.index(), b.index());
+        drop(a);
+        let c = acquire_in(dir.path(), 2).unwrap();
+        assert_ne!(c.index(), b.index());
+        assert!(format!("{c:?}").contains("slot-"));
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mut j = Jitter::new();
+        assert!((0..1000).all(|_| j.below(16) < 16));
+        assert_eq!(j.below(0), 0);
+    }
+}

@@ -1,0 +1,893 @@
+//! The `Machine` guard in unit mode: the exact smolvm commands it sends, and what it does on
+//! every failure path. A `ScriptedRunner` stands in for smolvm.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use smolvm_harness::sim::SimulatedRunner;
+use smolvm_harness::{
+    config, Error, KeepPolicy, Machine, MachineState, Pack, Reply, ScriptedRunner, Smolvm,
+};
+
+fn client(runner: &ScriptedRunner) -> Smolvm {
+    Smolvm::new("smolvm").with_runner(runner.clone())
+}
+
+/// The calls that change or inspect a machine, in order: `--version` (asked once per client)
+/// and `machine ls` (the cleanup layer's sweep may list machines) are left out.
+fn calls(runner: &ScriptedRunner) -> Vec<Vec<String>> {
+    runner
+        .argvs()
+        .into_iter()
+        .filter(|a| a.first().map(String::as_str) != Some("--version"))
+        .filter(|a| !(a.len() >= 2 && a[0] == "machine" && a[1] == "ls"))
+        .collect()
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|s| s.to_string()).collect()
+}
+
+fn delete_1_9(name: &str) -> Vec<String> {
+    argv(&["machine", "delete", "-f", "--name", name])
+}
+
+fn count_deletes(runner: &ScriptedRunner) -> usize {
+    calls(runner)
+        .iter()
+        .filter(|a| a.len() >= 2 && a[1] == "delete")
+        .count()
+}
+
+const EXISTS_1_9: &str =
+    "Error: config operation failed: create machine: machine 'x' already exists or is being created\n";
+
+#[test]
+fn create_on_1_9_2_sends_labels_and_drop_deletes() {
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-labels")
+        .image("alpine")
+        .net()
+        .label("team", "infra")
+        .create()
+        .unwrap();
+    assert_eq!(vm.name(), "m-labels");
+    let create = &calls(&runner)[0];
+    assert_eq!(
+        create[..7],
+        argv(&["machine", "create", "--name", "m-labels", "--image", "alpine", "--net"])
+    );
+    // After the fixed part: only `--label k=v` pairs (the harness's own first), user's last.
+    let labels = &create[7..];
+    assert!(labels.len() >= 2 && labels.len().is_multiple_of(2), "{create:?}");
+    for pair in labels.chunks(2) {
+        assert_eq!(pair[0], "--label", "{create:?}");
+        assert!(pair[1].contains('='), "{create:?}");
+    }
+    assert_eq!(labels[labels.len() - 2..], argv(&["--label", "team=infra"]));
+
+    drop(vm);
+    assert_eq!(calls(&runner), vec![create.clone(), delete_1_9("m-labels")]);
+}
+
+#[test]
+fn create_on_0_8_0_uses_positional_names_and_no_labels() {
+    let runner = ScriptedRunner::new().version("0.8.0");
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-old")
+        .image("alpine")
+        .net()
+        .label("team", "infra")
+        .create()
+        .unwrap();
+    drop(vm);
+    assert_eq!(
+        calls(&runner),
+        vec![
+            argv(&["machine", "create", "--image", "alpine", "--net", "m-old"]),
+            // 0.8.0's delete leaves a running VM orphaned: the CLI layer stops it first.
+            argv(&["machine", "stop", "--name", "m-old"]),
+            argv(&["machine", "delete", "-f", "m-old"]),
+        ]
+    );
+}
+
+#[test]
+fn start_creates_then_starts() {
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-start")
+        .image("alpine")
+        .net()
+        .start()
+        .unwrap();
+    let seen = calls(&runner);
+    assert_eq!(seen[0][..2], argv(&["machine", "create"]));
+    assert_eq!(seen[1], argv(&["machine", "start", "--name", "m-start"]));
+    assert_eq!(seen.len(), 2);
+    vm.stop().unwrap();
+    vm.start().unwrap();
+    assert_eq!(
+        calls(&runner)[2..],
+        [
+            argv(&["machine", "stop", "--name", "m-start"]),
+            argv(&["machine", "start", "--name", "m-start"]),
+        ]
+    );
+}
+
+#[test]
+fn exec_command_and_sh_send_exact_argv() {
+    let runner = ScriptedRunner::new()
+        .on(&["machine", "exec"], Reply::stdout("hi\n"))
+        .on_match(
+            |a| a.last().map(String::as_str) == Some("false"),
+            Reply::with(3, "", "nope\n"),
+        );
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-exec")
+        .image("alpine")
+        .create()
+        .unwrap();
+    runner.clear_calls();
+
+    let out = vm.exec(&["echo", "hi"]).unwrap();
+    assert_eq!(out.stdout_str(), "hi\n");
+    // A guest's non-zero exit is its answer, not an error.
+    assert_eq!(vm.exec(&["false"]).unwrap().code(), 3);
+
+    let out = vm
+        .command(&["ls"])
+        .arg("-l")
+        .args(["/srv", "/tmp"])
+        .env("TOKEN", "hunter22")
+        .workdir("/srv")
+        .timeout(Duration::from_secs(30))
+        .run()
+        .unwrap();
+    assert!(!out.command().to_string().contains("hunter22"));
+    vm.sh("echo $HOME && exit 0").unwrap();
+
+    assert_eq!(
+        calls(&runner),
+        vec![
+            argv(&["machine", "exec", "--name", "m-exec", "--", "echo", "hi"]),
+            argv(&["machine", "exec", "--name", "m-exec", "--", "false"]),
+            argv(&[
+                "machine",
+                "exec",
+                "--name",
+                "m-exec",
+                "-w",
+                "/srv",
+                "--timeout",
+                "30s",
+                "--env=TOKEN=hunter22",
+                "--",
+                "ls",
+                "-l",
+                "/srv",
+                "/tmp",
+            ]),
+            argv(&[
+                "machine",
+                "exec",
+                "--name",
+                "m-exec",
+                "--",
+                "sh",
+                "-c",
+                "echo $HOME && exit 0"
+            ]),
+        ]
+    );
+}
+
+#[test]
+fn exec_on_a_dead_machine_is_an_error() {
+    let runner = ScriptedRunner::new().on(
+        &["machine", "exec"],
+        Reply::fail(
+            1,
+            "Error: agent operation failed: connect: machine 'm-dead' is not running.\n",
+        ),
+    );
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-dead")
+        .image("alpine")
+        .create()
+        .unwrap();
+    let err = vm.exec(&["true"]).unwrap_err();
+    assert!(err.to_string().contains("is not running"), "{err}");
+}
+
+#[test]
+fn copy_in_and_out_use_typed_paths() {
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-cp")
+        .image("alpine")
+        .create()
+        .unwrap();
+    runner.clear_calls();
+    vm.copy_in("/tmp/in.txt", "/root/in.txt").unwrap();
+    vm.copy_out("/root/out.txt", "/tmp/out.txt").unwrap();
+    assert_eq!(
+        calls(&runner),
+        vec![
+            argv(&["machine", "cp", "/tmp/in.txt", "m-cp:/root/in.txt"]),
+            argv(&["machine", "cp", "m-cp:/root/out.txt", "/tmp/out.txt"]),
+        ]
+    );
+    // A `:` in a host source would be read by smolvm as `machine:path`: refused up front.
+    assert!(vm.copy_in("/tmp/a:b", "/x").is_err());
+    assert_eq!(calls(&runner).len(), 2);
+}
+
+#[test]
+fn status_and_transcript() {
+    let runner = ScriptedRunner::new().on(
+        &["machine", "status"],
+        Reply::stdout(r#"{"name":"m-status","state":"running","pid":42}"#),
+    );
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-status")
+        .image("alpine")
+        .start()
+        .unwrap();
+    let info = vm.status().unwrap().unwrap();
+    assert_eq!(info.state, MachineState::Running);
+    assert_eq!(info.pid, Some(42));
+
+    let transcript = vm.transcript();
+    let commands: Vec<&str> = transcript.iter().map(|e| e.command.as_str()).collect();
+    assert!(
+        commands[0].starts_with("smolvm machine create --name m-status"),
+        "{commands:?}"
+    );
+    assert_eq!(commands[1], "smolvm machine start --name m-status");
+    assert!(transcript.iter().all(|e| e.outcome == "exit 0"));
+    drop(vm);
+    // The guard is gone, so is its story.
+    assert!(smolvm_harness::transcript("m-status").is_empty());
+}
+
+#[test]
+fn start_failure_deletes_the_machine_and_returns_the_start_error() {
+    let runner = ScriptedRunner::new().on(
+        &["machine", "start"],
+        Reply::fail(1, "Error: failed to boot: no kvm\n"),
+    );
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-nostart")
+        .image("alpine")
+        .start()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("machine start --name m-nostart"), "{msg}");
+    assert!(msg.contains("no kvm"), "{msg}");
+    let seen = calls(&runner);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[1], argv(&["machine", "start", "--name", "m-nostart"]));
+    assert_eq!(seen[2], delete_1_9("m-nostart"));
+}
+
+#[test]
+fn create_failure_attempts_a_delete_and_returns_the_create_error() {
+    let runner = ScriptedRunner::new().on(
+        &["machine", "create"],
+        Reply::fail(
+            1,
+            "Error: config operation failed: create machine: disk full\n",
+        ),
+    );
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-nocreate")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(err.command().unwrap().args()[1], "create");
+    let seen = calls(&runner);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1], delete_1_9("m-nocreate"));
+}
+
+#[test]
+fn a_hung_create_is_cleaned_up_too() {
+    let runner = ScriptedRunner::new().on(&["machine", "create"], Reply::hang());
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-hang")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert_eq!(calls(&runner)[1], delete_1_9("m-hang"));
+}
+
+#[test]
+fn a_taken_explicit_name_is_an_error_and_is_never_deleted() {
+    let runner = ScriptedRunner::new().on(&["machine", "create"], Reply::fail(1, EXISTS_1_9));
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-taken")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(calls(&runner).len(), 1);
+    assert_eq!(count_deletes(&runner), 0);
+}
+
+#[test]
+fn a_taken_generated_name_is_retried_once_with_the_next_name() {
+    let runner =
+        ScriptedRunner::new().on_times(&["machine", "create"], 1, Reply::fail(1, EXISTS_1_9));
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .test_name("tests::retry")
+        .image("alpine")
+        .create()
+        .unwrap();
+    let seen = calls(&runner);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let (first, second) = (&seen[0][3], &seen[1][3]);
+    assert_ne!(first, second);
+    assert_eq!(vm.name(), second);
+    // The taken machine belongs to someone else: it is not deleted.
+    assert_eq!(count_deletes(&runner), 0);
+    drop(vm);
+    assert_eq!(calls(&runner)[2], delete_1_9(second));
+
+    let runner = ScriptedRunner::new().on(&["machine", "create"], Reply::fail(1, EXISTS_1_9));
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .test_name("tests::retry")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(calls(&runner).len(), 2, "retried exactly once");
+}
+
+#[test]
+fn generated_names_come_from_the_test_name() {
+    let runner = ScriptedRunner::new();
+    let prefix = &config().unwrap().prefix;
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .image("alpine")
+        .create()
+        .unwrap();
+    assert!(
+        vm.name().starts_with(&format!(
+            "{prefix}-generated-names-come-from-the-test-name-"
+        )) || std::env::var_os("NEXTEST_TEST_NAME").is_some(),
+        "{}",
+        vm.name()
+    );
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .test_name("suite::Case One")
+        .image("alpine")
+        .create()
+        .unwrap();
+    assert!(
+        vm.name().starts_with(&format!("{prefix}-suite-case-one-")),
+        "{}",
+        vm.name()
+    );
+    assert!(format!("{vm:?}").contains(vm.name()));
+}
+
+#[test]
+fn without_a_source_the_configured_image_is_used_with_network() {
+    let runner = ScriptedRunner::new();
+    let _vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-default")
+        .create()
+        .unwrap();
+    let image = &config().unwrap().image;
+    assert_eq!(
+        calls(&runner)[0][..7],
+        argv(&[
+            "machine",
+            "create",
+            "--name",
+            "m-default",
+            "--image",
+            image,
+            "--net"
+        ])
+    );
+}
+
+#[test]
+fn from_pack_creates_with_from() {
+    let runner = ScriptedRunner::new();
+    let pack = Pack::create_with(&client(&runner), "alpine").unwrap();
+    // The scripted runner writes no files; smolvm would.
+    std::fs::write(pack.path(), b"sidecar").unwrap();
+    runner.clear_calls();
+    let _vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-pack")
+        .from_pack(&pack)
+        .create()
+        .unwrap();
+    let path = pack.path().to_str().unwrap();
+    assert_eq!(
+        calls(&runner)[0][..6],
+        argv(&["machine", "create", "--name", "m-pack", "--from", path])
+    );
+}
+
+#[test]
+fn bad_input_fails_before_any_side_effect() {
+    let runner = ScriptedRunner::new();
+    let smolvm = client(&runner);
+    let base = || Machine::builder().smolvm(smolvm.clone()).image("alpine");
+    let cases = [
+        (
+            "invalid name",
+            base().name("bad..name").create().unwrap_err(),
+        ),
+        ("double hyphen", base().name("a--b").create().unwrap_err()),
+        ("empty name", base().name("").start().unwrap_err()),
+        (
+            "empty image",
+            base().image("").name("m").create().unwrap_err(),
+        ),
+        (
+            "blank image",
+            base().image("  ").name("m").create().unwrap_err(),
+        ),
+        (
+            "bad cidr",
+            base().allow_cidr("10.0.0.0/33").create().unwrap_err(),
+        ),
+        ("bad env key", base().env("A=B", "v").create().unwrap_err()),
+        ("bad label", base().label("", "v").create().unwrap_err()),
+        (
+            "missing pack file",
+            base()
+                .from_path("/nonexistent/x.smolmachine")
+                .create()
+                .unwrap_err(),
+        ),
+    ];
+    for (what, err) in cases {
+        assert!(matches!(err, Error::InvalidInput { .. }), "{what}: {err}");
+    }
+    assert!(runner.calls().is_empty(), "{:?}", runner.argvs());
+}
+
+#[test]
+fn env_values_never_show_in_errors_or_debug() {
+    let runner = ScriptedRunner::new().on(
+        &["machine", "create"],
+        Reply::fail(1, "Error: config operation failed: create machine: boom\n"),
+    );
+    let builder = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-secret")
+        .image("alpine")
+        .env("TOKEN", "hunter22");
+    assert!(!format!("{builder:?}").contains("hunter22"));
+    let err = builder.create().unwrap_err();
+    assert!(!err.to_string().contains("hunter22"), "{err}");
+    assert!(err.to_string().contains("TOKEN=<redacted>"), "{err}");
+}
+
+#[test]
+fn pack_with_cidr_on_old_smolvm_is_refused_before_create() {
+    let runner = ScriptedRunner::new().version("1.7.0");
+    let pack = Pack::create_with(&client(&runner), "alpine").unwrap();
+    std::fs::write(pack.path(), b"sidecar").unwrap();
+    runner.clear_calls();
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-egress")
+        .from_pack(&pack)
+        .allow_cidr("10.0.0.0/8")
+        .create()
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(calls(&runner).is_empty(), "{:?}", calls(&runner));
+}
+
+#[test]
+fn keep_disarms_the_guard_and_returns_the_name() {
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-keep")
+        .image("alpine")
+        .create()
+        .unwrap();
+    assert_eq!(vm.keep(), "m-keep");
+    assert_eq!(count_deletes(&runner), 0);
+}
+
+#[test]
+fn disable_cleanup_switches_deletion_off_and_on() {
+    let runner = ScriptedRunner::new();
+    let mut vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-nocleanup")
+        .image("alpine")
+        .create()
+        .unwrap();
+    vm.disable_cleanup(true);
+    drop(vm);
+    assert_eq!(count_deletes(&runner), 0);
+
+    let mut vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-recleanup")
+        .image("alpine")
+        .create()
+        .unwrap();
+    vm.disable_cleanup(true);
+    vm.disable_cleanup(false);
+    drop(vm);
+    assert_eq!(calls(&runner).last().unwrap(), &delete_1_9("m-recleanup"));
+}
+
+#[test]
+fn explicit_delete_returns_the_error_and_drop_does_not_retry() {
+    // Once: the harness's exit hook retries machines whose delete failed, and may succeed.
+    let runner = ScriptedRunner::new().on_times(
+        &["machine", "delete"],
+        1,
+        Reply::fail(1, "Error: failed to stop machine: still running\n"),
+    );
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-delfail")
+        .image("alpine")
+        .create()
+        .unwrap();
+    let err = vm.delete().unwrap_err();
+    assert!(err.to_string().contains("still running"), "{err}");
+    assert_eq!(count_deletes(&runner), 1);
+
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-delok")
+        .image("alpine")
+        .create()
+        .unwrap();
+    vm.delete().unwrap();
+    assert_eq!(calls(&runner).last().unwrap(), &delete_1_9("m-delok"));
+    assert_eq!(count_deletes(&runner), 1);
+}
+
+#[test]
+fn a_failing_delete_in_drop_is_logged_not_panicked() {
+    // Once: the harness's exit hook retries machines whose delete failed, and may succeed.
+    let runner = ScriptedRunner::new().on_times(
+        &["machine", "delete"],
+        1,
+        Reply::fail(1, "Error: failed to stop machine: still running\n"),
+    );
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-dropfail")
+        .image("alpine")
+        .create()
+        .unwrap();
+    drop(vm);
+    assert_eq!(count_deletes(&runner), 1);
+
+    // Also when the delete hangs.
+    let runner = ScriptedRunner::new().on_times(&["machine", "delete"], 1, Reply::hang());
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-drophang")
+        .image("alpine")
+        .create()
+        .unwrap();
+    drop(vm);
+    assert_eq!(count_deletes(&runner), 1);
+}
+
+/// Drop a machine while the thread panics, as a failing test does.
+fn drop_while_panicking(runner: &ScriptedRunner, name: &str, policy: KeepPolicy) {
+    let vm = Machine::builder()
+        .smolvm(client(runner))
+        .name(name)
+        .image("alpine")
+        .keep_policy(policy)
+        .start()
+        .unwrap();
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let _vm = vm;
+        panic!("the test failed");
+    }));
+    assert!(result.is_err());
+}
+
+#[test]
+fn a_failing_test_keeps_or_deletes_its_machine_per_policy() {
+    let runner = ScriptedRunner::new();
+    drop_while_panicking(&runner, "m-fail-never", KeepPolicy::Never);
+    assert_eq!(calls(&runner).last().unwrap(), &delete_1_9("m-fail-never"));
+
+    let runner = ScriptedRunner::new();
+    drop_while_panicking(&runner, "m-fail-onfailure", KeepPolicy::OnFailure);
+    assert_eq!(count_deletes(&runner), 0);
+
+    let runner = ScriptedRunner::new();
+    drop_while_panicking(&runner, "m-fail-always", KeepPolicy::Always);
+    assert_eq!(count_deletes(&runner), 0);
+}
+
+#[test]
+fn a_passing_test_keeps_only_under_always() {
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-pass-onfailure")
+        .image("alpine")
+        .keep_policy(KeepPolicy::OnFailure)
+        .create()
+        .unwrap();
+    drop(vm);
+    assert_eq!(count_deletes(&runner), 1);
+
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-pass-always")
+        .image("alpine")
+        .keep_policy(KeepPolicy::Always)
+        .create()
+        .unwrap();
+    drop(vm);
+    assert_eq!(count_deletes(&runner), 0);
+}
+
+#[test]
+fn a_panicking_runner_in_drop_does_not_abort_a_failing_test() {
+    /// Panics on the first delete only, so the exit hook's retry of the machine succeeds.
+    #[derive(Debug)]
+    struct PanicsOnDelete(ScriptedRunner, std::sync::atomic::AtomicBool);
+    impl smolvm_harness::Runner for PanicsOnDelete {
+        fn run(
+            &self,
+            inv: &smolvm_harness::Invocation,
+        ) -> smolvm_harness::Result<smolvm_harness::RawOutput> {
+            let delete = inv.args.get(1).map(String::as_str) == Some("delete");
+            if delete && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("runner bug");
+            }
+            self.0.run(inv)
+        }
+    }
+    let smolvm = Smolvm::new("smolvm")
+        .with_runner(PanicsOnDelete(ScriptedRunner::new(), Default::default()));
+    let vm = Machine::builder()
+        .smolvm(smolvm)
+        .name("m-runner-panics")
+        .image("alpine")
+        .create()
+        .unwrap();
+    // A second panic during unwinding would abort the process; reaching the assert is the test.
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let _vm = vm;
+        panic!("the test failed");
+    }));
+    assert!(result.is_err());
+}
+
+#[test]
+fn guards_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Machine>();
+    check::<Pack>();
+}
+
+fn sim_client(runner: &SimulatedRunner) -> Smolvm {
+    Smolvm::new("smolvm").with_runner(runner.clone())
+}
+
+#[test]
+fn simulated_lifecycle_env_exec_and_copies() {
+    let runner = SimulatedRunner::newest();
+    let host = tempfile::tempdir().unwrap();
+    let vm = Machine::builder()
+        .smolvm(sim_client(&runner))
+        .test_name("sim::lifecycle")
+        .image("alpine")
+        .net()
+        .env("FROM_BUILDER", "b1")
+        .start()
+        .unwrap();
+    assert_eq!(runner.machine_names(), [vm.name()]);
+
+    let out = vm.exec(&["echo", "hi"]).unwrap();
+    out.assert_success();
+    assert_eq!(out.stdout_str(), "hi\n");
+    let out = vm.command(&["env"]).env("FROM_EXEC", "e1").run().unwrap();
+    let env = out.stdout_str();
+    assert!(
+        env.contains("FROM_BUILDER=b1") && env.contains("FROM_EXEC=e1"),
+        "{env}"
+    );
+    assert_eq!(vm.sh("echo out; exit 3").unwrap().code(), 3);
+
+    let src = host.path().join("in.txt");
+    std::fs::write(&src, b"payload").unwrap();
+    vm.copy_in(&src, "/root/in.txt").unwrap();
+    assert_eq!(
+        vm.exec(&["cat", "/root/in.txt"]).unwrap().stdout(),
+        b"payload"
+    );
+    let dst = host.path().join("out.txt");
+    vm.copy_out("/root/in.txt", &dst).unwrap();
+    assert_eq!(std::fs::read(&dst).unwrap(), b"payload");
+
+    vm.stop().unwrap();
+    vm.start().unwrap();
+    drop(vm);
+    assert_eq!(runner.machine_count(), 0);
+}
+
+#[test]
+fn simulated_0_8_0_lifecycle() {
+    let runner = SimulatedRunner::new(smolvm_harness::Version::new(0, 8, 0));
+    let vm = Machine::builder()
+        .smolvm(sim_client(&runner))
+        .test_name("sim::old")
+        .image("alpine")
+        .net()
+        .label("ignored", "before-1.8")
+        .start()
+        .unwrap();
+    assert_eq!(vm.exec(&["echo", "old"]).unwrap().stdout_str(), "old\n");
+    drop(vm);
+    assert_eq!(runner.machine_count(), 0);
+}
+
+#[test]
+fn simulated_machine_from_a_pack() {
+    let runner = SimulatedRunner::newest();
+    let pack = Pack::create_with(&sim_client(&runner), "alpine").unwrap();
+    assert!(pack.path().is_file());
+    let vm = Machine::builder()
+        .smolvm(sim_client(&runner))
+        .test_name("sim::pack")
+        .from_pack(&pack)
+        .start()
+        .unwrap();
+    vm.exec(&["true"]).unwrap().assert_success();
+    drop(vm);
+    assert_eq!(runner.machine_count(), 0);
+}
+
+#[test]
+fn simulated_failures_leave_no_machine() {
+    let runner = SimulatedRunner::newest().fail("start");
+    let err = Machine::builder()
+        .smolvm(sim_client(&runner))
+        .test_name("sim::nostart")
+        .image("alpine")
+        .net()
+        .start()
+        .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert_eq!(runner.machine_count(), 0);
+
+    let runner = SimulatedRunner::newest().fail("create");
+    assert!(Machine::builder()
+        .smolvm(sim_client(&runner))
+        .test_name("sim::nocreate")
+        .image("alpine")
+        .net()
+        .create()
+        .is_err());
+    assert_eq!(runner.machine_count(), 0);
+}
+
+#[test]
+fn simulated_keep_and_failed_delete_leave_the_machine() {
+    let runner = SimulatedRunner::newest();
+    let smolvm = sim_client(&runner);
+    let vm = Machine::builder()
+        .smolvm(smolvm.clone())
+        .test_name("sim::kept")
+        .image("alpine")
+        .net()
+        .create()
+        .unwrap();
+    let kept = vm.keep();
+    assert_eq!(runner.machine_names(), [kept.as_str()]);
+    smolvm.machine_delete(&kept).unwrap();
+
+    let vm = Machine::builder()
+        .smolvm(smolvm.clone())
+        .test_name("sim::undeletable")
+        .image("alpine")
+        .net()
+        .create()
+        .unwrap();
+    let name = vm.name().to_string();
+    runner.fail("delete");
+    drop(vm);
+    assert_eq!(runner.machine_names(), [name.as_str()]);
+    runner.clear_knobs();
+    smolvm.machine_delete(&name).unwrap();
+}
+
+#[test]
+fn the_harness_label_keys_are_reserved() {
+    let runner = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-own-labels")
+        .image("alpine")
+        .create()
+        .unwrap();
+    drop(vm);
+    let create = &calls(&runner)[0];
+    let first_label = &create[create.iter().position(|a| a == "--label").unwrap() + 1];
+    let (key, _) = first_label.split_once('=').unwrap();
+    runner.clear_calls();
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-own-labels")
+        .image("alpine")
+        .label(key, "spoofed")
+        .create()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(runner.calls().is_empty());
+}
+
+#[test]
+fn two_live_guards_cannot_share_a_name() {
+    let runner = ScriptedRunner::new();
+    let first = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-twice")
+        .image("alpine")
+        .create()
+        .unwrap();
+    runner.clear_calls();
+    let err = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-twice")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("in use by another Machine"),
+        "{err}"
+    );
+    // Refused before anything ran: the first guard's machine and registration are intact.
+    assert!(calls(&runner).is_empty());
+    drop(first);
+    assert_eq!(calls(&runner), vec![delete_1_9("m-twice")]);
+    // Once the first guard is gone, the name is free again.
+    let again = Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-twice")
+        .image("alpine")
+        .create()
+        .unwrap();
+    drop(again);
+}
