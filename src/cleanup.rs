@@ -1414,6 +1414,18 @@ mod tests {
         assert!(read_ledger(&dir.path().join("nowhere")).is_empty());
     }
 
+    #[test]
+    fn an_unwritable_ledger_is_an_io_error_that_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, "x").unwrap();
+        let err = write_entry(&file.join("ledger"), &entry("smt-d-1")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.starts_with("failed to create ledger directory `"), "{text}");
+        assert!(text.contains("not-a-dir/ledger"), "{text}");
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_ledger_others_can_write_is_neither_used_nor_believed() {

@@ -12,7 +12,12 @@
 //! | `SMOLVM_HARNESS_MAX_MACHINES` | machines alive at once across all test processes of a run | from CPUs and memory |
 //! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live | `$TMPDIR/smolvm-harness-$USER` |
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
+//! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
+//! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
+//! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
+//! machines), `NEXTEST_TEST_NAME` (the test name, since nextest's test thread is `main`),
+//! `TMPDIR` (the default state directory).
 //! Values are read when first needed and then kept for the life of the process, except
 //! `SMOLVM_BIN`, which [`crate::Smolvm::from_env`] reads on every call. A malformed value is
 //! an [`Error::InvalidInput`] that names the variable, returned by the first call that needs
