@@ -76,7 +76,7 @@ pub fn validate_env_key(key: &str) -> Result<()> {
 }
 
 /// Check an env value: only NUL is impossible to pass in an argv. The value is not quoted.
-pub fn validate_env_value(key: &str, value: &str) -> Result<()> {
+pub(crate) fn validate_env_value(key: &str, value: &str) -> Result<()> {
     if value.contains('\0') {
         return Err(Error::invalid(
             "env value",
@@ -87,7 +87,7 @@ pub fn validate_env_value(key: &str, value: &str) -> Result<()> {
 }
 
 /// Check a label for `--label KEY=VALUE` (smolvm ≥ 1.8.0).
-pub fn validate_label(key: &str, value: &str) -> Result<()> {
+pub(crate) fn validate_label(key: &str, value: &str) -> Result<()> {
     if key.is_empty() {
         return Err(Error::invalid("label", "key must not be empty"));
     }
@@ -167,7 +167,7 @@ pub fn format_timeout(timeout: Duration) -> Result<String> {
 
 /// Check a guest path for `machine cp`: non-empty after the leading `/` smolvm adds, and no
 /// `.` or `..` segments (the agent rejects both).
-pub fn validate_guest_path(path: &str) -> Result<()> {
+pub(crate) fn validate_guest_path(path: &str) -> Result<()> {
     if path.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(Error::invalid(
             "guest path",
