@@ -1422,7 +1422,10 @@ mod tests {
         let err = write_entry(&file.join("ledger"), &entry("smt-d-1")).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
         let text = err.to_string();
-        assert!(text.starts_with("failed to create ledger directory `"), "{text}");
+        assert!(
+            text.starts_with("failed to create ledger directory `"),
+            "{text}"
+        );
         assert!(text.contains("not-a-dir/ledger"), "{text}");
     }
 

@@ -61,7 +61,10 @@ fn create_on_1_9_2_sends_labels_and_drop_deletes() {
     );
     // After the fixed part: only `--label k=v` pairs (the harness's own first), user's last.
     let labels = &create[7..];
-    assert!(labels.len() >= 2 && labels.len().is_multiple_of(2), "{create:?}");
+    assert!(
+        labels.len() >= 2 && labels.len().is_multiple_of(2),
+        "{create:?}"
+    );
     for pair in labels.chunks(2) {
         assert_eq!(pair[0], "--label", "{create:?}");
         assert!(pair[1].contains('='), "{create:?}");
