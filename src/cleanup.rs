@@ -45,7 +45,7 @@ use crate::config::config_or_default;
 use crate::diag;
 use crate::dialect::Version;
 use crate::error::{Error, Result};
-use crate::runner::{lock, Invocation, RawOutput, Runner};
+use crate::runner::{kill_group, lock, Invocation, RawOutput, Runner};
 use crate::Smolvm;
 
 /// Label naming the process that owns a machine: `<pid>-<start time>` (or `<pid>` where the
@@ -1100,18 +1100,6 @@ impl Runner for ThreadlessRunner {
             }
         }
     }
-}
-
-fn kill_group(child: &mut std::process::Child) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: killpg only sends a signal; the group is our unreaped child's own (spawned
-        // with process_group(0)), so its id cannot have been reused.
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
-        }
-    }
-    let _ = child.kill();
 }
 
 // ---------------------------------------------------------------------------------------

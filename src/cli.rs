@@ -18,7 +18,7 @@ use crate::sim::SimulatedRunner;
 use crate::transcript;
 use crate::validate::{
     format_timeout, validate_cidr, validate_env_key, validate_env_value, validate_guest_path,
-    validate_label, validate_machine_name,
+    validate_image, validate_label, validate_machine_name,
 };
 
 /// A smolvm client: which binary, which runner, which timeout. Cheap to clone (an `Arc`).
@@ -239,7 +239,7 @@ impl Smolvm {
     /// (`OUTPUT.smolmachine`), which is what [`CreateOptions::from_path`] needs; smolvm writes
     /// both files.
     pub fn pack_create(&self, image: &str, output: impl AsRef<Path>) -> Result<PathBuf> {
-        check_image(image)?;
+        validate_image(image)?;
         let output = output.as_ref();
         let out_str = path_arg("pack output", output)?;
         if out_str.is_empty() {
@@ -652,7 +652,7 @@ impl CreateOptions {
 
     pub(crate) fn validate(&self) -> Result<()> {
         match &self.source {
-            Source::Image(image) => check_image(image)?,
+            Source::Image(image) => validate_image(image)?,
             Source::FromPath(p) => {
                 path_arg("from path", p)?;
                 if !p.is_file() {
@@ -1055,16 +1055,6 @@ impl MachineInfo {
 
 fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|s| s.to_string()).collect()
-}
-
-fn check_image(image: &str) -> Result<()> {
-    if image.trim().is_empty() {
-        return Err(Error::invalid("image", "must not be empty"));
-    }
-    if image.starts_with('-') || image.contains('\0') {
-        return Err(Error::invalid("image", format!("{image:?}")));
-    }
-    Ok(())
 }
 
 fn path_arg(what: &'static str, p: &Path) -> Result<String> {

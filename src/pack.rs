@@ -18,6 +18,7 @@ use crate::config::config;
 use crate::error::{Error, Result};
 use crate::names::fnv1a_64;
 use crate::runner::lock;
+use crate::validate::validate_image;
 
 /// Run directories of the shared cache whose last use is older than this are deleted when a
 /// new run directory is created. Long enough for any test run; short enough that a machine
@@ -81,7 +82,7 @@ impl Pack {
     /// assert_eq!(argv[..4], ["pack", "create", "--image", "alpine:latest"]);
     /// ```
     pub fn create_with(smolvm: &Smolvm, image: &str) -> Result<Pack> {
-        check_image(image)?;
+        validate_image(image)?;
         let dir = tempfile::Builder::new()
             .prefix("smolvm-pack-")
             .tempdir()
@@ -134,7 +135,7 @@ impl Pack {
     /// assert_eq!(runner.argvs().iter().filter(|a| a[0] == "pack").count(), 1);
     /// ```
     pub fn shared_with(smolvm: &Smolvm, image: &str) -> Result<Arc<Pack>> {
-        check_image(image)?;
+        validate_image(image)?;
         let process = smolvm.process_target().is_some();
         let key = CacheKey {
             process,
@@ -370,17 +371,6 @@ fn dir_safe(value: &str) -> String {
     } else {
         format!("h{:016x}", fnv1a_64(value.as_bytes()))
     }
-}
-
-/// The same rules as the CLI layer's, checked here before any directory is made.
-fn check_image(image: &str) -> Result<()> {
-    if image.trim().is_empty() {
-        return Err(Error::invalid("image", "must not be empty"));
-    }
-    if image.starts_with('-') || image.contains('\0') {
-        return Err(Error::invalid("image", format!("{image:?}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

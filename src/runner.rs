@@ -230,7 +230,8 @@ fn join_reader(reader: Reader, grace: Option<Duration>) -> Vec<u8> {
     bytes
 }
 
-fn kill_group(child: &mut std::process::Child) {
+/// Kill a child spawned with `process_group(0)` and everything in its group.
+pub(crate) fn kill_group(child: &mut std::process::Child) {
     #[cfg(unix)]
     {
         if let Ok(pid) = libc::pid_t::try_from(child.id()) {

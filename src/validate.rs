@@ -54,6 +54,18 @@ pub fn validate_machine_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Check an image reference for `--image`: not blank (smolvm ≥ 0.8.1 rejects it, 0.8.0 takes
+/// it), not flag-like, no NUL.
+pub(crate) fn validate_image(image: &str) -> Result<()> {
+    if image.trim().is_empty() {
+        return Err(Error::invalid("image", "must not be empty"));
+    }
+    if image.starts_with('-') || image.contains('\0') {
+        return Err(Error::invalid("image", format!("{image:?}")));
+    }
+    Ok(())
+}
+
 /// Check an env key for `-e KEY=VALUE`. Values are never checked or quoted in errors: they may
 /// be secrets.
 pub fn validate_env_key(key: &str) -> Result<()> {
