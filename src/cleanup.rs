@@ -33,8 +33,8 @@
 //! pid value of that variable is how a process is told it *is* a watcher.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +45,7 @@ use crate::config::config_or_default;
 use crate::diag;
 use crate::dialect::Version;
 use crate::error::{Error, Result};
-use crate::runner::{kill_group, lock, Invocation, RawOutput, Runner};
+use crate::runner::{lock, ProcessRunner};
 use crate::Smolvm;
 
 /// Label naming the process that owns a machine: `<pid>-<start time>` (or `<pid>` where the
@@ -962,15 +962,15 @@ fn drain_registry(at_exit: bool) -> Option<Vec<(String, Registered)>> {
     (!drained.is_empty()).then_some(drained)
 }
 
-/// The client for deleting on the way out: a bounded timeout and, for real smolvm, a runner
-/// that spawns no thread.
+/// The client for deleting on the way out: a bounded timeout and, for real smolvm, the
+/// process runner, which on Unix spawns no thread (the exit hook cannot).
 fn cleanup_client(reg: &Registered) -> Smolvm {
     let smolvm = &reg.smolvm;
     let client = smolvm.with_timeout(smolvm.timeout().min(CLEANUP_TIMEOUT));
     if smolvm.process_target().is_none() {
         return client;
     }
-    let client = client.with_runner(ThreadlessRunner);
+    let client = client.with_runner(ProcessRunner);
     match reg.version {
         Some(v) => client.with_version(v),
         None => client,
@@ -1005,100 +1005,6 @@ fn raw_log(msg: &str) {
     #[cfg(not(unix))]
     {
         let _ = io::stderr().write_all(&line);
-    }
-}
-
-/// Runs smolvm with no helper thread: stdout and stderr go to anonymous temp files read after
-/// the process exits, and the wait is a poll. For the exit hook (spawning a thread after
-/// `main` panics since Rust 1.85, rust-lang/rust#138696) and the watcher (before `main`).
-#[derive(Clone, Copy, Debug)]
-struct ThreadlessRunner;
-
-impl Runner for ThreadlessRunner {
-    fn run(&self, inv: &Invocation) -> Result<RawOutput> {
-        let spool = || {
-            tempfile::tempfile()
-                .map_err(|e| Error::io("create a spool file in", std::env::temp_dir(), e))
-        };
-        let (mut out, mut err) = (spool()?, spool()?);
-        let as_stdio = |f: &File| {
-            f.try_clone()
-                .map(Stdio::from)
-                .map_err(|e| Error::io("duplicate a spool file in", std::env::temp_dir(), e))
-        };
-        let mut cmd = Command::new(&inv.program);
-        cmd.args(&inv.args)
-            .envs(inv.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(as_stdio(&out)?)
-            .stderr(as_stdio(&err)?);
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            // Out of our group: a second Ctrl-C to our group does not kill the delete.
-            cmd.process_group(0);
-        }
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                Error::NotFound {
-                    binary: inv.program.display().to_string(),
-                    looked: format!("`{}` could not be executed", inv.program.display()),
-                }
-            } else {
-                Error::Spawn {
-                    command: inv.command_line(),
-                    source,
-                }
-            }
-        })?;
-        let limit = inv.timeout.unwrap_or(CLEANUP_TIMEOUT);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if start.elapsed() >= limit => break None,
-                Ok(None) => {
-                    let pause = if start.elapsed() < Duration::from_millis(50) {
-                        Duration::from_millis(1)
-                    } else {
-                        Duration::from_millis(10)
-                    };
-                    std::thread::sleep(pause);
-                }
-                Err(source) => {
-                    kill_group(&mut child);
-                    return Err(Error::Spawn {
-                        command: inv.command_line(),
-                        source,
-                    });
-                }
-            }
-        };
-        let read_back = |f: &mut File| {
-            let mut bytes = Vec::new();
-            if f.seek(SeekFrom::Start(0)).is_ok() {
-                let _ = f.read_to_end(&mut bytes);
-            }
-            bytes
-        };
-        match status {
-            Some(status) => Ok(RawOutput {
-                code: status.code(),
-                stdout: read_back(&mut out),
-                stderr: read_back(&mut err),
-                duration: start.elapsed(),
-            }),
-            None => {
-                kill_group(&mut child);
-                let _ = child.wait();
-                Err(Error::Timeout {
-                    command: inv.command_line(),
-                    timeout: limit,
-                    stdout: read_back(&mut out),
-                    stderr: read_back(&mut err),
-                })
-            }
-        }
     }
 }
 
@@ -1300,7 +1206,7 @@ fn run_watcher(pid: u32, start: Option<u64>) {
         let client = entry
             .target
             .client(entry.smolvm_version)
-            .with_runner(ThreadlessRunner);
+            .with_runner(ProcessRunner);
         match client.machine_delete(&entry.name) {
             Ok(()) => {
                 remove_quietly(&path);
@@ -1554,45 +1460,5 @@ mod tests {
             "{}",
             rel.display()
         );
-    }
-
-    #[test]
-    fn threadless_runner_captures_output_and_times_out() {
-        let inv = |args: &[&str], timeout| Invocation {
-            program: "sh".into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: vec![("X_VAL".into(), "v".into())],
-            timeout: Some(timeout),
-        };
-        let out = ThreadlessRunner
-            .run(&inv(
-                &["-c", "echo out$X_VAL; echo err >&2; exit 3"],
-                Duration::from_secs(10),
-            ))
-            .unwrap();
-        assert_eq!(
-            (out.code, &out.stdout[..], &out.stderr[..]),
-            (Some(3), &b"outv\n"[..], &b"err\n"[..])
-        );
-        let start = Instant::now();
-        let err = ThreadlessRunner
-            .run(&inv(
-                &["-c", "echo partial; sleep 30"],
-                Duration::from_millis(200),
-            ))
-            .unwrap_err();
-        assert!(start.elapsed() < Duration::from_secs(5));
-        match err {
-            Error::Timeout { stdout, .. } => assert_eq!(stdout, b"partial\n"),
-            other => panic!("{other}"),
-        }
-        let missing = Invocation {
-            program: "/nonexistent/smolvm".into(),
-            ..inv(&[], Duration::from_secs(1))
-        };
-        assert!(matches!(
-            ThreadlessRunner.run(&missing),
-            Err(Error::NotFound { .. })
-        ));
     }
 }

@@ -78,17 +78,22 @@ impl<R: Runner + ?Sized> Runner for Arc<R> {
 }
 
 /// The real runner: spawns the program directly (no shell), stdin null, stdout and stderr
-/// drained concurrently, and a host-side timeout that kills the process group and reaps it.
+/// drained as they arrive, and a host-side timeout that kills the process group and reaps it.
 ///
-/// Why a process group: a hung smolvm may have children that hold the pipes open; killing
-/// the group closes them so the readers finish. Why threads, not polling: two blocking
-/// readers are the simplest way to never deadlock on a full pipe, whatever the output size.
+/// On Unix one thread does everything: it `poll`s both pipes with the time left as the poll
+/// timeout, so it wakes the moment output or end-of-file arrives (no sleep-and-check latency,
+/// no reader threads), and no output size can deadlock it. Spawning no thread also makes it
+/// safe in the exit hook, where `std::thread::spawn` panics (rust-lang/rust#138696).
+/// Elsewhere, two reader threads do the draining.
+///
+/// Why a process group: a hung smolvm may have children that hold the pipes open; killing the
+/// group closes them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessRunner;
 
-/// How long to wait for the pipe readers after the process was killed; a grandchild outside
-/// the group could hold a pipe forever, and the caller must not wait on it.
-const READER_GRACE: Duration = Duration::from_secs(2);
+/// How long to keep reading after a timeout kill: a grandchild outside the group could hold a
+/// pipe forever, and the caller must not wait on it.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 impl Runner for ProcessRunner {
     fn run(&self, inv: &Invocation) -> Result<RawOutput> {
@@ -105,66 +110,176 @@ impl Runner for ProcessRunner {
         }
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
-
-        let out_reader = spawn_reader(child.stdout.take());
-        let err_reader = spawn_reader(child.stderr.take());
-
         let deadline = inv.timeout.map(|t| start + t);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) => {}
-                Err(source) => {
-                    kill_group(&mut child);
-                    return Err(Error::Spawn {
-                        command: inv.command_line(),
-                        source,
-                    });
-                }
+        let (done, stdout, stderr) = match drain_and_wait(&mut child, deadline) {
+            Ok(result) => result,
+            Err(source) => {
+                kill_group(&mut child);
+                let _ = child.wait();
+                return Err(Error::Spawn {
+                    command: inv.command_line(),
+                    source,
+                });
+            }
+        };
+        match done {
+            Some(status) => Ok(RawOutput {
+                code: status.code(),
+                stdout,
+                stderr,
+                duration: start.elapsed(),
+            }),
+            None => Err(Error::Timeout {
+                command: inv.command_line(),
+                timeout: inv.timeout.unwrap_or_default(),
+                stdout,
+                stderr,
+            }),
+        }
+    }
+}
+
+/// Read both pipes to their end and reap the child, or kill and reap it at the deadline.
+/// Returns the exit status (`None` after a timeout kill) and everything read.
+#[cfg(unix)]
+fn drain_and_wait(
+    child: &mut std::process::Child,
+    deadline: Option<Instant>,
+) -> io::Result<(Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>)> {
+    let mut pipes = [
+        child.stdout.take().map(PipeReader::Out),
+        child.stderr.take().map(PipeReader::Err),
+    ];
+    let mut bufs = (Vec::new(), Vec::new());
+    let drained = poll_pipes(&mut pipes, &mut bufs, deadline)?;
+    if drained {
+        // Both pipes are closed; the process is exiting or has exited. The gap between its
+        // last close and its exit is microseconds, so a short backoff loop costs nothing.
+        let mut pause = Duration::from_micros(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((Some(status), bufs.0, bufs.1));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                break None;
+                break;
             }
-            thread::sleep(poll_interval(start.elapsed()));
-        };
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+    kill_group(child);
+    // Reaped: no zombie is left behind.
+    let _ = child.wait();
+    let _ = poll_pipes(&mut pipes, &mut bufs, Some(Instant::now() + DRAIN_GRACE));
+    Ok((None, bufs.0, bufs.1))
+}
 
-        match status {
-            Some(status) => {
-                let stdout = join_reader(out_reader, None);
-                let stderr = join_reader(err_reader, None);
-                Ok(RawOutput {
-                    code: status.code(),
-                    stdout,
-                    stderr,
-                    duration: start.elapsed(),
-                })
+#[cfg(unix)]
+enum PipeReader {
+    Out(std::process::ChildStdout),
+    Err(std::process::ChildStderr),
+}
+
+/// `poll` the open pipes until both reach end-of-file (`true`) or the deadline passes
+/// (`false`), appending what they deliver. Closed pipes are set to `None`.
+#[cfg(unix)]
+fn poll_pipes(
+    pipes: &mut [Option<PipeReader>; 2],
+    bufs: &mut (Vec<u8>, Vec<u8>),
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = Vec::with_capacity(2);
+        let mut which = Vec::with_capacity(2);
+        for (i, pipe) in pipes.iter().enumerate() {
+            let fd = match pipe {
+                Some(PipeReader::Out(p)) => p.as_raw_fd(),
+                Some(PipeReader::Err(p)) => p.as_raw_fd(),
+                None => continue,
+            };
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            which.push(i);
+        }
+        if fds.is_empty() {
+            return Ok(true);
+        }
+        let timeout_ms: libc::c_int = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                // Rounded up, so a poll never returns just before the deadline and spins.
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
             }
-            None => {
-                kill_group(&mut child);
-                // Reaped: no zombie is left behind.
-                let _ = child.wait();
-                let stdout = join_reader(out_reader, Some(READER_GRACE));
-                let stderr = join_reader(err_reader, Some(READER_GRACE));
-                Err(Error::Timeout {
-                    command: inv.command_line(),
-                    timeout: inv.timeout.unwrap_or_default(),
-                    stdout,
-                    stderr,
-                })
+        };
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
+        // SAFETY: `fds` is a live, correctly sized array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for (pfd, &i) in fds.iter().zip(&which) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            // Readable or hung up: one read cannot block, and 0 means end-of-file.
+            let (result, buf) = match &mut pipes[i] {
+                Some(PipeReader::Out(p)) => (p.read(&mut chunk), &mut bufs.0),
+                Some(PipeReader::Err(p)) => (p.read(&mut chunk), &mut bufs.1),
+                None => continue,
+            };
+            match result {
+                Ok(0) => pipes[i] = None,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => pipes[i] = None,
             }
         }
     }
 }
 
-/// Short polls first (most smolvm calls that do not boot finish in milliseconds), then
-/// settle at 10 ms so a long exec costs almost nothing.
-fn poll_interval(elapsed: Duration) -> Duration {
-    if elapsed < Duration::from_millis(20) {
-        Duration::from_micros(200)
-    } else if elapsed < Duration::from_millis(200) {
-        Duration::from_millis(1)
-    } else {
-        Duration::from_millis(10)
+/// Elsewhere: a reader thread per pipe, and a wait that checks the deadline.
+#[cfg(not(unix))]
+fn drain_and_wait(
+    child: &mut std::process::Child,
+    deadline: Option<Instant>,
+) -> io::Result<(Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>)> {
+    fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> Option<thread::JoinHandle<Vec<u8>>> {
+        let mut pipe = pipe?;
+        Some(thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        }))
+    }
+    let join =
+        |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let out = reader(child.stdout.take());
+    let err = reader(child.stderr.take());
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((Some(status), join(out), join(err)));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            kill_group(child);
+            let _ = child.wait();
+            return Ok((None, join(out), join(err)));
+        }
+        thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -180,54 +295,6 @@ fn spawn_error(inv: &Invocation, source: io::Error) -> Error {
             source,
         }
     }
-}
-
-type Reader = Option<(thread::JoinHandle<Vec<u8>>, Arc<Mutex<Vec<u8>>>)>;
-
-/// Read a pipe to its end on its own thread. The bytes also go into a shared buffer, so that
-/// what was read so far can be taken even if the thread never finishes.
-fn spawn_reader<R: Read + Send + 'static>(pipe: Option<R>) -> Reader {
-    let mut pipe = pipe?;
-    let shared = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&shared);
-    let handle = thread::spawn(move || {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => match sink.lock() {
-                    Ok(mut buf) => buf.extend_from_slice(&chunk[..n]),
-                    Err(_) => break,
-                },
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        Vec::new()
-    });
-    Some((handle, shared))
-}
-
-fn join_reader(reader: Reader, grace: Option<Duration>) -> Vec<u8> {
-    let Some((handle, shared)) = reader else {
-        return Vec::new();
-    };
-    match grace {
-        None => {
-            let _ = handle.join();
-        }
-        Some(grace) => {
-            let until = Instant::now() + grace;
-            while !handle.is_finished() && Instant::now() < until {
-                thread::sleep(Duration::from_millis(5));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            }
-        }
-    }
-    let bytes = std::mem::take(&mut *lock(&shared));
-    bytes
 }
 
 /// Kill a child spawned with `process_group(0)` and everything in its group.
@@ -467,4 +534,49 @@ impl Runner for ScriptedRunner {
 /// Lock, recovering from poisoning: a panicking test must not break every later one.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_runner_captures_output_and_times_out() {
+        let inv = |args: &[&str], timeout| Invocation {
+            program: "sh".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![("X_VAL".into(), "v".into())],
+            timeout: Some(timeout),
+        };
+        let out = ProcessRunner
+            .run(&inv(
+                &["-c", "echo out$X_VAL; echo err >&2; exit 3"],
+                Duration::from_secs(10),
+            ))
+            .unwrap();
+        assert_eq!(
+            (out.code, &out.stdout[..], &out.stderr[..]),
+            (Some(3), &b"outv\n"[..], &b"err\n"[..])
+        );
+        let start = Instant::now();
+        let err = ProcessRunner
+            .run(&inv(
+                &["-c", "echo partial; sleep 30"],
+                Duration::from_millis(200),
+            ))
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        match err {
+            Error::Timeout { stdout, .. } => assert_eq!(stdout, b"partial\n"),
+            other => panic!("{other}"),
+        }
+        let missing = Invocation {
+            program: "/nonexistent/smolvm".into(),
+            ..inv(&[], Duration::from_secs(1))
+        };
+        assert!(matches!(
+            ProcessRunner.run(&missing),
+            Err(Error::NotFound { .. })
+        ));
+    }
 }
