@@ -201,33 +201,56 @@ impl Smolvm {
         if let Some(v) = self.inner.version.get() {
             return Ok(*v);
         }
-        // Keyed by binary and process env: the same program can front different smolvms
-        // (a wrapper, or the fake CLI told which version to be through its environment).
+        if !self.inner.process_runner {
+            let v = self.probe_version()?;
+            let _ = self.inner.version.set(v);
+            return Ok(v);
+        }
+        // Keyed by binary and environment: the same program can front different smolvms (a
+        // wrapper, or the fake CLI told which version to be through SMOLVM_FAKE_VERSION).
         type Key = (PathBuf, Vec<(String, String)>);
         static BY_BINARY: OnceLock<Mutex<HashMap<Key, Version>>> = OnceLock::new();
         let by_binary = BY_BINARY.get_or_init(Default::default);
-        let key = (self.inner.program.clone(), self.inner.env.clone());
-        if self.inner.process_runner {
-            if let Some(v) = lock(by_binary).get(&key) {
-                let _ = self.inner.version.set(*v);
-                return Ok(*v);
-            }
+        let key = (self.inner.program.clone(), version_env(&self.inner.env));
+        // One probe per binary even when many test threads ask at once.
+        static PROBING: Mutex<()> = Mutex::new(());
+        let _probing = lock(&PROBING);
+        if let Some(v) = lock(by_binary).get(&key).copied() {
+            let _ = self.inner.version.set(v);
+            return Ok(v);
         }
+        // Across processes (nextest runs one per test): a small file per binary, keyed by its
+        // path, size, modification time and the process env, so an upgrade is seen at once.
+        let disk = version_cache_path(&self.inner.program, &key.1);
+        let cached = disk
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| text.trim().parse::<Version>().ok());
+        let v = match cached {
+            Some(v) => v,
+            None => {
+                let v = self.probe_version()?;
+                if let Some(path) = &disk {
+                    write_version_cache(path, v);
+                }
+                v
+            }
+        };
+        let _ = self.inner.version.set(v);
+        lock(by_binary).insert(key, v);
+        Ok(v)
+    }
+
+    fn probe_version(&self) -> Result<Version> {
         let args = vec!["--version".to_string()];
         let (inv, out) = self.run(None, args, self.timeout())?;
         let out = check(&inv, out)?;
-        let v =
-            Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
-                Error::Parse {
-                    command: inv.command_line(),
-                    reason: e.to_string(),
-                }
-            })?;
-        let _ = self.inner.version.set(v);
-        if self.inner.process_runner {
-            lock(by_binary).insert(key, v);
-        }
-        Ok(v)
+        Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
+            Error::Parse {
+                command: inv.command_line(),
+                reason: e.to_string(),
+            }
+        })
     }
 
     /// The dialect of [`Smolvm::version`].
@@ -496,6 +519,50 @@ pub(crate) fn smolvm_bin_from_env() -> PathBuf {
     match std::env::var_os("SMOLVM_BIN") {
         Some(v) if !v.is_empty() => PathBuf::from(v),
         _ => PathBuf::from("smolvm"),
+    }
+}
+
+/// The environment that can change what a binary says it is: the client's process env and
+/// every `SMOLVM_*` variable it inherits.
+fn version_env(process_env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
+        .filter(|(k, _)| k.starts_with("SMOLVM_") && !k.starts_with("SMOLVM_HARNESS_"))
+        .collect();
+    env.sort();
+    env.extend(process_env.iter().cloned());
+    env
+}
+
+/// The on-disk version cache entry of a binary: `None` when the binary cannot be found (the
+/// probe then reports that) or the configuration is unusable.
+fn version_cache_path(program: &Path, env: &[(String, String)]) -> Option<PathBuf> {
+    let resolved = resolve_program(program).ok()?;
+    let resolved = std::fs::canonicalize(&resolved).unwrap_or(resolved);
+    let meta = std::fs::metadata(&resolved).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let mut key = format!("{}\0{}\0{mtime}", resolved.display(), meta.len());
+    for (k, v) in env {
+        key.push_str(&format!("\0{k}={v}"));
+    }
+    let dir = config().ok()?.state_dir.join("versions");
+    Some(dir.join(format!("{:016x}", crate::names::fnv1a_64(key.as_bytes()))))
+}
+
+/// Best effort: a cache that cannot be written only costs the next process one probe.
+fn write_version_cache(path: &Path, version: Version) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    if std::fs::write(&tmp, version.to_string()).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 
@@ -1128,5 +1195,38 @@ fn bad_entry(inv: &Invocation, v: &serde_json::Value) -> Error {
     Error::Parse {
         command: inv.command_line(),
         reason: format!("machine entry without a name: {shown}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_cache_key_follows_the_binary_and_its_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("smolvm");
+        std::fs::write(&bin, "#!/bin/true\n").expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let env = vec![("SMOLVM_FAKE_VERSION".to_string(), "0.8.0".to_string())];
+        let a = version_cache_path(&bin, &env).expect("a cache path");
+        assert_eq!(version_cache_path(&bin, &env), Some(a.clone()));
+        assert_ne!(
+            version_cache_path(&bin, &[]),
+            Some(a.clone()),
+            "env is part of the key"
+        );
+        // An upgrade in place (other size) is a new key.
+        std::fs::write(&bin, "#!/bin/true\n# upgraded\n").expect("write");
+        assert_ne!(version_cache_path(&bin, &env), Some(a.clone()));
+        assert_eq!(version_cache_path(&dir.path().join("missing"), &env), None);
+
+        let cache = dir.path().join("versions").join("k");
+        write_version_cache(&cache, Version::new(0, 8, 2));
+        assert_eq!(std::fs::read_to_string(&cache).expect("cached"), "0.8.2");
     }
 }
