@@ -850,7 +850,7 @@ fn terminate(signal: i32) -> ! {
     // Whatever happens in the cleanup, the signal must still end the process.
     let (deleted, failed) = std::panic::catch_unwind(|| delete_registered(false)).unwrap_or((0, 1));
     if deleted + failed > 0 {
-        raw_log(&format!(
+        diag::log(&format!(
             "smolvm-harness: {name}: deleted {deleted} machine(s) before exiting{}",
             if failed > 0 {
                 format!(", {failed} left to the crash watcher")
@@ -887,7 +887,7 @@ fn exit_hook() {
     let _ = std::panic::catch_unwind(|| {
         let (deleted, failed) = delete_registered(true);
         if deleted + failed > 0 {
-            raw_log(&format!(
+            diag::log(&format!(
                 "smolvm-harness: at exit deleted {deleted} machine(s) never dropped (statics, \
                  #[once] fixtures){}",
                 if failed > 0 {
@@ -923,7 +923,7 @@ fn delete_registered(at_exit: bool) -> (usize, usize) {
             }
             Err(e) => {
                 failed += 1;
-                raw_log(&format!(
+                diag::log(&format!(
                     "smolvm-harness: could not delete machine {name}: {e}. It stays in the \
                      ledger for the crash watcher or the next sweep; by hand: smolvm machine \
                      delete -f --name {name}"
@@ -948,7 +948,7 @@ fn drain_registry(at_exit: bool) -> Option<Vec<(String, Registered)>> {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(TryLockError::WouldBlock) => {
-                    raw_log("smolvm-harness: registry busy at exit; leaving machines to the crash watcher");
+                    diag::log("smolvm-harness: registry busy at exit; leaving machines to the crash watcher");
                     return None;
                 }
             }
@@ -974,37 +974,6 @@ fn cleanup_client(reg: &Registered) -> Smolvm {
     match reg.version {
         Some(v) => client.with_version(v),
         None => client,
-    }
-}
-
-/// Write one line to fd 2 with `write(2)`: usable after `main` and before it, where `std`'s
-/// stderr may be unavailable, and never panics.
-fn raw_log(msg: &str) {
-    let mut line = Vec::with_capacity(msg.len() + 1);
-    line.extend_from_slice(msg.as_bytes());
-    line.push(b'\n');
-    #[cfg(unix)]
-    {
-        let mut rest: &[u8] = &line;
-        while !rest.is_empty() {
-            // SAFETY: the pointer and length describe `rest`, a live slice.
-            let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-            if n < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return;
-            }
-            let n = usize::try_from(n).unwrap_or(rest.len()).min(rest.len());
-            if n == 0 {
-                return;
-            }
-            rest = &rest[n..];
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = io::stderr().write_all(&line);
     }
 }
 
@@ -1210,13 +1179,13 @@ fn run_watcher(pid: u32, start: Option<u64>) {
         match client.machine_delete(&entry.name) {
             Ok(()) => {
                 remove_quietly(&path);
-                raw_log(&format!(
+                diag::log(&format!(
                     "smolvm-harness watcher: process {} is gone; deleted its machine {}",
                     entry.owner(),
                     entry.name
                 ));
             }
-            Err(e) => raw_log(&format!(
+            Err(e) => diag::log(&format!(
                 "smolvm-harness watcher: could not delete machine {} of dead process {}: {e}; \
                  left for the next sweep",
                 entry.name,

@@ -333,29 +333,9 @@ fn summarise_skips() {
         .map_or("smolvm is not available", String::as_str);
     let line = format!(
         "smolvm-harness: {count} test(s) skipped: {reason}; set SMOLVM_HARNESS_REQUIRE=1 to make \
-         that a failure\n"
+         that a failure"
     );
-    write_stderr(line.as_bytes());
-}
-
-#[cfg(unix)]
-fn write_stderr(mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: writes from a live, initialised buffer of `bytes.len()` bytes to fd 2.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-        match usize::try_from(n) {
-            Ok(written) if written > 0 => bytes = &bytes[written..],
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return,
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn write_stderr(bytes: &[u8]) {
-    use std::io::Write;
-    // Unbuffered on every platform, so nothing is lost at exit.
-    let _ = std::io::stderr().write_all(bytes);
+    crate::diag::log(&line);
 }
 
 #[cfg(test)]
