@@ -55,6 +55,10 @@ pub(crate) const OWNER_LABEL: &str = "smolvm-harness.owner";
 pub(crate) const RUN_LABEL: &str = "smolvm-harness.run";
 /// Disables the watcher (`off`), or, holding an owner token, makes this process the watcher.
 const WATCHER_ENV: &str = "SMOLVM_HARNESS_WATCHER";
+/// Private: set only by [`spawn_watcher`] on the process it starts, with the owner's token.
+/// A separate name, so that a user writing `SMOLVM_HARNESS_WATCHER=1` ("on") can never turn
+/// an ordinary run into a watcher.
+const WATCHER_OWNER_ENV: &str = "SMOLVM_HARNESS_WATCHER_OWNER_PRIVATE";
 /// How long one smolvm call may take on the signal and exit paths: nextest's grace period is
 /// 10 s by default, and whatever is left over is the watcher's job.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1042,7 +1046,7 @@ fn spawn_watcher() -> io::Result<ChildStdin> {
         .map_or_else(|_| Stdio::null(), Stdio::from);
     let pid = std::process::id();
     let mut cmd = Command::new(exe);
-    cmd.env(WATCHER_ENV, owner_token(pid, start_time_of(pid)))
+    cmd.env(WATCHER_OWNER_ENV, owner_token(pid, start_time_of(pid)))
         // Explicit, so the watcher reads the ledger we write whatever else its config says.
         .env("SMOLVM_HARNESS_STATE_DIR", &state_dir)
         .stdin(Stdio::piped())
@@ -1124,14 +1128,23 @@ extern "C" fn watcher_entry() {
 /// token and stdin is a pipe. Anything else (unset, `off`, set by hand on a terminal) is left
 /// to run normally.
 fn watcher_request() -> Option<(u32, Option<u64>)> {
-    let value = std::env::var(WATCHER_ENV).ok()?;
+    let value = std::env::var(WATCHER_OWNER_ENV).ok()?;
+    // Children (smolvm, and the fake smolvm, which links this crate) must not become watchers.
+    // Sound here: this runs before `main`, with no other thread to read the environment.
+    std::env::remove_var(WATCHER_OWNER_ENV);
     let owner = parse_owner_token(value.trim())?;
+    // Only the process its owner just started: the owner is our parent, and stdin is its pipe.
+    #[cfg(unix)]
+    {
+        // SAFETY: getppid has no preconditions and cannot fail.
+        let parent = unsafe { libc::getppid() };
+        if u32::try_from(parent).ok() != Some(owner.0) {
+            return None;
+        }
+    }
     if !stdin_is_pipe() {
         return None;
     }
-    // Children (smolvm, and the fake smolvm, which links this crate) must not become watchers.
-    // Sound here: this runs before `main`, with no other thread to read the environment.
-    std::env::remove_var(WATCHER_ENV);
     Some(owner)
 }
 

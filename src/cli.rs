@@ -51,6 +51,13 @@ struct Inner {
     version: OnceLock<Version>,
 }
 
+// The runner behind the `Arc` is only ever called through `&self`, and every lock inside the
+// crate recovers from poisoning, so a panic cannot leave a client half-updated. Without
+// these, `catch_unwind(|| smolvm.machine_list())` and anything holding a client would not
+// compile.
+impl std::panic::UnwindSafe for Smolvm {}
+impl std::panic::RefUnwindSafe for Smolvm {}
+
 impl fmt::Debug for Smolvm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Smolvm")
@@ -143,7 +150,11 @@ impl Smolvm {
     /// guest): e.g. `SMOLVM_DATA_DIR` to isolate state.
     pub fn with_process_env(&self, key: impl Into<String>, value: impl Into<String>) -> Smolvm {
         let (key, value) = (key.into(), value.into());
-        self.edit(|i| i.env.push((key, value)))
+        self.edit(|i| {
+            i.env.push((key, value));
+            // The environment can change which smolvm answers (a wrapper, SMOLVM_FAKE_VERSION).
+            i.version = OnceLock::new();
+        })
     }
 
     /// The same client, assuming this smolvm version instead of asking `--version`: for
@@ -243,11 +254,11 @@ impl Smolvm {
 
     fn probe_version(&self) -> Result<Version> {
         let args = vec!["--version".to_string()];
-        let (inv, out) = self.run(None, args, self.timeout())?;
-        let out = check(&inv, out)?;
+        let (cmd, out) = self.run(None, args, self.timeout())?;
+        let out = check(&cmd, out)?;
         Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
             Error::Parse {
-                command: inv.command_line(),
+                command: cmd.clone(),
                 reason: e.to_string(),
             }
         })
@@ -270,8 +281,8 @@ impl Smolvm {
         }
         let args = strings(&["pack", "create", "--image", image, "-o", &out_str]);
         let timeout = self.timeout().max(config_or_default().pack_timeout);
-        let (inv, out) = self.run(None, args, timeout)?;
-        check(&inv, out)?;
+        let (cmd, out) = self.run(None, args, timeout)?;
+        check(&cmd, out)?;
         let mut sidecar = output.as_os_str().to_owned();
         sidecar.push(".smolmachine");
         Ok(PathBuf::from(sidecar))
@@ -287,24 +298,34 @@ impl Smolvm {
         options.validate()?;
         let dialect = self.dialect()?;
         let args = options.argv(name, dialect)?;
-        let (inv, out) = self.run(Some(name), args, self.timeout())?;
-        check(&inv, out).map(drop)
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out)?;
+        let values: Vec<String> = options
+            .env
+            .iter()
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !values.is_empty() {
+            lock(secrets_book()).insert(name.to_string(), values);
+        }
+        Ok(())
     }
 
     /// `smolvm machine start --name NAME`.
     pub fn machine_start(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         let args = strings(&["machine", "start", "--name", name]);
-        let (inv, out) = self.run(Some(name), args, self.timeout())?;
-        check(&inv, out).map(drop)
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out).map(drop)
     }
 
     /// `smolvm machine stop --name NAME`. Stopping a machine that is not running succeeds.
     pub fn machine_stop(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         let args = strings(&["machine", "stop", "--name", name]);
-        let (inv, out) = self.run(Some(name), args, self.timeout())?;
-        check(&inv, out).map(drop)
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out).map(drop)
     }
 
     /// `smolvm machine delete -f` in this smolvm's dialect. Idempotent: a machine that does
@@ -315,24 +336,23 @@ impl Smolvm {
         validate_machine_name(name)?;
         let dialect = self.dialect()?;
         if !dialect.delete_stops_running {
-            match self.machine_stop(name) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => return Ok(()),
-                // The delete below still removes the record; report its outcome instead.
-                Err(_) => {}
-            }
+            // 0.8.0's stop exits 0 for a stopped or unknown machine, so any error here is real;
+            // deleting anyway would drop the record of a VM that is still running.
+            self.machine_stop(name)?;
         }
         let args = if dialect.name_flag {
             strings(&["machine", "delete", "-f", "--name", name])
         } else {
             strings(&["machine", "delete", "-f", name])
         };
-        let (inv, out) = self.run(Some(name), args, self.timeout())?;
-        match check(&inv, out) {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e),
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        match check(&cmd, out) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
+        lock(secrets_book()).remove(name);
+        Ok(())
     }
 
     /// `smolvm machine exec --name NAME [-w DIR] [--timeout T] [--env=K=V]… -- ARGV…`.
@@ -367,7 +387,7 @@ impl Smolvm {
         if let Some(t) = options.timeout {
             args.push("--timeout".into());
             args.push(format_timeout(t)?);
-            host_timeout = host_timeout.max(t + Duration::from_secs(10));
+            host_timeout = host_timeout.max(t.saturating_add(Duration::from_secs(10)));
         }
         if options.stream {
             args.push("--stream".into());
@@ -377,19 +397,19 @@ impl Smolvm {
         }
         args.push("--".into());
         args.extend(argv.iter().map(|a| a.as_ref().to_string()));
-        let (inv, out) = self.run(Some(name), args, host_timeout)?;
+        let (cmd, out) = self.run(Some(name), args, host_timeout)?;
         if out.code != Some(0) && is_smolvm_error(&out) {
-            return Err(failed(&inv, out));
+            return Err(failed(&cmd, out));
         }
         let Some(code) = out.code else {
-            return Err(failed(&inv, out));
+            return Err(failed(&cmd, out));
         };
         Ok(ExecOutput {
             code,
             stdout: out.stdout,
             stderr: out.stderr,
             duration: out.duration,
-            command: inv.command_line(),
+            command: cmd.clone(),
         })
     }
 
@@ -439,53 +459,59 @@ impl Smolvm {
             }
         };
         let args = vec!["machine".into(), "cp".into(), src.to_arg()?, dst.to_arg()?];
-        let (inv, out) = self.run(Some(&machine), args, self.timeout())?;
-        check(&inv, out).map(drop)
+        let (cmd, out) = self.run(Some(&machine), args, self.timeout())?;
+        check(&cmd, out).map(drop)
     }
 
     /// `smolvm machine ls --json`, sorted by name (smolvm's own order is not stable).
     pub fn machine_list(&self) -> Result<Vec<MachineInfo>> {
         let args = strings(&["machine", "ls", "--json"]);
-        let (inv, out) = self.run(None, args, self.timeout())?;
-        let out = check(&inv, out)?;
+        let (cmd, out) = self.run(None, args, self.timeout())?;
+        let out = check(&cmd, out)?;
         let value: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| parse_error(&inv, &out, e))?;
+            serde_json::from_slice(&out.stdout).map_err(|e| parse_error(&cmd, &out, e))?;
         let items = value.as_array().ok_or_else(|| Error::Parse {
-            command: inv.command_line(),
+            command: cmd.clone(),
             reason: "expected a JSON array".into(),
         })?;
         let mut list = items
             .iter()
-            .map(|v| MachineInfo::from_json(v).ok_or_else(|| bad_entry(&inv, v)))
+            .map(|v| MachineInfo::from_json(v).ok_or_else(|| bad_entry(&cmd, v)))
             .collect::<Result<Vec<_>>>()?;
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(list)
     }
 
     /// `smolvm machine status --name NAME --json`; `None` when the machine does not exist.
+    ///
+    /// smolvm (0.8.0 through 1.9.2) leaves an empty data directory with sparse disk images
+    /// behind when asked about a name it does not know; to test whether a machine exists
+    /// without that, look for it in [`Smolvm::machine_list`].
     pub fn machine_status(&self, name: &str) -> Result<Option<MachineInfo>> {
         validate_machine_name(name)?;
         let args = strings(&["machine", "status", "--name", name, "--json"]);
-        let (inv, out) = self.run(Some(name), args, self.timeout())?;
-        let out = match check(&inv, out) {
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        let out = match check(&cmd, out) {
             Ok(out) => out,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
         let value: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| parse_error(&inv, &out, e))?;
+            serde_json::from_slice(&out.stdout).map_err(|e| parse_error(&cmd, &out, e))?;
         MachineInfo::from_json(&value)
             .map(Some)
-            .ok_or_else(|| bad_entry(&inv, &value))
+            .ok_or_else(|| bad_entry(&cmd, &value))
     }
 
     /// Run one invocation through the runner, recording it in the machine's transcript.
+    /// The command it returns (and puts in errors) also knows the machine's create-time env
+    /// values, so that output quoted from a guest that printed them is scrubbed too.
     fn run(
         &self,
         machine: Option<&str>,
         args: Vec<String>,
         timeout: Duration,
-    ) -> Result<(Invocation, RawOutput)> {
+    ) -> Result<(CommandLine, RawOutput)> {
         let inv = Invocation {
             program: self.inner.program.clone(),
             args,
@@ -495,17 +521,47 @@ impl Smolvm {
         let result = self.inner.runner.run(&inv);
         let trace = config().map(|c| c.trace).unwrap_or(false);
         transcript::record(machine, &inv, &result, trace);
+        let command = match machine {
+            Some(m) => inv.command_line().with_secrets(&machine_secrets(m)),
+            None => inv.command_line(),
+        };
         match result {
-            Ok(out) => Ok((inv, out)),
+            Ok(out) => Ok((command, out)),
             Err(Error::NotFound { binary, .. }) if self.inner.process_runner => {
                 Err(Error::NotFound {
                     looked: describe_lookup(&self.inner.program),
                     binary,
                 })
             }
+            Err(Error::Timeout {
+                timeout,
+                stdout,
+                stderr,
+                ..
+            }) => Err(Error::Timeout {
+                command,
+                timeout,
+                stdout,
+                stderr,
+            }),
+            Err(Error::Spawn { source, .. }) => Err(Error::Spawn { command, source }),
             Err(e) => Err(e),
         }
     }
+}
+
+/// Env values given to `machine create`, per machine name, for as long as the machine may
+/// exist: a guest can print them (`env`), and then they are in output an error quotes.
+fn secrets_book() -> &'static Mutex<HashMap<String, Vec<String>>> {
+    static BOOK: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+    BOOK.get_or_init(Default::default)
+}
+
+fn machine_secrets(machine: &str) -> Vec<String> {
+    lock(secrets_book())
+        .get(machine)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// True if the binary from the environment (`SMOLVM_BIN`, else `smolvm` on `PATH`) resolves
@@ -1137,17 +1193,17 @@ fn redacted_env(env: &[(String, String)]) -> Vec<String> {
 }
 
 /// `Ok` for exit 0, else [`Error::Failed`].
-fn check(inv: &Invocation, out: RawOutput) -> Result<RawOutput> {
+fn check(cmd: &CommandLine, out: RawOutput) -> Result<RawOutput> {
     if out.code == Some(0) {
         Ok(out)
     } else {
-        Err(failed(inv, out))
+        Err(failed(cmd, out))
     }
 }
 
-fn failed(inv: &Invocation, out: RawOutput) -> Error {
+fn failed(cmd: &CommandLine, out: RawOutput) -> Error {
     Error::Failed {
-        command: inv.command_line(),
+        command: cmd.clone(),
         code: out.code,
         stdout: out.stdout,
         stderr: out.stderr,
@@ -1179,9 +1235,9 @@ fn is_smolvm_error(out: &RawOutput) -> bool {
         || rest.contains("command output exceeded")
 }
 
-fn parse_error(inv: &Invocation, out: &RawOutput, e: serde_json::Error) -> Error {
+fn parse_error(cmd: &CommandLine, out: &RawOutput, e: serde_json::Error) -> Error {
     Error::Parse {
-        command: inv.command_line(),
+        command: cmd.clone(),
         reason: format!(
             "{e}; output began {:?}",
             String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(200)])
@@ -1189,11 +1245,11 @@ fn parse_error(inv: &Invocation, out: &RawOutput, e: serde_json::Error) -> Error
     }
 }
 
-fn bad_entry(inv: &Invocation, v: &serde_json::Value) -> Error {
+fn bad_entry(cmd: &CommandLine, v: &serde_json::Value) -> Error {
     let mut shown = v.to_string();
     shown.truncate(200);
     Error::Parse {
-        command: inv.command_line(),
+        command: cmd.clone(),
         reason: format!("machine entry without a name: {shown}"),
     }
 }

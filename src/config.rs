@@ -230,11 +230,16 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
         )
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = |factor: u64| {
+        n.checked_mul(factor)
+            .map(Duration::from_secs)
+            .ok_or_else(bad)
+    };
     let d = match unit.trim() {
         "" | "s" | "sec" | "secs" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" | "min" | "mins" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" | "min" | "mins" => secs(60)?,
+        "h" => secs(3600)?,
         _ => return Err(bad()),
     };
     if d.is_zero() {
@@ -324,5 +329,7 @@ mod tests {
         );
         assert!(parse_duration("X", "0s").is_err());
         assert!(parse_duration("X", "-1s").is_err());
+        assert!(parse_duration("X", "307445734561825861m").is_err());
+        assert!(parse_duration("X", "18446744073709551616").is_err());
     }
 }

@@ -156,14 +156,16 @@ impl Error {
     }
 
     /// True when smolvm said the machine does not exist (`Error: vm not found: NAME`, or the
-    /// `status --json` wording `machine 'NAME' not found`).
+    /// `status --json` wording `Error: config operation failed: machine status: machine
+    /// 'NAME' not found`). Nothing else counts: an idempotent delete must not swallow other
+    /// failures that happen to say "not found".
     pub fn is_not_found(&self) -> bool {
         match self {
-            Error::Failed { stderr, .. } => {
-                let text = String::from_utf8_lossy(stderr);
-                text.contains("Error: vm not found:")
-                    || (text.contains("Error: ") && text.contains("' not found"))
-            }
+            Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).lines().any(|l| {
+                l.starts_with("Error: vm not found:")
+                    || (l.starts_with("Error: config operation failed: machine status: machine '")
+                        && l.trim_end().ends_with("' not found"))
+            }),
             _ => false,
         }
     }
@@ -277,7 +279,22 @@ impl CommandLine {
         CommandLine(std::sync::Arc::new(CommandLineInner {
             program: program.into(),
             args,
-            secrets,
+            secrets: ordered(secrets),
+        }))
+    }
+
+    /// The same command line, also scrubbing `extra` values from quoted output (the env a
+    /// machine was created with, which its guest can print).
+    pub(crate) fn with_secrets(&self, extra: &[String]) -> CommandLine {
+        if extra.is_empty() {
+            return self.clone();
+        }
+        let mut secrets = self.0.secrets.clone();
+        secrets.extend(extra.iter().cloned());
+        CommandLine(std::sync::Arc::new(CommandLineInner {
+            program: self.0.program.clone(),
+            args: self.0.args.clone(),
+            secrets: ordered(secrets),
         }))
     }
 
@@ -304,6 +321,14 @@ impl CommandLine {
         }
         out
     }
+}
+
+/// Longest first and without repeats, so that a secret that is part of a longer one cannot
+/// break the longer one's match and leave its tail in clear.
+fn ordered(mut secrets: Vec<String>) -> Vec<String> {
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+    secrets
 }
 
 fn redact_pair(pair: &str, secrets: &mut Vec<String>) -> String {
@@ -383,6 +408,44 @@ mod tests {
             cl.redact_output("x hunter22 y sekret x=y"),
             "x <redacted> y <redacted> x=y"
         );
+    }
+
+    #[test]
+    fn a_secret_inside_a_longer_one_does_not_expose_its_tail() {
+        let cl = CommandLine::new(
+            "smolvm",
+            &argv(&[
+                "machine",
+                "exec",
+                "--env=A=abcd",
+                "--env=B=abcdefgh-TAIL",
+                "--env=C=abcd",
+            ]),
+        );
+        assert_eq!(
+            cl.redact_output("leak: abcdefgh-TAIL abcd"),
+            "leak: <redacted> <redacted>"
+        );
+        let more = cl.with_secrets(&["zzzz-create-time".to_string()]);
+        assert_eq!(more.redact_output("x zzzz-create-time"), "x <redacted>");
+        assert_eq!(more.to_string(), cl.to_string());
+    }
+
+    #[test]
+    fn not_found_means_only_smolvms_two_wordings() {
+        let failed = |stderr: &str| Error::Failed {
+            command: CommandLine::new("smolvm", &[]),
+            code: Some(1),
+            stdout: vec![],
+            stderr: stderr.as_bytes().to_vec(),
+        };
+        assert!(failed("Error: vm not found: m\n").is_not_found());
+        assert!(
+            failed("Error: config operation failed: machine status: machine 'm' not found\n")
+                .is_not_found()
+        );
+        assert!(!failed("Error: agent operation failed: file 'x' not found\n").is_not_found());
+        assert!(!failed("guest said Error: vm not found: m\n").is_not_found());
     }
 
     #[test]

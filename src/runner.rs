@@ -110,7 +110,8 @@ impl Runner for ProcessRunner {
         }
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
-        let deadline = inv.timeout.map(|t| start + t);
+        // A timeout too large to add is no deadline at all.
+        let deadline = inv.timeout.and_then(|t| start.checked_add(t));
         let (done, stdout, stderr) = match drain_and_wait(&mut child, deadline) {
             Ok(result) => result,
             Err(source) => {
@@ -141,6 +142,11 @@ impl Runner for ProcessRunner {
 
 /// Read both pipes to their end and reap the child, or kill and reap it at the deadline.
 /// Returns the exit status (`None` after a timeout kill) and everything read.
+///
+/// A process that exits while something it started still holds the pipes (a VM launched
+/// with inherited stdio) has finished: its output is drained for a short grace period and
+/// its status returned, and nothing is killed. That needs a pidfd in the poll set (Linux);
+/// elsewhere such a call runs into its deadline.
 #[cfg(unix)]
 fn drain_and_wait(
     child: &mut std::process::Child,
@@ -151,72 +157,96 @@ fn drain_and_wait(
         child.stderr.take().map(PipeReader::Err),
     ];
     let mut bufs = (Vec::new(), Vec::new());
-    let drained = poll_pipes(&mut pipes, &mut bufs, deadline)?;
-    if drained {
-        // Both pipes are closed: the process is exiting, or has closed its output and goes
-        // on (then the deadline still applies).
-        let mut pause = Duration::from_micros(50);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok((Some(status), bufs.0, bufs.1));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break;
-            }
-            // Sleeping here would cost more than the gap it waits for (timer slack alone is
-            // 50 µs); a pidfd wakes us at the exit itself. Without one, back off.
-            if !wait_for_exit(child, deadline) {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(5));
+    let pidfd = open_pidfd(child);
+    let exit_fd = pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    match poll_pipes(&mut pipes, &mut bufs, deadline, exit_fd)? {
+        PollEnd::Eof => {
+            // Both pipes are closed: the process is exiting, or has closed its output and
+            // goes on (then the deadline still applies).
+            let mut pause = Duration::from_micros(50);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    return Ok((Some(status), bufs.0, bufs.1));
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                match exit_fd {
+                    // Sleeping would cost more than the gap it waits for (timer slack alone
+                    // is 50 µs); the pidfd wakes us at the exit itself.
+                    Some(fd) => wait_readable(fd, deadline),
+                    None => {
+                        thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
+                }
             }
         }
+        PollEnd::Exited => {
+            let status = child.wait()?;
+            let _ = poll_pipes(
+                &mut pipes,
+                &mut bufs,
+                Some(Instant::now() + DRAIN_GRACE),
+                None,
+            );
+            return Ok((Some(status), bufs.0, bufs.1));
+        }
+        PollEnd::Deadline => {}
     }
     kill_group(child);
     // Reaped: no zombie is left behind.
     let _ = child.wait();
-    let _ = poll_pipes(&mut pipes, &mut bufs, Some(Instant::now() + DRAIN_GRACE));
+    let _ = poll_pipes(
+        &mut pipes,
+        &mut bufs,
+        Some(Instant::now() + DRAIN_GRACE),
+        None,
+    );
     Ok((None, bufs.0, bufs.1))
 }
 
-/// Block until the child exits or the deadline passes, with a pidfd (Linux ≥ 5.3).
-/// `false` when that is not available, so the caller falls back to sleeping.
+/// A descriptor that becomes readable when the child exits (Linux ≥ 5.3), or `None`.
 #[cfg(target_os = "linux")]
-fn wait_for_exit(child: &std::process::Child, deadline: Option<Instant>) -> bool {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-        return false;
-    };
+fn open_pidfd(child: &std::process::Child) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(child.id()).ok()?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the pid is
     // our unreaped child's, so it cannot name another process.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let Ok(fd) = i32::try_from(fd) else {
-        return false;
-    };
-    if fd < 0 {
-        return false;
-    }
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
     // SAFETY: `fd` was just returned by pidfd_open and is owned by nothing else.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout_ms = deadline.map_or(-1, |d| {
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn open_pidfd(_child: &std::process::Child) -> Option<std::os::fd::OwnedFd> {
+    None
+}
+
+/// Milliseconds until `deadline` for `poll`, rounded up so a poll never returns just before
+/// the deadline and spins; -1 (forever) without one.
+#[cfg(unix)]
+fn poll_timeout(deadline: Option<Instant>) -> libc::c_int {
+    deadline.map_or(-1, |d| {
         let ms = d
             .saturating_duration_since(Instant::now())
             .as_nanos()
             .div_ceil(1_000_000);
         libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-    });
+    })
+}
+
+/// Block until `fd` is readable or the deadline passes.
+#[cfg(unix)]
+fn wait_readable(fd: std::os::fd::RawFd, deadline: Option<Instant>) {
     let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&owned),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one live pollfd. The result does not matter: the caller checks try_wait.
-    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    true
-}
-
-#[cfg(all(unix, not(target_os = "linux")))]
-fn wait_for_exit(_child: &std::process::Child, _deadline: Option<Instant>) -> bool {
-    false
+    unsafe { libc::poll(&mut pfd, 1, poll_timeout(deadline)) };
 }
 
 #[cfg(unix)]
@@ -225,18 +255,30 @@ enum PipeReader {
     Err(std::process::ChildStderr),
 }
 
-/// `poll` the open pipes until both reach end-of-file (`true`) or the deadline passes
-/// (`false`), appending what they deliver. Closed pipes are set to `None`.
+#[cfg(unix)]
+enum PollEnd {
+    /// Both pipes reached end-of-file.
+    Eof,
+    /// The deadline passed first.
+    Deadline,
+    /// The process exited (its pidfd fired) while a pipe was still open.
+    Exited,
+}
+
+/// `poll` the open pipes (and the exit descriptor, if given) until both pipes reach
+/// end-of-file, the process exits, or the deadline passes, appending what the pipes deliver.
+/// Closed pipes are set to `None`.
 #[cfg(unix)]
 fn poll_pipes(
     pipes: &mut [Option<PipeReader>; 2],
     bufs: &mut (Vec<u8>, Vec<u8>),
     deadline: Option<Instant>,
-) -> io::Result<bool> {
+    exit_fd: Option<std::os::fd::RawFd>,
+) -> io::Result<PollEnd> {
     use std::os::fd::AsRawFd;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let mut fds = Vec::with_capacity(2);
+        let mut fds = Vec::with_capacity(3);
         let mut which = Vec::with_capacity(2);
         for (i, pipe) in pipes.iter().enumerate() {
             let fd = match pipe {
@@ -252,23 +294,21 @@ fn poll_pipes(
             which.push(i);
         }
         if fds.is_empty() {
-            return Ok(true);
+            return Ok(PollEnd::Eof);
         }
-        let timeout_ms: libc::c_int = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                // Rounded up, so a poll never returns just before the deadline and spins.
-                let ms = left.as_nanos().div_ceil(1_000_000);
-                libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-            }
-        };
-        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(2);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(PollEnd::Deadline);
+        }
+        if let Some(fd) = exit_fd {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(3);
         // SAFETY: `fds` is a live, correctly sized array of pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, poll_timeout(deadline)) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -276,10 +316,12 @@ fn poll_pipes(
             }
             return Err(e);
         }
+        let mut read_any = false;
         for (pfd, &i) in fds.iter().zip(&which) {
             if pfd.revents == 0 {
                 continue;
             }
+            read_any = true;
             // Readable or hung up: one read cannot block, and 0 means end-of-file.
             let (result, buf) = match &mut pipes[i] {
                 Some(PipeReader::Out(p)) => (p.read(&mut chunk), &mut bufs.0),
@@ -293,6 +335,12 @@ fn poll_pipes(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => pipes[i] = None,
             }
+        }
+        // Only once the pipes have nothing ready: output written just before the exit is read
+        // first, and end-of-file usually wins the race for a process that simply exits.
+        let exited = exit_fd.is_some() && fds.last().is_some_and(|p| p.revents != 0);
+        if exited && !read_any {
+            return Ok(PollEnd::Exited);
         }
     }
 }
@@ -623,5 +671,64 @@ mod tests {
             ProcessRunner.run(&missing),
             Err(Error::NotFound { .. })
         ));
+    }
+
+    fn sh(script: &str, timeout: Duration) -> Invocation {
+        Invocation {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            timeout: Some(timeout),
+        }
+    }
+
+    /// Whether `pid` is still a live process (a zombie counts as gone).
+    fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_timeout_kills_the_whole_process_group() {
+        let err = ProcessRunner
+            .run(&sh("sleep 30 & echo $!; wait", Duration::from_millis(300)))
+            .unwrap_err();
+        let Error::Timeout { stdout, .. } = err else {
+            panic!("expected a timeout, got {err}");
+        };
+        let grandchild: i32 = String::from_utf8_lossy(&stdout).trim().parse().unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while alive(grandchild) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !alive(grandchild),
+            "the grandchild {grandchild} survived the group kill"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_exited_process_whose_descendant_holds_the_pipes_is_done_not_timed_out() {
+        let started = Instant::now();
+        let out = ProcessRunner
+            .run(&sh("sleep 30 & echo $!; exit 0", Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(out.code, Some(0));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let grandchild: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        // Not ours to kill: it was not a timeout.
+        assert!(alive(grandchild));
+        // SAFETY: sends SIGKILL to the test's own background process.
+        unsafe { libc::kill(grandchild, libc::SIGKILL) };
     }
 }

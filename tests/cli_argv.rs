@@ -325,6 +325,46 @@ fn delete_of_a_missing_machine_succeeds() {
 }
 
 #[test]
+fn a_failed_stop_before_delete_on_0_8_0_keeps_the_record() {
+    // Deleting anyway would orphan the running VM (0.8.0's delete does not stop it).
+    let runner = ScriptedRunner::new().version(OLD).on(
+        &["machine", "stop"],
+        Reply::fail(1, "Error: agent operation failed: stop: busy\n"),
+    );
+    let err = client_with(runner.clone()).machine_delete("m").unwrap_err();
+    assert_eq!(err.exit_code(), Some(1));
+    assert_eq!(sent(&runner), [["machine", "stop", "--name", "m"]]);
+}
+
+#[test]
+fn create_time_env_values_are_scrubbed_from_exec_output_and_errors() {
+    let smolvm = Smolvm::simulated();
+    let opts = CreateOptions::image("alpine")
+        .net()
+        .env("API_TOKEN", "hunter22-secret");
+    smolvm.machine_create("scrub", &opts).unwrap();
+    smolvm.machine_start("scrub").unwrap();
+    let out = smolvm
+        .machine_exec(
+            "scrub",
+            &["sh", "-c", "env; exit 3"],
+            &ExecOptions::default(),
+        )
+        .unwrap();
+    // The bytes are the guest's, untouched; what is shown is scrubbed.
+    assert!(out.stdout_str().contains("API_TOKEN=hunter22-secret"));
+    assert!(!format!("{out:?}").contains("hunter22"), "{out:?}");
+    let panic = std::panic::catch_unwind(|| {
+        out.expect_code(0);
+    })
+    .unwrap_err();
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("API_TOKEN=<redacted>"), "{msg}");
+    assert!(!msg.contains("hunter22"), "{msg}");
+    smolvm.machine_delete("scrub").unwrap();
+}
+
+#[test]
 fn delete_failure_is_an_error() {
     let runner = ScriptedRunner::new().on(
         &["machine", "delete"],
@@ -407,10 +447,25 @@ fn exec_minimal_and_odd_forms() {
             ],
         ]
     );
-    // The host-side limit covers the guest timeout plus smolvm's own buffer.
-    let calls = runner.calls();
-    let timeout = calls.last().and_then(|c| c.timeout).unwrap();
-    assert!(timeout >= Duration::from_millis(1500) + Duration::from_secs(5));
+    // The host-side limit covers the guest timeout plus smolvm's own 5 s buffer, even when
+    // the client's default is shorter.
+    let short = smolvm.with_timeout(Duration::from_secs(1));
+    short
+        .machine_exec(
+            "m",
+            &["true"],
+            &ExecOptions::default().timeout(Duration::from_millis(1500)),
+        )
+        .unwrap();
+    let timeout = runner.calls().last().and_then(|c| c.timeout).unwrap();
+    assert_eq!(timeout, Duration::from_millis(11_500));
+    short
+        .machine_exec(
+            "m",
+            &["true"],
+            &ExecOptions::default().timeout(Duration::MAX),
+        )
+        .unwrap();
 }
 
 #[test]

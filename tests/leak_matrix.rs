@@ -661,3 +661,24 @@ fn sweep_and_a_same_named_machine_made_by_hand(version: &'static str) {
     // Either way the dead owner's entry is gone.
     w.assert_clean(&out);
 }
+
+/// `SMOLVM_HARNESS_WATCHER` is the user's on/off switch; whatever it holds, with stdin a pipe
+/// (as under CI runners), the binary must still run its tests and not turn into a watcher.
+#[test]
+fn the_watcher_switch_never_turns_a_run_into_a_watcher() {
+    let exe = std::env::current_exe().expect("current test binary");
+    for value in ["1", "on", "4242", "1-2"] {
+        let out = std::process::Command::new(&exe)
+            .args(["--list"])
+            .env("SMOLVM_HARNESS_WATCHER", value)
+            .stdin(std::process::Stdio::piped())
+            .output()
+            .expect("run the test binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{value}: {out:?}");
+        assert!(
+            stdout.contains("the_watcher_switch_never_turns_a_run_into_a_watcher: test"),
+            "with SMOLVM_HARNESS_WATCHER={value} the binary did not list its tests:\n{stdout}"
+        );
+    }
+}
