@@ -182,9 +182,8 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The machine cap in force: `SMOLVM_HARNESS_MAX_MACHINES`, else one machine per CPU (at
-    /// least 2, the default test parallelism's order) and at most one per 2 GiB of memory,
-    /// between 1 and 32. smolvm machines default to 4 vCPUs and 8 GiB but overcommit; what
+    /// The machine cap in force: `SMOLVM_HARNESS_MAX_MACHINES`, else one machine per CPU and
+    /// at most one per 2 GiB of memory, between 2 and 32. smolvm machines default to 4 vCPUs and 8 GiB but overcommit; what
     /// hurts is many booting at once, which smolvm's own suite avoids by serialising.
     pub fn machine_cap(&self) -> usize {
         self.max_machines.unwrap_or_else(default_machine_cap)
@@ -275,7 +274,8 @@ fn uid_string() -> String {
 fn default_machine_cap() -> usize {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mem_gib = total_memory_gib().unwrap_or(8);
-    cpus.max(2).min(mem_gib / 2).clamp(1, 32)
+    // At least 2: below that, any test that needs two machines at once cannot run at all.
+    cpus.max(2).min(mem_gib / 2).clamp(2, 32)
 }
 
 fn total_memory_gib() -> Option<usize> {

@@ -311,6 +311,14 @@ impl MachineBuilder {
 
         let mut claim = Claim::new(&name)?;
         let slot = slots::acquire(&smolvm)?;
+        // A name of the user's own choosing may already belong to someone. Where labels
+        // cannot tell after a failed create whose machine it is, look before creating.
+        // If the listing fails, assume it existed: the cost is only a skipped cleanup.
+        let existed_before = test_name.is_none()
+            && !dialect.labels
+            && smolvm
+                .machine_list()
+                .map_or(true, |list| list.iter().any(|m| m.name == name));
         let mut retried = false;
         loop {
             cleanup::register(&smolvm, &name)?;
@@ -341,8 +349,17 @@ impl MachineBuilder {
                 }
                 return Err(err);
             }
-            if may_have_created(&err) {
-                // A create that timed out or failed late may have left a record behind.
+            // A create that timed out or failed late may have left a record behind; delete it
+            // only if it is provably ours, never a machine that someone else made or kept.
+            if may_have_created(&err)
+                && created_by_us(
+                    &smolvm,
+                    &name,
+                    dialect.labels,
+                    test_name.is_some(),
+                    existed_before,
+                )
+            {
                 match smolvm.machine_delete(&name) {
                     Ok(()) => cleanup::unregister(&name),
                     Err(e) => log_delete_failure(&name, &e),
@@ -704,6 +721,32 @@ fn is_already_exists(err: &Error) -> bool {
 
 /// False when smolvm never ran (missing binary, spawn failure) or refused the input before
 /// running: then there is nothing to delete, and a delete would only fail the same way.
+/// After a failed create: is a machine of that name ours to delete? With labels, only if it
+/// carries this process's owner label. Without, a generated name is ours by construction (it
+/// holds our pid and counter), and a chosen name only if it did not exist before.
+fn created_by_us(
+    smolvm: &Smolvm,
+    name: &str,
+    labels: bool,
+    generated: bool,
+    existed_before: bool,
+) -> bool {
+    if labels {
+        let own = cleanup::ownership_labels();
+        return match smolvm.machine_list() {
+            Ok(list) => list.iter().any(|m| {
+                m.name == name
+                    && own
+                        .iter()
+                        .all(|(k, v)| m.labels.get(k).is_some_and(|have| have == v))
+            }),
+            // Cannot tell: leave it (the ledger entry is dropped, so no sweep touches it).
+            Err(_) => false,
+        };
+    }
+    generated || !existed_before
+}
+
 fn may_have_created(err: &Error) -> bool {
     !matches!(
         err,

@@ -13,7 +13,8 @@
 //! use rstest::rstest;
 //! use smolvm_harness::{fixtures::machine, require_smolvm, requires_smolvm, Machine};
 //!
-//! // Under `#[rstest]`: the check runs before any fixture is evaluated.
+//! // Under `#[rstest]` (before any `#[case]`, or above `#[rstest]`): the check runs before
+//! // any fixture is evaluated, in every case.
 //! #[rstest]
 //! #[requires_smolvm]
 //! fn boots(machine: Machine) {

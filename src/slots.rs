@@ -12,14 +12,18 @@
 //! Processes configured with different caps share slots `0..min` and each respects its own
 //! cap; the host-wide bound is the largest cap in use.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::config;
 use crate::diag;
 use crate::error::{Error, Result};
+use crate::runner::lock;
 use crate::Smolvm;
 
 /// After this long without a slot, say once why the test is waiting.
@@ -33,6 +37,26 @@ pub(crate) struct Slot {
     _file: File,
     index: usize,
     path: PathBuf,
+    holder: (ThreadId, PathBuf),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = lock(held_by_thread());
+        if let Some(n) = held.get_mut(&self.holder) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.holder);
+            }
+        }
+    }
+}
+
+/// Slots held per thread and slot directory. A thread that holds every slot and asks for one
+/// more would wait for itself forever: that is refused at once instead.
+fn held_by_thread() -> &'static Mutex<HashMap<(ThreadId, PathBuf), usize>> {
+    static HELD: OnceLock<Mutex<HashMap<(ThreadId, PathBuf), usize>>> = OnceLock::new();
+    HELD.get_or_init(Default::default)
 }
 
 impl fmt::Debug for Slot {
@@ -55,21 +79,42 @@ impl Slot {
 /// Take a slot for a machine of this client, blocking until one is free.
 ///
 /// `None` for in-process runners (`process_target()` is `None`): they start no VM, so there is
-/// nothing to cap. There is deliberately no timeout: the wait ends when another machine's
-/// guard is dropped or its process dies, and a test stuck behind a hung test is what
-/// nextest's `slow-timeout` is for. After 10 s a line on stderr says what the test waits for.
+/// nothing to cap. The wait ends when another machine's guard is dropped or its process dies;
+/// after 10 s a line on stderr says what the test waits for. It fails at once when this thread
+/// already holds every slot (a test that needs more machines at once than the cap), and after
+/// `SMOLVM_HARNESS_TIMEOUT` otherwise (tests in several processes each holding some slots and
+/// waiting for more would wait for each other forever).
 pub(crate) fn acquire(smolvm: &Smolvm) -> Result<Option<Slot>> {
     if smolvm.process_target().is_none() {
         return Ok(None);
     }
     let cfg = config()?;
-    acquire_in(&cfg.state_dir.join("slots"), cfg.machine_cap()).map(Some)
+    acquire_in(
+        &cfg.state_dir.join("slots"),
+        cfg.machine_cap(),
+        cfg.call_timeout,
+    )
+    .map(Some)
 }
 
-/// [`acquire`] against an explicit directory and cap.
-pub(crate) fn acquire_in(dir: &Path, cap: usize) -> Result<Slot> {
+/// [`acquire`] against an explicit directory, cap and longest wait.
+pub(crate) fn acquire_in(dir: &Path, cap: usize, max_wait: Duration) -> Result<Slot> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create slot directory", dir, e))?;
     let cap = cap.max(1);
+    let holder = (std::thread::current().id(), dir.to_path_buf());
+    let too_many = |reason: String| {
+        Error::io(
+            "acquire a machine slot in",
+            dir,
+            std::io::Error::new(std::io::ErrorKind::WouldBlock, reason),
+        )
+    };
+    if lock(held_by_thread()).get(&holder).copied().unwrap_or(0) >= cap {
+        return Err(too_many(format!(
+            "this test already holds all {cap} machine slots (SMOLVM_HARNESS_MAX_MACHINES); \
+             raise the cap to run more machines at once"
+        )));
+    }
     let mut files = Vec::with_capacity(cap);
     for i in 0..cap {
         let path = dir.join(format!("slot-{i}.lock"));
@@ -102,10 +147,12 @@ pub(crate) fn acquire_in(dir: &Path, cap: usize) -> Result<Slot> {
                             std::io::Error::other("slot vanished"),
                         )
                     })?;
+                    *lock(held_by_thread()).entry(holder.clone()).or_insert(0) += 1;
                     return Ok(Slot {
                         _file: file,
                         index: i,
                         path,
+                        holder,
                     });
                 }
                 Err(TryLockError::WouldBlock) => {}
@@ -113,6 +160,12 @@ pub(crate) fn acquire_in(dir: &Path, cap: usize) -> Result<Slot> {
                     return Err(Error::io("lock machine slot", path.clone(), e));
                 }
             }
+        }
+        if started.elapsed() >= max_wait {
+            return Err(too_many(format!(
+                "all {cap} machine slots stayed taken for {max_wait:?} \
+                 (SMOLVM_HARNESS_MAX_MACHINES; SMOLVM_HARNESS_TIMEOUT bounds the wait)"
+            )));
         }
         if !told && started.elapsed() >= WAIT_NOTICE {
             told = true;
@@ -172,7 +225,7 @@ mod tests {
                 let (dir, held, peak) = (dir.path().to_path_buf(), held.clone(), peak.clone());
                 std::thread::spawn(move || {
                     for _ in 0..3 {
-                        let slot = acquire_in(&dir, 2).unwrap();
+                        let slot = acquire_in(&dir, 2, Duration::from_secs(60)).unwrap();
                         let now = held.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(now, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(15));
@@ -191,13 +244,47 @@ mod tests {
     #[test]
     fn slots_are_distinct_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let a = acquire_in(dir.path(), 2).unwrap();
-        let b = acquire_in(dir.path(), 2).unwrap();
+        let a = acquire_in(dir.path(), 2, Duration::from_secs(60)).unwrap();
+        let b = acquire_in(dir.path(), 2, Duration::from_secs(60)).unwrap();
         assert_ne!(a.index(), b.index());
         drop(a);
-        let c = acquire_in(dir.path(), 2).unwrap();
+        let c = acquire_in(dir.path(), 2, Duration::from_secs(60)).unwrap();
         assert_ne!(c.index(), b.index());
         assert!(format!("{c:?}").contains("slot-"));
+    }
+
+    #[test]
+    fn a_thread_holding_every_slot_is_refused_not_deadlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = acquire_in(dir.path(), 1, Duration::from_secs(60)).unwrap();
+        let started = Instant::now();
+        let err = acquire_in(dir.path(), 1, Duration::from_secs(60)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(
+            err.to_string()
+                .contains("already holds all 1 machine slots"),
+            "{err}"
+        );
+        drop(one);
+        // Released: the same thread can take it again.
+        acquire_in(dir.path(), 1, Duration::from_secs(60)).unwrap();
+    }
+
+    #[test]
+    fn waiting_for_a_slot_held_elsewhere_ends_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let slot = acquire_in(&path, 1, Duration::from_secs(60)).unwrap();
+            tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            drop(slot);
+        });
+        rx.recv().unwrap();
+        let err = acquire_in(dir.path(), 1, Duration::from_millis(100)).unwrap_err();
+        assert!(err.to_string().contains("stayed taken"), "{err}");
+        holder.join().unwrap();
     }
 
     #[test]

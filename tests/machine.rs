@@ -39,6 +39,32 @@ fn count_deletes(runner: &ScriptedRunner) -> usize {
         .count()
 }
 
+/// `machine ls --json` with one machine `name` carrying this process's ownership labels, as
+/// the harness sends them (read back from a create through a throwaway runner).
+fn listed_as_ours(name: &str) -> String {
+    let probe = ScriptedRunner::new();
+    let vm = Machine::builder()
+        .smolvm(client(&probe))
+        .name("m-label-probe")
+        .image("alpine")
+        .create()
+        .expect("probe create");
+    // The probe's runner answers everything with exit 0: dropping it deletes nothing real.
+    drop(vm);
+    let create = probe
+        .argvs()
+        .into_iter()
+        .find(|a| a.len() > 1 && a[1] == "create")
+        .expect("a create");
+    let labels: serde_json::Map<String, serde_json::Value> = create
+        .windows(2)
+        .filter(|w| w[0] == "--label")
+        .filter_map(|w| w[1].split_once('='))
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    serde_json::json!([{ "name": name, "state": "created", "labels": labels }]).to_string()
+}
+
 const EXISTS_1_9: &str =
     "Error: config operation failed: create machine: machine 'x' already exists or is being created\n";
 
@@ -285,14 +311,15 @@ fn start_failure_deletes_the_machine_and_returns_the_start_error() {
 }
 
 #[test]
-fn create_failure_attempts_a_delete_and_returns_the_create_error() {
-    let runner = ScriptedRunner::new().on(
-        &["machine", "create"],
-        Reply::fail(
-            1,
-            "Error: config operation failed: create machine: disk full\n",
-        ),
-    );
+fn a_failed_create_deletes_only_a_machine_that_carries_our_labels() {
+    const DISK_FULL: &str = "Error: config operation failed: create machine: disk full\n";
+    // Ours (it was half-made by the failed create): deleted.
+    let runner = ScriptedRunner::new()
+        .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
+        .on(
+            &["machine", "ls"],
+            Reply::stdout(listed_as_ours("m-nocreate")),
+        );
     let err = Machine::builder()
         .smolvm(client(&runner))
         .name("m-nocreate")
@@ -304,11 +331,62 @@ fn create_failure_attempts_a_delete_and_returns_the_create_error() {
     let seen = calls(&runner);
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(seen[1], delete_1_9("m-nocreate"));
+
+    // Someone else's machine of that name (no or other labels), or none: never deleted.
+    for listing in [
+        r#"[{"name":"m-theirs","state":"running","labels":{}}]"#.to_string(),
+        r#"[{"name":"m-theirs","state":"running","labels":{"smolvm-harness.owner":"1-1"}}]"#
+            .to_string(),
+        "[]".to_string(),
+    ] {
+        let runner = ScriptedRunner::new()
+            .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
+            .on(&["machine", "ls"], Reply::stdout(listing.clone()));
+        Machine::builder()
+            .smolvm(client(&runner))
+            .name("m-theirs")
+            .image("alpine")
+            .create()
+            .unwrap_err();
+        assert_eq!(count_deletes(&runner), 0, "{listing}: {:?}", calls(&runner));
+    }
+}
+
+#[test]
+fn on_0_8_a_chosen_name_is_deleted_after_a_failed_create_only_if_it_was_not_there_before() {
+    const DISK_FULL: &str = "Error: config operation failed: create machine: disk full\n";
+    let before =
+        r#"[{"name":"m-old","state":"stopped","pid":null,"created_at":1,"image":"alpine"}]"#;
+    let runner = ScriptedRunner::new()
+        .version("0.8.0")
+        .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
+        .on(&["machine", "ls"], Reply::stdout(before));
+    Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-old")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert_eq!(count_deletes(&runner), 0, "{:?}", calls(&runner));
+
+    let runner = ScriptedRunner::new()
+        .version("0.8.0")
+        .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
+        .on(&["machine", "ls"], Reply::stdout("[]"));
+    Machine::builder()
+        .smolvm(client(&runner))
+        .name("m-new")
+        .image("alpine")
+        .create()
+        .unwrap_err();
+    assert_eq!(count_deletes(&runner), 1, "{:?}", calls(&runner));
 }
 
 #[test]
 fn a_hung_create_is_cleaned_up_too() {
-    let runner = ScriptedRunner::new().on(&["machine", "create"], Reply::hang());
+    let runner = ScriptedRunner::new()
+        .on(&["machine", "create"], Reply::hang())
+        .on(&["machine", "ls"], Reply::stdout(listed_as_ours("m-hang")));
     let err = Machine::builder()
         .smolvm(client(&runner))
         .name("m-hang")

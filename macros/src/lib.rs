@@ -36,6 +36,10 @@ use proc_macro::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenSt
 /// the fixtures were built. Rather than let that happen, the attribute then moves itself
 /// just below `#[rstest]` and leaves the function alone, so either order is correct.
 ///
+/// Do not put it *between* `#[case]` lines: rstest gives each case only the attributes that
+/// follow it, so the cases above the attribute would run unguarded. Directly under
+/// `#[rstest]`, before any `#[case]`, or above `#[rstest]`, every case is guarded.
+///
 /// Where smolvm is missing and `SMOLVM_HARNESS_REQUIRE=1`, the test fails with the reason,
 /// reported at the line of this attribute.
 ///
