@@ -851,6 +851,9 @@ fn terminate(signal: i32) -> ! {
     TERMINATING.store(true, Ordering::SeqCst);
     second_signal().store(true, Ordering::SeqCst);
     let name = signal_name(signal);
+    // A create still running would finish after its machine was looked for, and leak: stop
+    // every smolvm call first (the signal reached only our process group, not theirs).
+    crate::runner::kill_in_flight();
     // Whatever happens in the cleanup, the signal must still end the process.
     let (deleted, failed) = std::panic::catch_unwind(|| delete_registered(false)).unwrap_or((0, 1));
     if deleted + failed > 0 {
@@ -884,8 +887,8 @@ fn signal_name(signal: i32) -> &'static str {
 /// fixture) are deleted here. Runs on normal exit and `std::process::exit` (which libtest uses
 /// when tests fail), not on a fatal signal or abort (the watcher covers those).
 ///
-/// Kept minimal, as code after `main` must be: no threads (smolvm is run with its output in
-/// anonymous temp files), no panics escaping, messages as raw writes to fd 2.
+/// Kept minimal, as code after `main` must be: no threads (the process runner starts none),
+/// no panics escaping, messages as raw writes to fd 2.
 #[dtor::dtor(unsafe)]
 fn exit_hook() {
     let _ = std::panic::catch_unwind(|| {
@@ -1179,6 +1182,9 @@ fn run_watcher(pid: u32, start: Option<u64>) {
         Some(d) if !d.is_empty() => PathBuf::from(d).join("ledger"),
         _ => ledger_dir(),
     };
+    // A machine not there yet may be a `machine create` the owner started just before it
+    // died: that smolvm process lives on in its own process group and may still add it.
+    let mut pending = Vec::new();
     for (path, entry) in read_ledger(&dir) {
         let same_owner = entry.owner_pid == pid
             && (start.is_none() || entry.owner_start.is_none() || entry.owner_start == start);
@@ -1189,22 +1195,56 @@ fn run_watcher(pid: u32, start: Option<u64>) {
             .target
             .client(entry.smolvm_version)
             .with_runner(ProcessRunner);
-        match client.machine_delete(&entry.name) {
-            Ok(()) => {
-                remove_quietly(&path);
-                diag::log(&format!(
-                    "smolvm-harness watcher: process {} is gone; deleted its machine {}",
-                    entry.owner(),
-                    entry.name
-                ));
-            }
-            Err(e) => diag::log(&format!(
-                "smolvm-harness watcher: could not delete machine {} of dead process {}: {e}; \
-                 left for the next sweep",
-                entry.name,
-                entry.owner()
-            )),
+        match listed(&client, &entry.name) {
+            Some(false) => pending.push((path, entry, client)),
+            _ => watcher_delete(&client, &path, &entry),
         }
+    }
+    let until = Instant::now() + LATE_CREATE_WINDOW;
+    while !pending.is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+        pending.retain(|(path, entry, client)| {
+            if listed(client, &entry.name) == Some(true) {
+                watcher_delete(client, path, entry);
+                false
+            } else {
+                true
+            }
+        });
+    }
+    // Never created: the owner died between writing the ledger and smolvm creating it.
+    for (path, _, _) in pending {
+        remove_quietly(&path);
+    }
+}
+
+/// How long the watcher waits for a machine whose create was in flight when its owner died.
+const LATE_CREATE_WINDOW: Duration = Duration::from_secs(20);
+
+/// Whether `machine ls` shows `name`; `None` if it cannot tell.
+fn listed(client: &Smolvm, name: &str) -> Option<bool> {
+    client
+        .machine_list()
+        .ok()
+        .map(|list| list.iter().any(|m| m.name == name))
+}
+
+fn watcher_delete(client: &Smolvm, path: &Path, entry: &Entry) {
+    match client.machine_delete(&entry.name) {
+        Ok(()) => {
+            remove_quietly(path);
+            diag::log(&format!(
+                "smolvm-harness watcher: process {} is gone; deleted its machine {}",
+                entry.owner(),
+                entry.name
+            ));
+        }
+        Err(e) => diag::log(&format!(
+            "smolvm-harness watcher: could not delete machine {} of dead process {}: {e}; \
+             left for the next sweep",
+            entry.name,
+            entry.owner()
+        )),
     }
 }
 

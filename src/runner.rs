@@ -110,9 +110,13 @@ impl Runner for ProcessRunner {
         }
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
+        let pid = child.id();
+        lock(in_flight()).push(pid);
         // A timeout too large to add is no deadline at all.
         let deadline = inv.timeout.and_then(|t| start.checked_add(t));
-        let (done, stdout, stderr) = match drain_and_wait(&mut child, deadline) {
+        let drained = drain_and_wait(&mut child, deadline);
+        lock(in_flight()).retain(|p| *p != pid);
+        let (done, stdout, stderr) = match drained {
             Ok(result) => result,
             Err(source) => {
                 kill_group(&mut child);
@@ -138,6 +142,32 @@ impl Runner for ProcessRunner {
             }),
         }
     }
+}
+
+/// The smolvm processes this process is running right now (their pids are also their process
+/// group ids).
+fn in_flight() -> &'static Mutex<Vec<u32>> {
+    static IN_FLIGHT: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    &IN_FLIGHT
+}
+
+/// Kill every smolvm call still running, with its process group. For the signal cleanup: a
+/// `machine create` in flight when Ctrl-C or SIGTERM arrives (they reach only our own process
+/// group) would otherwise finish after the cleanup looked for its machine, and leak it.
+/// Returns how many were killed. (A pid is dropped from the list right after its process is
+/// reaped; reuse of a pid within that window would need the whole pid space to wrap.)
+pub(crate) fn kill_in_flight() -> usize {
+    let pids = lock(in_flight()).clone();
+    #[cfg(unix)]
+    for pid in &pids {
+        if let Ok(pid) = libc::pid_t::try_from(*pid) {
+            // SAFETY: killpg only sends a signal, to the group of a child we have not reaped.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
+    }
+    pids.len()
 }
 
 /// Read both pipes to their end and reap the child, or kill and reap it at the deadline.

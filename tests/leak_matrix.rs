@@ -80,6 +80,10 @@ fn hold(_vm: &Machine) {
     thread::sleep(Duration::from_secs(30));
 }
 
+fn hold_forever_bounded() {
+    thread::sleep(Duration::from_secs(30));
+}
+
 static STATIC_MACHINE: OnceLock<Machine> = OnceLock::new();
 
 /// Entry point of every child scenario but `once`; a no-op in a normal run.
@@ -122,6 +126,17 @@ fn leak_matrix_child() {
                 .start()
                 .expect_err("the fake was told to fail");
             say("FAILED", &err.to_string());
+        }
+        "inflight" => {
+            // The parent gives `create` a latency and signals us while it runs.
+            say("CREATING", "inflight-vm");
+            let _vm = Machine::builder()
+                .smolvm(child_client())
+                .name("inflight-vm")
+                .image("alpine")
+                .net()
+                .create();
+            hold_forever_bounded();
         }
         "keep" => {
             let name = child_machine().keep();
@@ -431,6 +446,8 @@ matrix!(
     start_hangs,
     sweep_spares_live_kept_and_handmade,
     sweep_and_a_same_named_machine_made_by_hand,
+    sigterm_during_create,
+    sigkill_during_create,
 );
 
 // (a) Drop -------------------------------------------------------------------------------
@@ -503,6 +520,41 @@ fn sigterm(version: &'static str) {
 }
 
 // (d) SIGKILL and abort: the watcher, or the next run's sweep ------------------------------
+
+/// How long the fake takes to create, so that the signal lands while `create` runs.
+const SLOW_CREATE: (&str, &str) = ("SMOLVM_FAKE_LATENCY", "create=1500ms");
+
+/// The signal reaches the test's process group, not the smolvm child's own: the signal
+/// cleanup must stop the create itself, or it finishes after the cleanup looked and leaks.
+fn sigterm_during_create(version: &'static str) {
+    let w = World::new(version);
+    let mut child = w.spawn(
+        "inflight",
+        &[("SMOLVM_HARNESS_WATCHER", "off"), SLOW_CREATE],
+    );
+    child.wait_for("CREATING");
+    thread::sleep(Duration::from_millis(500));
+    child.signal_group(libc::SIGTERM);
+    let out = child.finish();
+    assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{out:?}");
+    // Long enough for a create that was not stopped to have landed.
+    thread::sleep(Duration::from_millis(1500));
+    w.assert_clean(&out);
+}
+
+/// SIGKILL leaves the create running; the watcher waits for its machine and deletes it.
+fn sigkill_during_create(version: &'static str) {
+    let w = World::new(version);
+    let mut child = w.spawn("inflight", &[SLOW_CREATE]);
+    child.wait_for("CREATING");
+    thread::sleep(Duration::from_millis(500));
+    child.signal_group(libc::SIGKILL);
+    let out = child.finish();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    // Not clean at once: the create lands about a second later, then the watcher acts.
+    thread::sleep(Duration::from_millis(1500));
+    w.assert_clean_within(WATCHER_LIMIT, &out);
+}
 
 fn sigkill_watcher(version: &'static str) {
     let w = World::new(version);
