@@ -362,6 +362,11 @@ impl Smolvm {
     /// reports as exit 1 with its own `Error: …` line, so exec on a dead machine never looks
     /// like "the guest exited 1". The host-side limit is the guest timeout plus 10 s when a
     /// guest timeout is set, and never less than the client's default.
+    ///
+    /// Exit 2 is always the guest's: smolvm's own usage errors are exit 2 too, but this crate
+    /// validates the argv it sends, and a guest CLI printing its usage looks the same. On a
+    /// bare VM (no image), a command that cannot be spawned at all is smolvm's exit 1
+    /// `Error: agent operation failed: vm exec: failed to spawn command`, hence an error.
     pub fn machine_exec<S: AsRef<str>>(
         &self,
         name: &str,
