@@ -988,18 +988,6 @@ fn cleanup_client(reg: &Registered) -> Smolvm {
 // The crash watcher
 // ---------------------------------------------------------------------------------------
 
-/// Platforms where the watcher's entry point can be placed in the initializer section.
-const WATCHER_SUPPORTED: bool = cfg!(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-    target_os = "illumos",
-    target_vendor = "apple"
-));
-
 fn watcher_disabled() -> bool {
     std::env::var(WATCHER_ENV).is_ok_and(|v| {
         matches!(
@@ -1019,7 +1007,7 @@ fn watcher_disabled() -> bool {
 fn start_watcher() {
     static WATCHER: OnceLock<Option<Mutex<ChildStdin>>> = OnceLock::new();
     WATCHER.get_or_init(|| {
-        if !WATCHER_SUPPORTED || watcher_disabled() {
+        if !entry::SUPPORTED || watcher_disabled() {
             return None;
         }
         match spawn_watcher() {
@@ -1036,7 +1024,7 @@ fn start_watcher() {
 }
 
 fn spawn_watcher() -> io::Result<ChildStdin> {
-    keep_watcher_entry();
+    entry::keep();
     let exe = std::env::current_exe()?;
     let state_dir = config_or_default().state_dir.clone();
     let stderr = fs::create_dir_all(&state_dir)
@@ -1071,7 +1059,7 @@ fn spawn_watcher() -> io::Result<ChildStdin> {
 /// The watcher's entry point, placed in the platform's initializer section (what the `ctor`
 /// crate does, by hand: one static, no extra dependency). It runs before `main` in every
 /// binary that links this crate, and returns at once unless this process was started as a
-/// watcher.
+/// watcher. The platform list is written once, here.
 #[cfg(any(
     target_os = "linux",
     target_os = "android",
@@ -1082,39 +1070,39 @@ fn spawn_watcher() -> io::Result<ChildStdin> {
     target_os = "illumos",
     target_vendor = "apple"
 ))]
-#[used]
-#[cfg_attr(
-    any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "dragonfly",
-        target_os = "illumos"
-    ),
-    link_section = ".init_array"
-)]
-#[cfg_attr(
-    target_vendor = "apple",
-    link_section = "__DATA,__mod_init_func,mod_init_funcs"
-)]
-static WATCHER_ENTRY: extern "C" fn() = watcher_entry;
+mod entry {
+    /// The watcher can run on this platform.
+    pub(super) const SUPPORTED: bool = true;
 
-/// Referenced from the code that starts a watcher, so any binary that can start one also
-/// carries the entry point that turns the re-run into a watcher (and never runs its tests).
-fn keep_watcher_entry() {
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "dragonfly",
-        target_os = "illumos",
-        target_vendor = "apple"
-    ))]
-    std::hint::black_box(&WATCHER_ENTRY);
+    #[used]
+    #[cfg_attr(not(target_vendor = "apple"), link_section = ".init_array")]
+    #[cfg_attr(
+        target_vendor = "apple",
+        link_section = "__DATA,__mod_init_func,mod_init_funcs"
+    )]
+    static WATCHER_ENTRY: extern "C" fn() = super::watcher_entry;
+
+    /// Referenced from the code that starts a watcher, so any binary that can start one also
+    /// carries the entry point that turns the re-run into a watcher (and never runs its tests).
+    pub(super) fn keep() {
+        std::hint::black_box(&WATCHER_ENTRY);
+    }
+}
+
+/// Elsewhere there is no watcher; the next run's sweep is what remains.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+    target_os = "illumos",
+    target_vendor = "apple"
+)))]
+mod entry {
+    pub(super) const SUPPORTED: bool = false;
+    pub(super) fn keep() {}
 }
 
 extern "C" fn watcher_entry() {

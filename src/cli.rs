@@ -524,12 +524,12 @@ impl Smolvm {
             timeout: Some(timeout),
         };
         let result = self.inner.runner.run(&inv);
-        let trace = config().map(|c| c.trace).unwrap_or(false);
-        transcript::record(machine, &inv, &result, trace);
         let command = match machine {
             Some(m) => inv.command_line().with_secrets(&machine_secrets(m)),
             None => inv.command_line(),
         };
+        let trace = config().map(|c| c.trace).unwrap_or(false);
+        transcript::record(machine, &command, &result, trace);
         match result {
             Ok(out) => Ok((command, out)),
             Err(Error::NotFound { binary, .. }) if self.inner.process_runner => {

@@ -7,8 +7,8 @@ use std::fmt;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::runner::{lock, Invocation, RawOutput};
+use crate::error::{CommandLine, Error, Result};
+use crate::runner::{lock, RawOutput};
 
 /// Commands kept per machine.
 pub const TRANSCRIPT_LEN: usize = 16;
@@ -50,7 +50,7 @@ fn book() -> &'static Mutex<Book> {
 
 pub(crate) fn record(
     machine: Option<&str>,
-    inv: &Invocation,
+    command: &CommandLine,
     result: &Result<RawOutput>,
     trace: bool,
 ) {
@@ -67,7 +67,7 @@ pub(crate) fn record(
         Err(_) => ("could not run".to_string(), Duration::ZERO),
     };
     let entry = TranscriptEntry {
-        command: inv.command_line().to_string(),
+        command: command.to_string(),
         outcome,
         duration,
     };

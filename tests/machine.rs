@@ -24,6 +24,14 @@ fn calls(runner: &ScriptedRunner) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A builder for a named alpine machine on a scripted smolvm: the setup most tests share.
+fn scripted(runner: &ScriptedRunner, name: &str) -> smolvm_harness::MachineBuilder {
+    Machine::builder()
+        .smolvm(client(runner))
+        .name(name)
+        .image("alpine")
+}
+
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|s| s.to_string()).collect()
 }
@@ -43,10 +51,7 @@ fn count_deletes(runner: &ScriptedRunner) -> usize {
 /// the harness sends them (read back from a create through a throwaway runner).
 fn listed_as_ours(name: &str) -> String {
     let probe = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&probe))
-        .name("m-label-probe")
-        .image("alpine")
+    let vm = scripted(&probe, "m-label-probe")
         .create()
         .expect("probe create");
     // The probe's runner answers everything with exit 0: dropping it deletes nothing real.
@@ -71,10 +76,7 @@ const EXISTS_1_9: &str =
 #[test]
 fn create_on_1_9_2_sends_labels_and_drop_deletes() {
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-labels")
-        .image("alpine")
+    let vm = scripted(&runner, "m-labels")
         .net()
         .label("team", "infra")
         .create()
@@ -104,10 +106,7 @@ fn create_on_1_9_2_sends_labels_and_drop_deletes() {
 #[test]
 fn create_on_0_8_0_uses_positional_names_and_no_labels() {
     let runner = ScriptedRunner::new().version("0.8.0");
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-old")
-        .image("alpine")
+    let vm = scripted(&runner, "m-old")
         .net()
         .label("team", "infra")
         .create()
@@ -127,13 +126,7 @@ fn create_on_0_8_0_uses_positional_names_and_no_labels() {
 #[test]
 fn start_creates_then_starts() {
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-start")
-        .image("alpine")
-        .net()
-        .start()
-        .unwrap();
+    let vm = scripted(&runner, "m-start").net().start().unwrap();
     let seen = calls(&runner);
     assert_eq!(seen[0][..2], argv(&["machine", "create"]));
     assert_eq!(seen[1], argv(&["machine", "start", "--name", "m-start"]));
@@ -157,12 +150,7 @@ fn exec_command_and_sh_send_exact_argv() {
             |a| a.last().map(String::as_str) == Some("false"),
             Reply::with(3, "", "nope\n"),
         );
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-exec")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-exec").create().unwrap();
     runner.clear_calls();
 
     let out = vm.exec(&["echo", "hi"]).unwrap();
@@ -226,12 +214,7 @@ fn exec_on_a_dead_machine_is_an_error() {
             "Error: agent operation failed: connect: machine 'm-dead' is not running.\n",
         ),
     );
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-dead")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-dead").create().unwrap();
     let err = vm.exec(&["true"]).unwrap_err();
     assert!(err.to_string().contains("is not running"), "{err}");
 }
@@ -239,12 +222,7 @@ fn exec_on_a_dead_machine_is_an_error() {
 #[test]
 fn copy_in_and_out_use_typed_paths() {
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-cp")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-cp").create().unwrap();
     runner.clear_calls();
     vm.copy_in("/tmp/in.txt", "/root/in.txt").unwrap();
     vm.copy_out("/root/out.txt", "/tmp/out.txt").unwrap();
@@ -266,12 +244,7 @@ fn status_and_transcript() {
         &["machine", "status"],
         Reply::stdout(r#"{"name":"m-status","state":"running","pid":42}"#),
     );
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-status")
-        .image("alpine")
-        .start()
-        .unwrap();
+    let vm = scripted(&runner, "m-status").start().unwrap();
     let info = vm.status().unwrap().unwrap();
     assert_eq!(info.state, MachineState::Running);
     assert_eq!(info.pid, Some(42));
@@ -295,12 +268,7 @@ fn start_failure_deletes_the_machine_and_returns_the_start_error() {
         &["machine", "start"],
         Reply::fail(1, "Error: failed to boot: no kvm\n"),
     );
-    let err = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-nostart")
-        .image("alpine")
-        .start()
-        .unwrap_err();
+    let err = scripted(&runner, "m-nostart").start().unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("machine start --name m-nostart"), "{msg}");
     assert!(msg.contains("no kvm"), "{msg}");
@@ -320,12 +288,7 @@ fn a_failed_create_deletes_only_a_machine_that_carries_our_labels() {
             &["machine", "ls"],
             Reply::stdout(listed_as_ours("m-nocreate")),
         );
-    let err = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-nocreate")
-        .image("alpine")
-        .create()
-        .unwrap_err();
+    let err = scripted(&runner, "m-nocreate").create().unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_eq!(err.command().unwrap().args()[1], "create");
     let seen = calls(&runner);
@@ -342,12 +305,7 @@ fn a_failed_create_deletes_only_a_machine_that_carries_our_labels() {
         let runner = ScriptedRunner::new()
             .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
             .on(&["machine", "ls"], Reply::stdout(listing.clone()));
-        Machine::builder()
-            .smolvm(client(&runner))
-            .name("m-theirs")
-            .image("alpine")
-            .create()
-            .unwrap_err();
+        scripted(&runner, "m-theirs").create().unwrap_err();
         assert_eq!(count_deletes(&runner), 0, "{listing}: {:?}", calls(&runner));
     }
 }
@@ -361,24 +319,14 @@ fn on_0_8_a_chosen_name_is_deleted_after_a_failed_create_only_if_it_was_not_ther
         .version("0.8.0")
         .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
         .on(&["machine", "ls"], Reply::stdout(before));
-    Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-old")
-        .image("alpine")
-        .create()
-        .unwrap_err();
+    scripted(&runner, "m-old").create().unwrap_err();
     assert_eq!(count_deletes(&runner), 0, "{:?}", calls(&runner));
 
     let runner = ScriptedRunner::new()
         .version("0.8.0")
         .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
         .on(&["machine", "ls"], Reply::stdout("[]"));
-    Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-new")
-        .image("alpine")
-        .create()
-        .unwrap_err();
+    scripted(&runner, "m-new").create().unwrap_err();
     assert_eq!(count_deletes(&runner), 1, "{:?}", calls(&runner));
 }
 
@@ -387,12 +335,7 @@ fn a_hung_create_is_cleaned_up_too() {
     let runner = ScriptedRunner::new()
         .on(&["machine", "create"], Reply::hang())
         .on(&["machine", "ls"], Reply::stdout(listed_as_ours("m-hang")));
-    let err = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-hang")
-        .image("alpine")
-        .create()
-        .unwrap_err();
+    let err = scripted(&runner, "m-hang").create().unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert_eq!(calls(&runner)[1], delete_1_9("m-hang"));
 }
@@ -400,12 +343,7 @@ fn a_hung_create_is_cleaned_up_too() {
 #[test]
 fn a_taken_explicit_name_is_an_error_and_is_never_deleted() {
     let runner = ScriptedRunner::new().on(&["machine", "create"], Reply::fail(1, EXISTS_1_9));
-    let err = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-taken")
-        .image("alpine")
-        .create()
-        .unwrap_err();
+    let err = scripted(&runner, "m-taken").create().unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(calls(&runner).len(), 1);
     assert_eq!(count_deletes(&runner), 0);
@@ -561,11 +499,7 @@ fn env_values_never_show_in_errors_or_debug() {
         &["machine", "create"],
         Reply::fail(1, "Error: config operation failed: create machine: boom\n"),
     );
-    let builder = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-secret")
-        .image("alpine")
-        .env("TOKEN", "hunter22");
+    let builder = scripted(&runner, "m-secret").env("TOKEN", "hunter22");
     assert!(!format!("{builder:?}").contains("hunter22"));
     let err = builder.create().unwrap_err();
     assert!(!err.to_string().contains("hunter22"), "{err}");
@@ -592,12 +526,7 @@ fn pack_with_cidr_on_old_smolvm_is_refused_before_create() {
 #[test]
 fn keep_disarms_the_guard_and_returns_the_name() {
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-keep")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-keep").create().unwrap();
     assert_eq!(vm.keep(), "m-keep");
     assert_eq!(count_deletes(&runner), 0);
 }
@@ -605,22 +534,12 @@ fn keep_disarms_the_guard_and_returns_the_name() {
 #[test]
 fn disable_cleanup_switches_deletion_off_and_on() {
     let runner = ScriptedRunner::new();
-    let mut vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-nocleanup")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let mut vm = scripted(&runner, "m-nocleanup").create().unwrap();
     vm.disable_cleanup(true);
     drop(vm);
     assert_eq!(count_deletes(&runner), 0);
 
-    let mut vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-recleanup")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let mut vm = scripted(&runner, "m-recleanup").create().unwrap();
     vm.disable_cleanup(true);
     vm.disable_cleanup(false);
     drop(vm);
@@ -635,23 +554,13 @@ fn explicit_delete_returns_the_error_and_drop_does_not_retry() {
         1,
         Reply::fail(1, "Error: failed to stop machine: still running\n"),
     );
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-delfail")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-delfail").create().unwrap();
     let err = vm.delete().unwrap_err();
     assert!(err.to_string().contains("still running"), "{err}");
     assert_eq!(count_deletes(&runner), 1);
 
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-delok")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-delok").create().unwrap();
     vm.delete().unwrap();
     assert_eq!(calls(&runner).last().unwrap(), &delete_1_9("m-delok"));
     assert_eq!(count_deletes(&runner), 1);
@@ -665,23 +574,13 @@ fn a_failing_delete_in_drop_is_logged_not_panicked() {
         1,
         Reply::fail(1, "Error: failed to stop machine: still running\n"),
     );
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-dropfail")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-dropfail").create().unwrap();
     drop(vm);
     assert_eq!(count_deletes(&runner), 1);
 
     // Also when the delete hangs.
     let runner = ScriptedRunner::new().on_times(&["machine", "delete"], 1, Reply::hang());
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-drophang")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-drophang").create().unwrap();
     drop(vm);
     assert_eq!(count_deletes(&runner), 1);
 }
@@ -720,10 +619,7 @@ fn a_failing_test_keeps_or_deletes_its_machine_per_policy() {
 #[test]
 fn a_passing_test_keeps_only_under_always() {
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-pass-onfailure")
-        .image("alpine")
+    let vm = scripted(&runner, "m-pass-onfailure")
         .keep_policy(KeepPolicy::OnFailure)
         .create()
         .unwrap();
@@ -731,10 +627,7 @@ fn a_passing_test_keeps_only_under_always() {
     assert_eq!(count_deletes(&runner), 1);
 
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-pass-always")
-        .image("alpine")
+    let vm = scripted(&runner, "m-pass-always")
         .keep_policy(KeepPolicy::Always)
         .create()
         .unwrap();
@@ -917,21 +810,13 @@ fn simulated_keep_and_failed_delete_leave_the_machine() {
 #[test]
 fn the_harness_label_keys_are_reserved() {
     let runner = ScriptedRunner::new();
-    let vm = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-own-labels")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let vm = scripted(&runner, "m-own-labels").create().unwrap();
     drop(vm);
     let create = &calls(&runner)[0];
     let first_label = &create[create.iter().position(|a| a == "--label").unwrap() + 1];
     let (key, _) = first_label.split_once('=').unwrap();
     runner.clear_calls();
-    let err = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-own-labels")
-        .image("alpine")
+    let err = scripted(&runner, "m-own-labels")
         .label(key, "spoofed")
         .create()
         .unwrap_err();
@@ -942,19 +827,9 @@ fn the_harness_label_keys_are_reserved() {
 #[test]
 fn two_live_guards_cannot_share_a_name() {
     let runner = ScriptedRunner::new();
-    let first = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-twice")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let first = scripted(&runner, "m-twice").create().unwrap();
     runner.clear_calls();
-    let err = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-twice")
-        .image("alpine")
-        .create()
-        .unwrap_err();
+    let err = scripted(&runner, "m-twice").create().unwrap_err();
     assert!(
         err.to_string().contains("in use by another Machine"),
         "{err}"
@@ -964,11 +839,30 @@ fn two_live_guards_cannot_share_a_name() {
     drop(first);
     assert_eq!(calls(&runner), vec![delete_1_9("m-twice")]);
     // Once the first guard is gone, the name is free again.
-    let again = Machine::builder()
-        .smolvm(client(&runner))
-        .name("m-twice")
-        .image("alpine")
-        .create()
-        .unwrap();
+    let again = scripted(&runner, "m-twice").create().unwrap();
     drop(again);
+}
+
+#[test]
+fn creating_without_smolvm_is_not_found_and_leaves_nothing_registered() {
+    let missing = Smolvm::new("/nonexistent/bin/smolvm");
+    let err = Machine::builder()
+        .smolvm(missing.clone())
+        .name("m-nosmolvm")
+        .image("alpine")
+        .start()
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/bin/smolvm is not an executable file"),
+        "{err}"
+    );
+    // Nothing half-made was claimed: the same name is free for a client that works.
+    let runner = ScriptedRunner::new();
+    scripted(&runner, "m-nosmolvm")
+        .create()
+        .unwrap()
+        .delete()
+        .unwrap();
 }

@@ -319,3 +319,15 @@ fn shared_packs_once_across_processes() {
     assert!(paths[0].is_file());
     assert!(paths[0].parent().unwrap().join("done").is_file());
 }
+
+#[test]
+fn packing_without_smolvm_is_not_found_with_advice() {
+    let missing = Smolvm::new("/nonexistent/bin/smolvm");
+    for err in [
+        Pack::create_with(&missing, "alpine").unwrap_err(),
+        Pack::shared_with(&missing, "alpine").unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("SMOLVM_BIN"), "{err}");
+    }
+}

@@ -107,30 +107,33 @@ fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The comma-separated, non-empty entries of `var`.
+fn entries(var: &str) -> Vec<String> {
+    env_nonempty(var)
+        .map(|value| {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn key_list(var: &str) -> std::result::Result<Vec<String>, String> {
-    let Some(value) = env_nonempty(var) else {
-        return Ok(Vec::new());
-    };
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    entries(var)
+        .into_iter()
         .map(|k| {
-            check_knob_key(k)
-                .map(|()| k.to_string())
-                .map_err(|e| format!("{var}: {e}"))
+            check_knob_key(&k).map_err(|e| format!("{var}: {e}"))?;
+            Ok(k)
         })
         .collect()
 }
 
 fn latency_list(var: &str) -> std::result::Result<Vec<(String, Duration)>, String> {
-    let Some(value) = env_nonempty(var) else {
-        return Ok(Vec::new());
-    };
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
+    entries(var)
+        .into_iter()
         .map(|entry| {
             let (k, d) = entry
                 .split_once('=')
