@@ -180,6 +180,15 @@ impl Smolvm {
             .then(|| (self.inner.program.clone(), self.inner.env.clone()))
     }
 
+    /// Identifies the runner behind this client (shared by its clones): for in-process
+    /// runners, one simulation or script is one smolvm state.
+    pub(crate) fn runner_id(&self) -> usize {
+        self.inner
+            .runner
+            .state_id()
+            .unwrap_or_else(|| Arc::as_ptr(&self.inner.runner).cast::<()>() as usize)
+    }
+
     /// The default host-side timeout of each call.
     pub fn timeout(&self) -> Duration {
         self.inner
@@ -517,10 +526,18 @@ impl Smolvm {
         args: Vec<String>,
         timeout: Duration,
     ) -> Result<(CommandLine, RawOutput)> {
+        let mut env = self.inner.env.clone();
+        if self.inner.process_runner {
+            // A ledgered `machine create`: marked so that, if we die, the watcher and later
+            // sweeps can tell whether it still runs.
+            if let Some(mark) = crate::cleanup::create_mark() {
+                env.push((crate::cleanup::CREATE_MARK_ENV.to_string(), mark));
+            }
+        }
         let inv = Invocation {
             program: self.inner.program.clone(),
             args,
-            env: self.inner.env.clone(),
+            env,
             timeout: Some(timeout),
         };
         let result = self.inner.runner.run(&inv);

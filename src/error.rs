@@ -95,6 +95,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A machine name is held by another live [`crate::Machine`] of this process on the same
+    /// smolvm (independent simulations and other smolvm states do not collide).
+    #[error(
+        "machine name {name:?} is in use by another live Machine of this process on the same \
+         smolvm; give each machine its own name, or let the harness generate one"
+    )]
+    NameInUse {
+        /// The name.
+        name: String,
+    },
+
     /// smolvm's output could not be understood.
     #[error("could not parse the output of `{command}`: {reason}")]
     Parse {

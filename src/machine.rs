@@ -12,11 +12,9 @@
 //!    last field, so it drops after `Drop::drop` ran): another process never boots into a
 //!    slot whose machine still exists.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::cleanup;
@@ -26,7 +24,6 @@ use crate::diag;
 use crate::error::{Error, Result};
 use crate::names::{current_test_name, generate_name};
 use crate::pack::Pack;
-use crate::runner::lock;
 use crate::slots::{self, Slot};
 use crate::transcript::{self, TranscriptEntry};
 use crate::validate::validate_machine_name;
@@ -81,8 +78,10 @@ pub struct Machine {
     /// handled start failure, or `disable_cleanup(true)`.
     armed: bool,
     keep_policy: Option<KeepPolicy>,
-    /// Released after `Drop::drop` has run, like the slot.
-    _claim: Claim,
+    /// Why the machine is provably ours, should it have to be registered again.
+    evidence: cleanup::Evidence,
+    /// The name, reserved on this smolvm state; released after `Drop::drop` has run.
+    _reservation: cleanup::Reservation,
     /// Last field: released after `Drop::drop` has deleted the machine.
     _slot: Option<Slot>,
 }
@@ -93,39 +92,6 @@ impl fmt::Debug for Machine {
             .field("name", &self.name)
             .field("cleanup", &self.armed)
             .finish()
-    }
-}
-
-/// A name held by a live guard of this process.
-///
-/// The cleanup registry is keyed by name, so two guards with one name would share one
-/// registration: the second one's failed create (the name exists) would unregister the first
-/// one's machine, which a signal or crash would then leak. Names are therefore claimed before
-/// anything else happens, and released when the guard (or the failed attempt) is gone.
-#[derive(Debug)]
-struct Claim(String);
-
-fn claimed() -> std::sync::MutexGuard<'static, HashSet<String>> {
-    static CLAIMED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    lock(CLAIMED.get_or_init(Default::default))
-}
-
-impl Claim {
-    fn new(name: &str) -> Result<Claim> {
-        if claimed().insert(name.to_string()) {
-            Ok(Claim(name.to_string()))
-        } else {
-            Err(Error::invalid(
-                "machine name",
-                format!("{name:?} is in use by another Machine of this process"),
-            ))
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        claimed().remove(&self.0);
     }
 }
 
@@ -309,65 +275,39 @@ impl MachineBuilder {
         // Refusals that depend on the version (e.g. `--from` with CIDRs before 1.8.0).
         options.argv(&name, dialect)?;
 
-        let mut claim = Claim::new(&name)?;
+        let keep = self.keep_policy.unwrap_or(config()?.keep);
+        let mut reservation = cleanup::Reservation::take(&smolvm, &name)?;
         let slot = slots::acquire(&smolvm)?;
-        // A name of the user's own choosing may already belong to someone. Where labels
-        // cannot tell after a failed create whose machine it is, look before creating.
-        // If the listing fails, assume it existed: the cost is only a skipped cleanup.
-        let existed_before = test_name.is_none()
-            && !dialect.labels
-            && smolvm
-                .machine_list()
-                .map_or(true, |list| list.iter().any(|m| m.name == name));
         let mut retried = false;
         loop {
-            cleanup::register(&smolvm, &name)?;
-            let err = match smolvm.machine_create(&name, &options) {
+            let evidence = evidence(&smolvm, &name, dialect.labels, test_name.is_some());
+            cleanup::register(&smolvm, &name, evidence, keep, cleanup::Stage::Creating)?;
+            let err = match cleanup::create(&smolvm, &name, &options) {
                 Ok(()) => {
                     return Ok(Machine {
                         smolvm,
                         name,
                         armed: true,
                         keep_policy: self.keep_policy,
-                        _claim: claim,
+                        evidence,
+                        _reservation: reservation,
                         _slot: slot,
                     })
                 }
                 Err(e) => e,
             };
-            if is_already_exists(&err) {
-                // Not a machine of a live guard here (the claim rules that out), so someone
-                // else's, often one kept for inspection: deleting it "to clean up" would
-                // destroy exactly what was kept.
-                cleanup::unregister(&name);
-                transcript::forget(&name);
+            // Whatever the create may have left is deleted only if provably ours; a taken
+            // name (often a machine kept for inspection) is never touched.
+            cleanup::abandon(&smolvm, &name, &err);
+            transcript::forget(&name);
+            if cleanup::is_already_exists(&err) {
                 if let (Some(test), false) = (&test_name, retried) {
                     retried = true;
                     name = generate_name(&config()?.prefix, test);
-                    claim = Claim::new(&name)?;
+                    reservation = cleanup::Reservation::take(&smolvm, &name)?;
                     continue;
                 }
-                return Err(err);
             }
-            // A create that timed out or failed late may have left a record behind; delete it
-            // only if it is provably ours, never a machine that someone else made or kept.
-            if may_have_created(&err)
-                && created_by_us(
-                    &smolvm,
-                    &name,
-                    dialect.labels,
-                    test_name.is_some(),
-                    existed_before,
-                )
-            {
-                match smolvm.machine_delete(&name) {
-                    Ok(()) => cleanup::unregister(&name),
-                    Err(e) => log_delete_failure(&name, &e),
-                }
-            } else {
-                cleanup::unregister(&name);
-            }
-            transcript::forget(&name);
             return Err(err);
         }
     }
@@ -380,7 +320,7 @@ impl MachineBuilder {
             machine.armed = false;
             match machine.smolvm.machine_delete(&machine.name) {
                 Ok(()) => {
-                    cleanup::unregister(&machine.name);
+                    cleanup::unregister(&machine.smolvm, &machine.name);
                     transcript::forget(&machine.name);
                 }
                 Err(e) => log_delete_failure(&machine.name, &e),
@@ -515,7 +455,7 @@ impl Machine {
     pub fn delete(mut self) -> Result<()> {
         self.armed = false;
         self.smolvm.machine_delete(&self.name)?;
-        cleanup::unregister(&self.name);
+        cleanup::unregister(&self.smolvm, &self.name);
         transcript::forget(&self.name);
         Ok(())
     }
@@ -537,7 +477,15 @@ impl Machine {
             self.armed = false;
             self.mark_kept();
         } else if !disable && !self.armed {
-            match cleanup::register(&self.smolvm, &self.name) {
+            let keep = self.keep_policy.unwrap_or_else(|| config_or_default().keep);
+            let registered = cleanup::register(
+                &self.smolvm,
+                &self.name,
+                self.evidence,
+                keep,
+                cleanup::Stage::Created,
+            );
+            match registered {
                 Ok(()) => self.armed = true,
                 Err(e) => diag::log(&format!(
                     "smolvm-harness: could not re-enable cleanup of machine {}: {e}",
@@ -548,7 +496,7 @@ impl Machine {
     }
 
     fn mark_kept(&self) {
-        cleanup::mark_kept(&self.name);
+        cleanup::mark_kept(&self.smolvm, &self.name);
         diag::log(&format!(
             "smolvm-harness: keeping machine {}; delete it with: {}",
             self.name,
@@ -583,7 +531,7 @@ impl Drop for Machine {
         // process (and every other test's cleanup); a runner is user code and may panic.
         let result = catch_unwind(AssertUnwindSafe(|| self.smolvm.machine_delete(&self.name)));
         match result {
-            Ok(Ok(())) => cleanup::unregister(&self.name),
+            Ok(Ok(())) => cleanup::unregister(&self.smolvm, &self.name),
             Ok(Err(e)) => log_delete_failure(&self.name, &e),
             Err(_) => diag::log(&format!(
                 "smolvm-harness: failed to delete machine {}: the runner panicked",
@@ -642,7 +590,7 @@ fn failure_report(
 /// The command that deletes `name`, as the user would type it: this client's program and
 /// dialect, and its state-locating env (a machine in an isolated data dir is not found
 /// without it).
-fn delete_command(smolvm: &Smolvm, name: &str) -> String {
+pub(crate) fn delete_command(smolvm: &Smolvm, name: &str) -> String {
     if name_flag(smolvm) {
         command_text(smolvm, &["machine", "delete", "-f", "--name", name])
     } else {
@@ -663,24 +611,14 @@ fn name_flag(smolvm: &Smolvm) -> bool {
     smolvm.dialect().map_or(true, |d| d.name_flag)
 }
 
-/// Only variables that say where smolvm keeps its state are shown: they are paths, and the
-/// command is wrong without them. Any other process env is left out, since it might be a
-/// secret.
-const STATE_ENV: &[&str] = &[
-    "SMOLVM_DATA_DIR",
-    "XDG_DATA_HOME",
-    "XDG_CACHE_HOME",
-    "XDG_RUNTIME_DIR",
-    "HOME",
-    "SMOLVM_CONFIG",
-    "SMOLVM_AGENT_ROOTFS",
-];
-
+/// Only variables that say where smolvm keeps its state are shown (one list with the
+/// ledger's): they are paths, and the command is wrong without them. Any other process env is
+/// left out, since it might be a secret.
 fn command_text(smolvm: &Smolvm, args: &[&str]) -> String {
     let mut words = Vec::new();
     if let Some((_, env)) = smolvm.process_target() {
         for (k, v) in env {
-            if STATE_ENV.contains(&k.as_str()) {
+            if cleanup::STATE_ENV.contains(&k.as_str()) {
                 words.push(shell_word(&format!("{k}={v}")));
             }
         }
@@ -710,51 +648,23 @@ fn log_delete_failure(name: &str, err: &Error) {
     ));
 }
 
-/// smolvm's duplicate-name refusal: `machine 'N' already exists` (0.8.x) or `… already exists
-/// or is being created` (≥ 1.0.0).
-fn is_already_exists(err: &Error) -> bool {
-    match err {
-        Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).contains("already exists"),
-        _ => false,
-    }
-}
-
-/// False when smolvm never ran (missing binary, spawn failure) or refused the input before
-/// running: then there is nothing to delete, and a delete would only fail the same way.
-/// After a failed create: is a machine of that name ours to delete? With labels, only if it
-/// carries this process's owner label. Without, a generated name is ours by construction (it
-/// holds our pid and counter), and a chosen name only if it did not exist before.
-fn created_by_us(
-    smolvm: &Smolvm,
-    name: &str,
-    labels: bool,
-    generated: bool,
-    existed_before: bool,
-) -> bool {
+/// Why a machine of this name would be provably ours, decided before `machine create`:
+/// labels where smolvm has them; else a generated name; else a chosen name only if no machine
+/// had it just before (if the listing fails, assume it did: the cost is only a skipped
+/// cleanup, never a deleted stranger).
+fn evidence(smolvm: &Smolvm, name: &str, labels: bool, generated: bool) -> cleanup::Evidence {
     if labels {
-        let own = cleanup::ownership_labels();
-        return match smolvm.machine_list() {
-            Ok(list) => list.iter().any(|m| {
-                m.name == name
-                    && own
-                        .iter()
-                        .all(|(k, v)| m.labels.get(k).is_some_and(|have| have == v))
-            }),
-            // Cannot tell: leave it (the ledger entry is dropped, so no sweep touches it).
-            Err(_) => false,
-        };
+        cleanup::Evidence::OwnerLabel
+    } else if generated {
+        cleanup::Evidence::GeneratedName
+    } else {
+        match smolvm.machine_list() {
+            Ok(list) if !list.iter().any(|m| m.name == name) => {
+                cleanup::Evidence::AbsentBeforeCreate
+            }
+            _ => cleanup::Evidence::None,
+        }
     }
-    generated || !existed_before
-}
-
-fn may_have_created(err: &Error) -> bool {
-    !matches!(
-        err,
-        Error::NotFound { .. }
-            | Error::Spawn { .. }
-            | Error::InvalidInput { .. }
-            | Error::Unsupported { .. }
-    )
 }
 
 /// A command to run in a [`Machine`], built like `std::process::Command` (`&mut self`
@@ -886,12 +796,14 @@ mod tests {
             stdout: vec![],
             stderr: stderr.as_bytes().to_vec(),
         };
-        assert!(is_already_exists(&fail(
+        assert!(cleanup::is_already_exists(&fail(
             "Error: config operation failed: create machine: machine 'a' already exists\n"
         )));
-        assert!(is_already_exists(&fail(
+        assert!(cleanup::is_already_exists(&fail(
             "Error: config operation failed: create machine: machine 'a' already exists or is being created\n"
         )));
-        assert!(!is_already_exists(&fail("Error: vm not found: a\n")));
+        assert!(!cleanup::is_already_exists(&fail(
+            "Error: vm not found: a\n"
+        )));
     }
 }

@@ -1,10 +1,10 @@
 //! Machine names that are unique across threads and processes, readable in `smolvm machine
 //! ls`, and always within smolvm's name rules.
 //!
-//! The shape is `<prefix>-<slug of the test name>-<pid base36>-<counter base36>`, the pattern
-//! of the smolvm Node SDK: the test name says whose machine it is, the pid separates
-//! concurrent test processes (nextest runs one per test), the counter separates machines of
-//! one process.
+//! The shape is `<prefix>-<slug of the test name>-<process token>-<counter base36>`, after the
+//! pattern of the smolvm Node SDK: the test name says whose machine it is, a random token per
+//! process separates concurrent test processes (nextest runs one per test) even where pids
+//! repeat (containers sharing one smolvm), the counter separates machines of one process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,20 +18,21 @@ const FALLBACK_PREFIX: &str = "smt";
 const FALLBACK_SLUG: &str = "test";
 /// `-` plus 8 hex digits, appended to a truncated slug.
 const HASH_SUFFIX_LEN: usize = 9;
-/// Base-36 digits of the largest pid (`u32::MAX`) and counter (`u64::MAX`).
-const MAX_PID_LEN: usize = 7;
+/// Length of the per-process token, and base-36 digits of the largest counter (`u64::MAX`).
+const TOKEN_LEN: usize = 10;
 const MAX_COUNTER_LEN: usize = 13;
 
-/// A fresh machine name for a test: `<prefix>-<slug>-<pid>-<counter>`, pid and counter in
-/// base 36.
+/// A fresh machine name for a test: `<prefix>-<slug>-<token>-<counter>`: the token is 10
+/// random base-36 characters drawn once per process, the counter counts in base 36.
 ///
 /// The slug is the test name lowercased, with every run of characters outside `[a-z0-9]`
 /// (`::`, spaces, `_`, `-`, non-ASCII) turned into one `-`. When the name could exceed
-/// smolvm's 128 characters (reckoning with the widest pid and counter, so that all machines
+/// smolvm's 128 characters (reckoning with the widest counter, so that all machines
 /// of a test share one `<prefix>-<slug>`), the slug is cut and followed by 8 hex digits of a
 /// hash of the full test name, so long names that differ only at the end still differ. The
-/// counter is one process-wide atomic, so names never repeat within a process, and the pid
-/// separates processes.
+/// counter is one process-wide atomic, so names never repeat within a process, and the token
+/// separates processes, also processes with the same pid in different pid namespaces. On
+/// smolvm before 1.8.0 (no labels) this is what proves a generated machine the harness's own.
 ///
 /// The result passes [`crate::validate_machine_name`] for any input. A prefix that would not
 /// (e.g. one with `.` or a leading `_`) is cleaned up the same way, keeping case and `_`; an
@@ -47,12 +48,12 @@ const MAX_COUNTER_LEN: usize = 13;
 /// ```
 pub fn generate_name(prefix: &str, test_name: &str) -> String {
     let prefix = clean_prefix(prefix);
-    let pid = to_base36(u64::from(std::process::id()));
+    let token = crate::cleanup::process_token();
     let counter = to_base36(next_counter());
-    // The widest pid and counter are assumed, not the actual ones, so that a test's slug
-    // (and with it `<prefix>-<slug>`) is the same for all its machines: the counter growing
-    // by a digit must not cut the slug one character shorter.
-    let budget = MAX_NAME_LEN - (prefix.len() + 3 + MAX_PID_LEN + MAX_COUNTER_LEN);
+    // The widest counter is assumed, not the actual one, so that a test's slug (and with it
+    // `<prefix>-<slug>`) is the same for all its machines: the counter growing by a digit
+    // must not cut the slug one character shorter.
+    let budget = MAX_NAME_LEN - (prefix.len() + 3 + TOKEN_LEN + MAX_COUNTER_LEN);
 
     let mut slug = slug(test_name);
     if slug.is_empty() {
@@ -68,7 +69,7 @@ pub fn generate_name(prefix: &str, test_name: &str) -> String {
             format!("{kept}-{hash}")
         };
     }
-    format!("{prefix}-{slug}-{pid}-{counter}")
+    format!("{prefix}-{slug}-{token}-{counter}")
 }
 
 /// The name of the running test, for naming its machines.
@@ -205,7 +206,7 @@ mod tests {
 
     #[test]
     fn base36_and_hashes() {
-        assert_eq!(to_base36(u64::from(u32::MAX)).len(), MAX_PID_LEN);
+        assert_eq!(crate::cleanup::process_token().len(), TOKEN_LEN);
         assert_eq!(to_base36(u64::MAX).len(), MAX_COUNTER_LEN);
         assert_eq!(to_base36(0), "0");
         assert_eq!(to_base36(35), "z");

@@ -69,11 +69,24 @@ pub struct RawOutput {
 pub trait Runner: Send + Sync + fmt::Debug {
     /// Run one invocation to completion.
     fn run(&self, invocation: &Invocation) -> Result<RawOutput>;
+
+    /// For in-process runners whose clones share one smolvm state (a simulation, a script):
+    /// an id of that state. Machine names are reserved per state, so independent simulations
+    /// may reuse names while two guards on one state may not. `None` (the default): the
+    /// runner object itself is the state.
+    #[doc(hidden)]
+    fn state_id(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<R: Runner + ?Sized> Runner for Arc<R> {
     fn run(&self, invocation: &Invocation) -> Result<RawOutput> {
         (**self).run(invocation)
+    }
+
+    fn state_id(&self) -> Option<usize> {
+        (**self).state_id()
     }
 }
 
@@ -154,9 +167,9 @@ fn in_flight() -> &'static Mutex<Vec<u32>> {
 /// Kill every smolvm call still running, with its process group. For the signal cleanup: a
 /// `machine create` in flight when Ctrl-C or SIGTERM arrives (they reach only our own process
 /// group) would otherwise finish after the cleanup looked for its machine, and leak it.
-/// Returns how many were killed. (A pid is dropped from the list right after its process is
+/// Returns the pids signalled. (A pid is dropped from the list right after its process is
 /// reaped; reuse of a pid within that window would need the whole pid space to wrap.)
-pub(crate) fn kill_in_flight() -> usize {
+pub(crate) fn kill_in_flight() -> Vec<u32> {
     let pids = lock(in_flight()).clone();
     #[cfg(unix)]
     for pid in &pids {
@@ -167,7 +180,7 @@ pub(crate) fn kill_in_flight() -> usize {
             }
         }
     }
-    pids.len()
+    pids
 }
 
 /// Read both pipes to their end and reap the child, or kill and reap it at the deadline.
@@ -614,6 +627,10 @@ impl ScriptedRunner {
 }
 
 impl Runner for ScriptedRunner {
+    fn state_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.script).cast::<()>() as usize)
+    }
+
     fn run(&self, inv: &Invocation) -> Result<RawOutput> {
         let reply = {
             let mut script = lock(&self.script);

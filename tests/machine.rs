@@ -322,12 +322,24 @@ fn on_0_8_a_chosen_name_is_deleted_after_a_failed_create_only_if_it_was_not_ther
     scripted(&runner, "m-old").create().unwrap_err();
     assert_eq!(count_deletes(&runner), 0, "{:?}", calls(&runner));
 
+    // Free before the create, there after it failed: ours, deleted.
+    let after =
+        r#"[{"name":"m-new","state":"stopped","pid":null,"created_at":1,"image":"alpine"}]"#;
+    let runner = ScriptedRunner::new()
+        .version("0.8.0")
+        .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
+        // Newer rules answer first.
+        .on(&["machine", "ls"], Reply::stdout(after))
+        .on_times(&["machine", "ls"], 1, Reply::stdout("[]"));
+    scripted(&runner, "m-new").create().unwrap_err();
+    assert_eq!(count_deletes(&runner), 1, "{:?}", calls(&runner));
+    // Free before, and not there after: nothing to delete.
     let runner = ScriptedRunner::new()
         .version("0.8.0")
         .on(&["machine", "create"], Reply::fail(1, DISK_FULL))
         .on(&["machine", "ls"], Reply::stdout("[]"));
     scripted(&runner, "m-new").create().unwrap_err();
-    assert_eq!(count_deletes(&runner), 1, "{:?}", calls(&runner));
+    assert_eq!(count_deletes(&runner), 0, "{:?}", calls(&runner));
 }
 
 #[test]
@@ -831,7 +843,8 @@ fn two_live_guards_cannot_share_a_name() {
     runner.clear_calls();
     let err = scripted(&runner, "m-twice").create().unwrap_err();
     assert!(
-        err.to_string().contains("in use by another Machine"),
+        matches!(&err, Error::NameInUse { name } if name == "m-twice")
+            && err.to_string().contains("in use by another live Machine"),
         "{err}"
     );
     // Refused before anything ran: the first guard's machine and registration are intact.

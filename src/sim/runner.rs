@@ -167,6 +167,10 @@ impl Backend for MemBackend<'_> {
 }
 
 impl Runner for SimulatedRunner {
+    fn state_id(&self) -> Option<usize> {
+        Some(Arc::as_ptr(&self.shared).cast::<()>() as usize)
+    }
+
     fn run(&self, inv: &Invocation) -> Result<RawOutput> {
         let start = Instant::now();
         // A snapshot: a knob changed mid-call applies from the next call.

@@ -1,0 +1,276 @@
+//! Deleting on the way out: the signal thread (SIGINT, SIGTERM, SIGHUP, SIGQUIT) and the exit
+//! hook (normal exit and `std::process::exit`, for machines never dropped: statics, rstest
+//! `#[once]` fixtures).
+//!
+//! Guarantees, for both:
+//! * every smolvm call of this process still running is stopped first (a create would
+//!   otherwise land after we looked, and leak), and waited for;
+//! * each registered machine is judged by the one ownership rule: a chosen name that belongs
+//!   to someone else is never deleted, and a record whose machine we cannot judge stays in the
+//!   ledger for the crash watcher or the next sweep;
+//! * the keep policy holds: `always` keeps; `on-failure` keeps when the process is killed by
+//!   a signal (a killed test counts as failed) or, at exit, when a panic was seen;
+//! * nothing here panics out or hangs the exit: every smolvm call is bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::Duration;
+
+use super::owner::{judge, CreateState, Stage, Verdict};
+use super::process;
+use super::registry::{self, Drain, Registered, Scope};
+use crate::diag;
+use crate::runner::ProcessRunner;
+use crate::Smolvm;
+
+/// How long one smolvm call may take on the signal and exit paths: nextest's grace period is
+/// 10 s by default, and whatever is left over is the watcher's job.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Install, once per process: the signal thread, the panic observer, and a reference that
+/// keeps the exit hook linked.
+pub(crate) fn install() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::hint::black_box(exit_hook as fn());
+        observe_panics();
+        install_signal_thread();
+    });
+}
+
+/// Set by the first panic anywhere in the process: at exit, `on-failure` then keeps.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Chain a panic hook that notes that something failed, then does what the previous hook
+/// did (libtest's output capture and messages are untouched).
+fn observe_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICKED.store(true, Ordering::SeqCst);
+        previous(info);
+    }));
+}
+
+/// What one pass of [`settle_own`] did.
+#[derive(Default)]
+struct Tally {
+    deleted: usize,
+    kept: usize,
+    left: usize,
+}
+
+/// Stop our smolvm calls, then delete, keep or leave each machine this process registered.
+fn settle_own(how: Drain, failing: bool) -> Tally {
+    // The signal reached only our process group; smolvm calls run in their own groups.
+    let killed = crate::runner::kill_in_flight();
+    process::wait_dead(&killed, Duration::from_secs(2));
+    let drained = registry::drain(how);
+    let mut tally = Tally::default();
+    // One `machine ls` per smolvm state, and only where a create was under way.
+    let mut listings: HashMap<Scope, Option<Vec<crate::MachineInfo>>> = HashMap::new();
+    for reg in drained {
+        let client = cleanup_client(&reg);
+        let name = reg.claim.name.clone();
+        if reg.claim.keep.keeps(failing) {
+            keep(&reg, &client);
+            tally.kept += 1;
+            continue;
+        }
+        let verdict = match reg.claim.stage {
+            // Our create succeeded: the machine of that name is ours.
+            Stage::Created => Verdict::Ours,
+            Stage::Creating => {
+                let listing = listings
+                    .entry(Scope::of(&reg.smolvm))
+                    .or_insert_with(|| client.machine_list().ok());
+                match listing {
+                    // Our creates were stopped and waited for above: over.
+                    Some(list) => judge(
+                        &reg.claim,
+                        list.iter().find(|m| m.name == name),
+                        CreateState::Over,
+                    ),
+                    None => Verdict::Pending,
+                }
+            }
+        };
+        match verdict {
+            Verdict::Ours => match client.machine_delete(&name) {
+                Ok(()) => {
+                    drop_record(&reg);
+                    tally.deleted += 1;
+                }
+                Err(e) => {
+                    tally.left += 1;
+                    diag::log(&format!(
+                        "smolvm-harness: could not delete machine {name}: {e}. It stays in the \
+                         ledger for the crash watcher or the next sweep; by hand: {}",
+                        crate::machine::delete_command(&client, &name)
+                    ));
+                }
+            },
+            Verdict::NotOurs | Verdict::Gone => drop_record(&reg),
+            Verdict::Pending => tally.left += 1,
+        }
+    }
+    tally
+}
+
+fn keep(reg: &Registered, client: &Smolvm) {
+    if let Some((path, entry)) = &reg.ledger {
+        registry::keep_entry(path, entry.clone());
+    }
+    diag::log(&format!(
+        "smolvm-harness: keeping machine {} (SMOLVM_HARNESS_KEEP); delete it with: {}",
+        reg.claim.name,
+        crate::machine::delete_command(client, &reg.claim.name)
+    ));
+}
+
+fn drop_record(reg: &Registered) {
+    if let Some((path, _)) = &reg.ledger {
+        super::ledger::remove(path);
+    }
+}
+
+/// The client for deleting on the way out: a bounded timeout and, for real smolvm, the
+/// process runner, which on Unix spawns no thread (the exit hook cannot).
+fn cleanup_client(reg: &Registered) -> Smolvm {
+    let smolvm = &reg.smolvm;
+    let client = smolvm.with_timeout(smolvm.timeout().min(CLEANUP_TIMEOUT));
+    if smolvm.process_target().is_none() {
+        return client;
+    }
+    let client = client.with_runner(ProcessRunner);
+    match reg.version {
+        Some(v) => client.with_version(v),
+        None => client,
+    }
+}
+
+fn report(when: &str, t: &Tally) {
+    if t.deleted + t.kept + t.left == 0 {
+        return;
+    }
+    let mut msg = format!("smolvm-harness: {when} deleted {} machine(s)", t.deleted);
+    if t.kept > 0 {
+        msg.push_str(&format!(", kept {}", t.kept));
+    }
+    if t.left > 0 {
+        msg.push_str(&format!(", {} left to the crash watcher", t.left));
+    }
+    diag::log(&msg);
+}
+
+/// Process exit: machines whose guards were never dropped are settled here. Runs on normal
+/// exit and `std::process::exit` (which libtest uses when tests fail), not on a fatal signal
+/// or abort (the watcher covers those).
+///
+/// Kept minimal, as code after `main` must be: no threads (the process runner starts none),
+/// no panics escaping, messages as raw writes to fd 2.
+#[dtor::dtor(unsafe)]
+fn exit_hook() {
+    let _ = std::panic::catch_unwind(|| {
+        let failing = PANICKED.load(Ordering::SeqCst);
+        let tally = settle_own(Drain::TryFor(Duration::from_secs(2)), failing);
+        report("at exit", &tally);
+    });
+}
+
+/// The signals that end a test process politely. SIGHUP and SIGQUIT come for free.
+#[cfg(unix)]
+const TERMINATING_SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// A thread that on the first terminating signal settles what is registered and then
+/// re-raises the signal with its default action, so the exit status still says which signal
+/// ended the process (nextest and shells report it).
+fn install_signal_thread() {
+    #[cfg(unix)]
+    {
+        // A signal the process ignores (nohup's SIGHUP) stays ignored.
+        let wanted: Vec<i32> = TERMINATING_SIGNALS
+            .into_iter()
+            .filter(|&s| !is_ignored(s))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // A second signal while cleanup runs ends the process at once, as a second Ctrl-C
+        // should; the crash watcher then finishes the job.
+        for &signal in &wanted {
+            let _ = signal_hook::flag::register_conditional_default(
+                signal,
+                Arc::clone(second_signal()),
+            );
+        }
+        let mut signals = match signal_hook::iterator::Signals::new(&wanted) {
+            Ok(s) => s,
+            Err(e) => {
+                diag::log(&format!(
+                    "smolvm-harness: cannot watch SIGINT/SIGTERM ({e}); machines of an \
+                     interrupted run are left to the crash watcher"
+                ));
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("smolvm-harness-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    terminate(signal);
+                }
+            });
+        if let Err(e) = spawned {
+            diag::log(&format!(
+                "smolvm-harness: cannot start the signal thread ({e}); machines of an \
+                 interrupted run are left to the crash watcher"
+            ));
+        }
+    }
+}
+
+/// Set when the first terminating signal is being handled.
+#[cfg(unix)]
+fn second_signal() -> &'static Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(Default::default)
+}
+
+#[cfg(unix)]
+fn is_ignored(signal: i32) -> bool {
+    // SAFETY: with a null new action, sigaction only writes the current one into `old`, for
+    // which an all-zero sigaction is a valid initial value.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+#[cfg(unix)]
+fn terminate(signal: i32) -> ! {
+    registry::TERMINATING.store(true, Ordering::SeqCst);
+    second_signal().store(true, Ordering::SeqCst);
+    // A killed test counts as failed, for `on-failure`.
+    let tally = std::panic::catch_unwind(|| settle_own(Drain::Wait, true)).unwrap_or(Tally {
+        left: 1,
+        ..Tally::default()
+    });
+    report(&format!("{}:", signal_name(signal)), &tally);
+    // Re-raise with the default action: the exit status then names the signal.
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    // Only if the default action did not end the process.
+    std::process::exit(128 + signal)
+}
+
+#[cfg(unix)]
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
+        _ => "signal",
+    }
+}

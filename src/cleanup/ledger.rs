@@ -1,0 +1,560 @@
+//! The on-disk ledger: one small JSON file per machine a process may have created, so that
+//! another process (the crash watcher, a later run's sweep) can finish its cleanup.
+//!
+//! Guarantees:
+//! * an entry is written (temp file + rename) before `machine create` starts, and says what
+//!   [`judge`](super::owner::judge) needs: the owner (unique across namespaces and boots), the
+//!   ownership evidence, the stage, the keep policy, and how to reach the same smolvm state;
+//! * it never holds a guest env value or any other secret: only the smolvm program, the
+//!   client's *process* env (e.g. `SMOLVM_DATA_DIR`) and the state-locating variables;
+//! * only files that are ours, in a directory that is ours and closed to others, are believed
+//!   (an entry names a program that the watcher runs).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::owner::{Claim, Evidence, Owner, Stage};
+use crate::config::{config_or_default, KeepPolicy};
+use crate::dialect::Version;
+use crate::error::{Error, Result};
+use crate::Smolvm;
+
+/// Variables, inherited by smolvm from us, that decide which machines it sees. Recorded so a
+/// later sweep only judges entries against the same smolvm state (otherwise a run with
+/// another `SMOLVM_DATA_DIR` would see "no such machine" and forget a real leak), and shown
+/// in printed commands (a kept machine in an isolated state is not found without them).
+/// `SMOLVM_FAKE_*` are the crate's own fake smolvm's.
+pub(crate) const STATE_ENV: &[&str] = &[
+    "SMOLVM_DATA_DIR",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_RUNTIME_DIR",
+    "HOME",
+    "SMOLVM_CONFIG",
+    "SMOLVM_AGENT_ROOTFS",
+    "SMOLVM_FAKE_STATE",
+    "SMOLVM_FAKE_VERSION",
+];
+
+/// Ledger format; entries of another format are left alone.
+const FORMAT: u64 = 2;
+
+/// What reaches one smolvm state: the program and the env that tells smolvm where its state
+/// is. Two clients with equal targets see the same machines.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Target {
+    /// Absolute when configured with a directory part; a bare name is looked up on `PATH`.
+    pub(crate) program: PathBuf,
+    /// The client's extra process env, in order.
+    pub(crate) process_env: Vec<(String, String)>,
+    /// The effective values of [`STATE_ENV`] for the smolvm process (client env first, then
+    /// ours), only those set.
+    pub(crate) state_env: BTreeMap<String, String>,
+}
+
+impl Target {
+    /// `None` for in-process runners, whose machines die with the process.
+    pub(crate) fn of(smolvm: &Smolvm) -> Option<Target> {
+        let (program, process_env) = smolvm.process_target()?;
+        let program = absolute_program(program);
+        let mut state_env = BTreeMap::new();
+        for key in STATE_ENV {
+            let client = process_env.iter().rev().find(|(k, _)| k == key);
+            let value = match client {
+                Some((_, v)) => Some(v.clone()),
+                None => std::env::var(key).ok(),
+            };
+            if let Some(v) = value {
+                state_env.insert(key.to_string(), v);
+            }
+        }
+        Some(Target {
+            program,
+            process_env,
+            state_env,
+        })
+    }
+
+    /// A client that reaches this target from any process, through the process runner.
+    pub(crate) fn client(&self, version: Option<Version>) -> Smolvm {
+        let mut smolvm = Smolvm::new(self.program.clone());
+        for (k, v) in &self.process_env {
+            smolvm = smolvm.with_process_env(k.clone(), v.clone());
+        }
+        if let Some(v) = version {
+            smolvm = smolvm.with_version(v);
+        }
+        smolvm
+    }
+}
+
+/// A relative path with a directory part (`./bin/smolvm`) is made absolute, so the watcher
+/// and later sweeps reach the same binary from anywhere; a bare name stays a `PATH` lookup.
+pub(crate) fn absolute_program(program: PathBuf) -> PathBuf {
+    let has_dir = program.components().count() > 1;
+    if has_dir && program.is_relative() {
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(program);
+        }
+    }
+    program
+}
+
+/// One ledger file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) claim: Claim,
+    pub(crate) target: Target,
+    pub(crate) smolvm_version: Option<Version>,
+    /// Unix seconds when the entry was first written.
+    pub(crate) created_at: u64,
+    /// Kept on purpose: no layer deletes it.
+    pub(crate) kept: bool,
+}
+
+impl Entry {
+    pub(crate) fn new(claim: Claim, target: Target, version: Option<Version>) -> Result<Entry> {
+        if target.program.to_str().is_none() {
+            return Err(Error::invalid(
+                "smolvm program path",
+                format!(
+                    "{} is not valid UTF-8, so the crash ledger cannot record it",
+                    target.program.display()
+                ),
+            ));
+        }
+        Ok(Entry {
+            claim,
+            target,
+            smolvm_version: version,
+            created_at: now(),
+            kept: false,
+        })
+    }
+
+    /// The entry's file stem, `<name>.<owner nonce>`, which is also the mark its create
+    /// process carries. Machine names never contain `.`.
+    pub(crate) fn key(&self) -> String {
+        key(&self.claim.name, &self.claim.owner)
+    }
+
+    pub(crate) fn to_json(&self) -> Result<String> {
+        let c = &self.claim;
+        let program =
+            self.target.program.to_str().ok_or_else(|| {
+                Error::invalid("smolvm program path", "not valid UTF-8".to_string())
+            })?;
+        let mut owner = serde_json::Map::new();
+        owner.insert("pid".into(), c.owner.pid.into());
+        if let Some(s) = c.owner.start {
+            owner.insert("start".into(), s.into());
+        }
+        if let Some(ns) = &c.owner.pid_ns {
+            owner.insert("pid_ns".into(), ns.clone().into());
+        }
+        if let Some(b) = &c.owner.boot_id {
+            owner.insert("boot_id".into(), b.clone().into());
+        }
+        owner.insert("nonce".into(), c.owner.nonce.clone().into());
+        let mut o = serde_json::Map::new();
+        o.insert("format".into(), FORMAT.into());
+        o.insert("name".into(), c.name.clone().into());
+        o.insert("owner".into(), owner.into());
+        o.insert("owner_token".into(), c.owner.token().into());
+        if let Some(run) = &c.run_id {
+            o.insert("run_id".into(), run.clone().into());
+        }
+        o.insert("evidence".into(), c.evidence.as_str().into());
+        o.insert("stage".into(), c.stage.as_str().into());
+        o.insert("keep".into(), keep_word(c.keep).into());
+        o.insert("program".into(), program.into());
+        let env: Vec<serde_json::Value> = self
+            .target
+            .process_env
+            .iter()
+            .map(|(k, v)| serde_json::Value::from(vec![k.clone(), v.clone()]))
+            .collect();
+        o.insert("process_env".into(), env.into());
+        let state: serde_json::Map<String, serde_json::Value> = self
+            .target
+            .state_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        o.insert("state_env".into(), state.into());
+        if let Some(v) = self.smolvm_version {
+            o.insert("smolvm_version".into(), v.to_string().into());
+        }
+        o.insert("created_at".into(), self.created_at.into());
+        o.insert("kept".into(), self.kept.into());
+        serde_json::to_string_pretty(&serde_json::Value::Object(o))
+            .map_err(|e| Error::invalid("ledger entry", e.to_string()))
+    }
+
+    pub(crate) fn from_json(text: &str) -> Option<Entry> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        if v.get("format")?.as_u64()? != FORMAT {
+            return None;
+        }
+        let str_of = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+        let o = v.get("owner")?;
+        let o_str = |key: &str| o.get(key).and_then(|x| x.as_str()).map(str::to_string);
+        let owner = Owner {
+            pid: u32::try_from(o.get("pid")?.as_u64()?).ok()?,
+            start: o.get("start").and_then(|x| x.as_u64()),
+            pid_ns: o_str("pid_ns"),
+            boot_id: o_str("boot_id"),
+            nonce: o_str("nonce")?,
+        };
+        let process_env = v
+            .get("process_env")?
+            .as_array()?
+            .iter()
+            .map(|pair| {
+                let pair = pair.as_array()?;
+                Some((
+                    pair.first()?.as_str()?.to_string(),
+                    pair.get(1)?.as_str()?.to_string(),
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let state_env = v
+            .get("state_env")?
+            .as_object()?
+            .iter()
+            .map(|(k, x)| Some((k.clone(), x.as_str()?.to_string())))
+            .collect::<Option<BTreeMap<_, _>>>()?;
+        Some(Entry {
+            claim: Claim {
+                name: str_of("name")?,
+                owner,
+                run_id: str_of("run_id"),
+                evidence: Evidence::parse(&str_of("evidence")?)?,
+                stage: Stage::parse(&str_of("stage")?)?,
+                keep: parse_keep(&str_of("keep")?)?,
+            },
+            target: Target {
+                program: PathBuf::from(str_of("program")?),
+                process_env,
+                state_env,
+            },
+            smolvm_version: str_of("smolvm_version").and_then(|s| s.parse().ok()),
+            created_at: v.get("created_at").and_then(|x| x.as_u64()).unwrap_or(0),
+            kept: v.get("kept").and_then(|x| x.as_bool()).unwrap_or(false),
+        })
+    }
+}
+
+fn keep_word(keep: KeepPolicy) -> &'static str {
+    match keep {
+        KeepPolicy::Never => "never",
+        KeepPolicy::OnFailure => "on-failure",
+        KeepPolicy::Always => "always",
+    }
+}
+
+fn parse_keep(word: &str) -> Option<KeepPolicy> {
+    match word {
+        "never" => Some(KeepPolicy::Never),
+        "on-failure" => Some(KeepPolicy::OnFailure),
+        "always" => Some(KeepPolicy::Always),
+        _ => None,
+    }
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn key(name: &str, owner: &Owner) -> String {
+    format!("{name}.{}", owner.nonce)
+}
+
+/// `$SMOLVM_HARNESS_STATE_DIR/ledger`.
+pub(crate) fn dir() -> PathBuf {
+    config_or_default().state_dir.join("ledger")
+}
+
+pub(crate) fn path_in(dir: &Path, name: &str, owner: &Owner) -> PathBuf {
+    dir.join(format!("{}.json", key(name, owner)))
+}
+
+/// Write a new entry (or replace one) in `dir`, creating the directory closed to others.
+pub(crate) fn write(dir: &Path, entry: &Entry) -> Result<PathBuf> {
+    ensure_dir(dir)?;
+    let path = path_in(dir, &entry.claim.name, &entry.claim.owner);
+    write_atomically(&path, &entry.to_json()?)?;
+    Ok(path)
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create ledger directory", dir, e))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create ledger directory", dir, e)),
+        }
+    }
+    #[cfg(not(unix))]
+    fs::create_dir_all(dir).map_err(|e| Error::io("create ledger directory", dir, e))?;
+    if !trusted(dir) {
+        return Err(Error::io(
+            "use ledger directory",
+            dir,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "it is a symlink, belongs to another user, or others can read or write it; \
+                 set SMOLVM_HARNESS_STATE_DIR to a directory of your own",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Write to a temp file beside `path`, then rename: a reader (a sweep, the watcher) sees the
+/// old entry or the new one, never half of one.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let mut options = fs::OpenOptions::new();
+    // create_new: never write through something planted under the temp name.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let _ = fs::remove_file(&tmp);
+    let written = options
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write ledger entry", &tmp, e));
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("write ledger entry", path, e)
+    })
+}
+
+/// `Ok(None)` when there is no such file.
+pub(crate) fn read(path: &Path) -> io::Result<Option<Entry>> {
+    if fs::symlink_metadata(path).is_ok() && !owned_by_us(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not a regular file of ours",
+        ));
+    }
+    match fs::read_to_string(path) {
+        Ok(text) => Entry::from_json(&text).map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a ledger entry this crate wrote",
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every readable entry. Temp files and foreign files are skipped; nothing here fails, since
+/// a sweep or watcher should do what it can with the rest.
+pub(crate) fn read_all(dir: &Path) -> Vec<(PathBuf, Entry)> {
+    if !trusted(dir) {
+        return Vec::new();
+    }
+    let Ok(listing) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut entries = Vec::new();
+    for item in listing.flatten() {
+        let path = item.path();
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        if let Ok(Some(entry)) = read(&path) {
+            entries.push((path, entry));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
+pub(crate) fn remove(path: &Path) {
+    let _ = fs::remove_file(path);
+}
+
+/// A directory (not a symlink) of ours that no one else can enter or write to.
+fn trusted(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(dir)
+            .is_ok_and(|m| m.is_dir() && m.uid() == effective_uid() && m.mode() & 0o077 == 0)
+    }
+    #[cfg(not(unix))]
+    {
+        dir.is_dir()
+    }
+}
+
+/// A regular file (not a symlink) of ours.
+fn owned_by_us(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == effective_uid())
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(program: &str) -> Target {
+        Target {
+            program: PathBuf::from(program),
+            process_env: vec![("SMOLVM_FAKE_STATE".into(), "/tmp/s".into())],
+            state_env: BTreeMap::from([("HOME".to_string(), "/root".to_string())]),
+        }
+    }
+
+    pub(crate) fn entry(name: &str) -> Entry {
+        Entry {
+            claim: Claim {
+                name: name.into(),
+                owner: Owner {
+                    pid: 4242,
+                    start: Some(99),
+                    pid_ns: Some("pid:[4026531836]".into()),
+                    boot_id: Some("b".into()),
+                    nonce: "abcdefghij".into(),
+                },
+                run_id: Some("run-1".into()),
+                evidence: Evidence::OwnerLabel,
+                stage: Stage::Creating,
+                keep: KeepPolicy::OnFailure,
+            },
+            target: target("/usr/bin/smolvm"),
+            smolvm_version: Some(Version::new(1, 9, 2)),
+            created_at: 1_700_000_000,
+            kept: false,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_other_formats_are_ignored() {
+        let e = entry("smt-a-1");
+        let json = e.to_json().unwrap();
+        assert_eq!(Entry::from_json(&json), Some(e.clone()));
+        assert!(
+            json.contains("\"owner_token\": \"4242-abcdefghij\""),
+            "{json}"
+        );
+        let mut minimal = e.clone();
+        minimal.claim.owner.start = None;
+        minimal.claim.owner.pid_ns = None;
+        minimal.claim.owner.boot_id = None;
+        minimal.claim.run_id = None;
+        minimal.smolvm_version = None;
+        minimal.claim.evidence = Evidence::None;
+        minimal.claim.stage = Stage::Created;
+        minimal.claim.keep = KeepPolicy::Always;
+        assert_eq!(Entry::from_json(&minimal.to_json().unwrap()), Some(minimal));
+        assert_eq!(Entry::from_json(r#"{"format": 1, "name": "x"}"#), None);
+        assert_eq!(Entry::from_json("not json"), None);
+    }
+
+    #[test]
+    fn files_are_written_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger");
+        let e = entry("smt-b-1");
+        let path = write(&ledger, &e).unwrap();
+        assert_eq!(path, ledger.join("smt-b-1.abcdefghij.json"));
+        fs::write(ledger.join(".smt-c-1.x.json.1.tmp"), "{").unwrap();
+        fs::write(ledger.join("garbage.json"), "{").unwrap();
+        assert_eq!(read_all(&ledger), vec![(path.clone(), e)]);
+        assert_eq!(read(&ledger.join("missing.json")).unwrap(), None);
+        assert!(read_all(&dir.path().join("nowhere")).is_empty());
+    }
+
+    #[test]
+    fn an_unwritable_ledger_is_an_io_error_that_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, "x").unwrap();
+        let err = write(&file.join("ledger"), &entry("smt-d-1")).unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("not-a-dir/ledger"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_ledger_others_can_enter_or_a_planted_file_is_not_believed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger");
+        write(&ledger, &entry("smt-d-1")).unwrap();
+        assert_eq!(read_all(&ledger).len(), 1);
+        fs::set_permissions(&ledger, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(read_all(&ledger).is_empty());
+        assert!(write(&ledger, &entry("smt-d-2")).is_err());
+        fs::set_permissions(&ledger, fs::Permissions::from_mode(0o700)).unwrap();
+        // A symlinked ledger directory is not ours to trust.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&ledger, &link).unwrap();
+        assert!(read_all(&link).is_empty());
+        assert!(write(&link, &entry("smt-d-3")).is_err());
+        // A symlink planted as an entry is not read.
+        let elsewhere = dir.path().join("elsewhere.json");
+        fs::write(&elsewhere, entry("smt-d-4").to_json().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, ledger.join("smt-d-4.x.json")).unwrap();
+        assert_eq!(read_all(&ledger).len(), 1);
+        // A file owned by another user is not read.
+        let foreign = ledger.join("smt-d-5.x.json");
+        fs::write(&foreign, entry("smt-d-5").to_json().unwrap()).unwrap();
+        if effective_uid() == 0 {
+            std::os::unix::fs::chown(&foreign, Some(12345), None).unwrap();
+            assert_eq!(read_all(&ledger).len(), 1);
+        }
+    }
+
+    #[test]
+    fn relative_programs_become_absolute_but_names_stay_lookups() {
+        assert_eq!(absolute_program("smolvm".into()), PathBuf::from("smolvm"));
+        assert_eq!(
+            absolute_program("/x/smolvm".into()),
+            PathBuf::from("/x/smolvm")
+        );
+        let rel = absolute_program("bin/smolvm".into());
+        assert!(rel.is_absolute() && rel.ends_with("bin/smolvm"));
+    }
+}

@@ -1,0 +1,336 @@
+//! The in-process registry: every machine this process may have created and not yet
+//! deleted or kept, with its ledger entry, for the signal thread and the exit hook.
+//!
+//! Guarantees:
+//! * a machine is registered (and ledgered, for clients that spawn smolvm) *before* its
+//!   `machine create` runs, with the evidence that will later prove it ours;
+//! * names are reserved per smolvm state ([`Scope`]): two live guards never share one name on
+//!   one smolvm, while independent simulations may reuse names freely;
+//! * a record is dropped only when its machine is deleted, kept, provably not ours, or
+//!   provably never created ([`abandon`]).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
+
+use super::ledger::{self, Entry, Target};
+use super::owner::{self, judge, Claim, CreateState, Evidence, Owner, Stage, Verdict};
+use super::{exit, sweep, watcher};
+use crate::cli::CreateOptions;
+use crate::config::KeepPolicy;
+use crate::diag;
+use crate::dialect::Version;
+use crate::error::{Error, Result};
+use crate::runner::lock;
+use crate::Smolvm;
+
+/// Which smolvm state a machine name lives in: names only collide within one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Scope {
+    /// A real smolvm (or the fake CLI): its program and state-locating env.
+    Process(Target),
+    /// An in-process runner: one simulation (or script), shared by clones of its client.
+    InProcess(usize),
+}
+
+impl Scope {
+    pub(crate) fn of(smolvm: &Smolvm) -> Scope {
+        match Target::of(smolvm) {
+            Some(target) => Scope::Process(target),
+            None => Scope::InProcess(smolvm.runner_id()),
+        }
+    }
+}
+
+/// A name held by a live guard of this process, on one smolvm state. Released on drop.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    scope: Scope,
+    name: String,
+}
+
+fn reserved() -> MutexGuard<'static, HashSet<(Scope, String)>> {
+    static RESERVED: OnceLock<Mutex<HashSet<(Scope, String)>>> = OnceLock::new();
+    lock(RESERVED.get_or_init(Default::default))
+}
+
+impl Reservation {
+    /// Reserve `name` on `smolvm`'s state, or say that a live guard of this process holds it.
+    pub(crate) fn take(smolvm: &Smolvm, name: &str) -> Result<Reservation> {
+        let scope = Scope::of(smolvm);
+        if reserved().insert((scope.clone(), name.to_string())) {
+            Ok(Reservation {
+                scope,
+                name: name.to_string(),
+            })
+        } else {
+            Err(Error::NameInUse {
+                name: name.to_string(),
+            })
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        reserved().remove(&(self.scope.clone(), std::mem::take(&mut self.name)));
+    }
+}
+
+/// One registered machine.
+pub(crate) struct Registered {
+    pub(crate) smolvm: Smolvm,
+    pub(crate) claim: Claim,
+    /// Known at register time, so the exit path never has to ask `--version`.
+    pub(crate) version: Option<Version>,
+    /// The ledger file and what it says, for clients that spawn smolvm.
+    pub(crate) ledger: Option<(PathBuf, Entry)>,
+}
+
+type Key = (Scope, String);
+
+static REGISTRY: OnceLock<Mutex<HashMap<Key, Registered>>> = OnceLock::new();
+
+fn registry() -> MutexGuard<'static, HashMap<Key, Registered>> {
+    lock(REGISTRY.get_or_init(Default::default))
+}
+
+/// Set once the process is ending (a signal is being handled): no new machine may start.
+pub(crate) static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// Before `machine create`: record intent in the on-disk ledger and the in-process registry.
+/// On first use per process (and smolvm target) this also runs the startup sweep and makes
+/// sure a crash watcher watches us. Err only if the ledger cannot be written.
+pub(crate) fn register(
+    smolvm: &Smolvm,
+    name: &str,
+    evidence: Evidence,
+    keep: KeepPolicy,
+    stage: Stage,
+) -> Result<()> {
+    if TERMINATING.load(Ordering::SeqCst) {
+        // A signal is being handled and the process will end in a moment; a machine created
+        // now could be missed by the cleanup already under way.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    exit::install();
+    let claim = Claim {
+        name: name.to_string(),
+        owner: Owner::current(),
+        run_id: owner::run_id(),
+        evidence,
+        stage,
+        keep,
+    };
+    let scope = Scope::of(smolvm);
+    let (version, ledger) = match &scope {
+        Scope::InProcess(_) => (None, None),
+        Scope::Process(target) => {
+            // Asked now (the create needs it anyway, so it is cached), so that the exit path
+            // and the watcher never have to.
+            let version = smolvm.version().ok();
+            sweep::startup_sweep(smolvm, target);
+            watcher::ensure_watched();
+            let entry = Entry::new(claim.clone(), target.clone(), version)?;
+            let path = ledger::write(&ledger::dir(), &entry)?;
+            (version, Some((path, entry)))
+        }
+    };
+    registry().insert(
+        (scope, name.to_string()),
+        Registered {
+            smolvm: smolvm.clone(),
+            claim,
+            version,
+            ledger,
+        },
+    );
+    Ok(())
+}
+
+thread_local! {
+    /// The create mark of the `machine create` this thread is running, if ledgered.
+    static CREATE_MARK: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The mark to put on the smolvm process about to be spawned on this thread, if it is a
+/// ledgered `machine create` (read by the CLI layer).
+pub(crate) fn create_mark() -> Option<String> {
+    CREATE_MARK.with(|m| m.borrow().clone())
+}
+
+/// Run `machine create` for a registered machine, its process marked so that a later look
+/// can tell whether it still runs; on success the record moves to [`Stage::Created`].
+pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Result<()> {
+    let key = (Scope::of(smolvm), name.to_string());
+    let mark = registry()
+        .get(&key)
+        .and_then(|r| r.ledger.as_ref().map(|(_, e)| e.key()));
+    CREATE_MARK.with(|m| *m.borrow_mut() = mark);
+    let result = smolvm.machine_create(name, options);
+    CREATE_MARK.with(|m| *m.borrow_mut() = None);
+    result?;
+    let mut reg = registry();
+    if let Some(r) = reg.get_mut(&key) {
+        r.claim.stage = Stage::Created;
+        if let Some((path, entry)) = &mut r.ledger {
+            entry.claim.stage = Stage::Created;
+            // If this fails the entry still says "creating": later layers then wait for the
+            // create to be over and judge by the evidence, which is as safe, only slower.
+            if let Err(e) = entry
+                .to_json()
+                .and_then(|j| ledger::write_atomically(path, &j))
+            {
+                diag::log(&format!(
+                    "smolvm-harness: could not update the ledger entry of machine {name}: {e}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After a failed `machine create`: delete what it may have left, but only if provably ours;
+/// drop the record unless the machine may still exist and be ours.
+pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
+    let key = (Scope::of(smolvm), name.to_string());
+    let Some(claim) = registry().get(&key).map(|r| r.claim.clone()) else {
+        // Drained by the signal thread or the exit hook, which settle it themselves.
+        return;
+    };
+    if !may_have_created(err) {
+        forget(&key);
+        return;
+    }
+    // The create returned (a timed-out one was killed and reaped), so it is over.
+    let seen = match smolvm.machine_list() {
+        Ok(list) => list.into_iter().find(|m| m.name == name),
+        Err(e) => {
+            diag::log(&format!(
+                "smolvm-harness: after a failed create, could not list machines to see whether \
+                 {name} was left behind ({e}); the crash watcher or the next sweep will look"
+            ));
+            return;
+        }
+    };
+    match judge(&claim, seen.as_ref(), CreateState::Over) {
+        Verdict::Ours => match smolvm.machine_delete(name) {
+            Ok(()) => forget(&key),
+            Err(e) => diag::log(&format!(
+                "smolvm-harness: failed to delete machine {name} left by a failed create: {e}"
+            )),
+        },
+        Verdict::NotOurs | Verdict::Gone | Verdict::Pending => forget(&key),
+    }
+}
+
+/// False when smolvm never ran (missing binary, spawn failure), refused the input before
+/// running, or refused the name as taken: then there is nothing of ours to delete.
+fn may_have_created(err: &Error) -> bool {
+    let refused = matches!(
+        err,
+        Error::NotFound { .. }
+            | Error::Spawn { .. }
+            | Error::InvalidInput { .. }
+            | Error::Unsupported { .. }
+            | Error::NameInUse { .. }
+    );
+    !refused && !is_already_exists(err)
+}
+
+/// smolvm's duplicate-name refusal: `machine 'N' already exists` (0.8.x) or `… already exists
+/// or is being created` (≥ 1.0.0).
+pub(crate) fn is_already_exists(err: &Error) -> bool {
+    match err {
+        Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).contains("already exists"),
+        _ => false,
+    }
+}
+
+/// The machine is gone (deleted by its guard): forget it everywhere.
+pub(crate) fn unregister(smolvm: &Smolvm, name: &str) {
+    forget(&(Scope::of(smolvm), name.to_string()));
+}
+
+fn forget(key: &Key) {
+    let removed = registry().remove(key);
+    if let Some((path, _)) = removed.and_then(|r| r.ledger) {
+        ledger::remove(&path);
+    }
+}
+
+/// The machine is kept on purpose: forget it in-process and mark it kept in the ledger, so
+/// no sweep or watcher ever deletes it.
+pub(crate) fn mark_kept(smolvm: &Smolvm, name: &str) {
+    let removed = registry().remove(&(Scope::of(smolvm), name.to_string()));
+    if let Some((path, entry)) = removed.and_then(|r| r.ledger) {
+        keep_entry(&path, entry);
+    }
+}
+
+/// Rewrite a ledger entry as kept.
+pub(crate) fn keep_entry(path: &std::path::Path, mut entry: Entry) {
+    entry.kept = true;
+    if let Err(e) = entry
+        .to_json()
+        .and_then(|j| ledger::write_atomically(path, &j))
+    {
+        diag::log(&format!(
+            "smolvm-harness: could not mark machine {} as kept in the ledger: {e}; a later \
+             sweep may delete it once this process has exited",
+            entry.claim.name
+        ));
+    }
+}
+
+/// How [`drain`] takes the registry lock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Drain {
+    /// Wait for it (the signal thread: other threads may hold it briefly).
+    Wait,
+    /// Give up after a while (at exit, another thread may be stopped holding it forever).
+    TryFor(Duration),
+}
+
+/// Take every machine registered by this process out of the registry.
+pub(crate) fn drain(how: Drain) -> Vec<Registered> {
+    let Some(registry) = REGISTRY.get() else {
+        return Vec::new();
+    };
+    let mut guard = match how {
+        Drain::Wait => lock(registry),
+        Drain::TryFor(limit) => {
+            let deadline = Instant::now() + limit;
+            loop {
+                match registry.try_lock() {
+                    Ok(g) => break g,
+                    Err(TryLockError::Poisoned(p)) => break p.into_inner(),
+                    Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        diag::log(
+                            "smolvm-harness: registry busy at exit; leaving machines to the \
+                             crash watcher",
+                        );
+                        return Vec::new();
+                    }
+                }
+            }
+        }
+    };
+    // A child forked without exec inherits the registry, and must not settle its parent's
+    // machines when it exits.
+    let me = std::process::id();
+    let keys: Vec<Key> = guard
+        .iter()
+        .filter(|(_, r)| r.claim.owner.pid == me)
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.into_iter().filter_map(|k| guard.remove(&k)).collect()
+}

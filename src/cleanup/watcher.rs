@@ -1,0 +1,551 @@
+//! The crash watcher: whoever ends a test process (SIGKILL, abort, OOM, a crash), a process
+//! that outlives it settles its machines.
+//!
+//! Design: one watcher per user, state directory and pid namespace, shared by every test
+//! process (nextest's one-per-test included), so a test process pays a socket connect
+//! instead of a process start. A test process connects to `watcher-<ns>.sock` in the state
+//! directory (closed to other users) on its first ledgered machine and keeps the connection
+//! open for its whole life (close-on-exec: no smolvm child inherits it). EOF on it means the
+//! process is gone, however it died. The watcher then waits until the process is really dead
+//! and settles its ledger entries with the same rule as the sweep ([`super::sweep::settle`]),
+//! waiting for creates still in flight. It starts by settling every dead owner it finds, so
+//! an owner that died before it could connect is covered too, and it exits when it has had
+//! no connection and no work for [`IDLE_EXIT`].
+//!
+//! The watcher is this test binary re-executed with a private variable. Its entry point runs
+//! as an early constructor (`ctor`, priority `early`: before constructors of default
+//! priority, user ones included), never returns into the program, and leaves with `_exit`, so
+//! no test, `main`, destructor or exit hook of the binary ever runs in it.
+//!
+//! `SMOLVM_HARNESS_WATCHER=off` (or `0`, `false`, `no`) disables it; the next run's sweep still
+//! reclaims what a crashed process left.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::ledger::{self, Entry};
+use super::owner::Owner;
+use super::process::Liveness;
+use super::sweep::settle;
+use crate::config::config_or_default;
+use crate::diag;
+use crate::runner::lock;
+
+/// The user's switch.
+const WATCHER_ENV: &str = "SMOLVM_HARNESS_WATCHER";
+/// Private: set only on the process [`spawn`] starts, to the socket it must serve. A separate
+/// name, so a user writing `SMOLVM_HARNESS_WATCHER=1` ("on") never makes a run a watcher.
+const SERVE_ENV: &str = "SMOLVM_HARNESS_WATCHER_SERVE_PRIVATE";
+/// How long an idle watcher stays for the next test process.
+pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(5);
+/// How long the watcher keeps looking for a create that is still running after its owner
+/// died; after that the entry is left for a later sweep (never dropped).
+const PENDING_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Make sure a watcher watches this process: once per process; errors are reported once and
+/// leave the next run's sweep as the fallback.
+pub(crate) fn ensure_watched() {
+    static WATCHED: Mutex<Option<(u32, Option<UnixStream>)>> = Mutex::new(None);
+    if !SUPPORTED || disabled() {
+        return;
+    }
+    let me = std::process::id();
+    let mut watched = lock(&WATCHED);
+    // A child forked without exec inherits the parent's connection, which says nothing of it.
+    if watched.as_ref().is_some_and(|(pid, _)| *pid == me) {
+        return;
+    }
+    let stream = match connect_or_spawn() {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            diag::log(&format!(
+                "smolvm-harness: could not reach or start the crash watcher ({e}); if this \
+                 process is killed, its machines are deleted by the next run's sweep"
+            ));
+            None
+        }
+    };
+    *watched = Some((me, stream));
+}
+
+fn disabled() -> bool {
+    std::env::var(WATCHER_ENV).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "off" | "0" | "false" | "no"
+        )
+    })
+}
+
+/// The state directory, and this namespace's socket in it. Namespaces (containers) sharing a
+/// state directory each get their own watcher: pids are only meaningful inside one.
+fn paths() -> (PathBuf, PathBuf) {
+    let dir = config_or_default().state_dir.clone();
+    let me = Owner::current();
+    let ns = format!(
+        "{}/{}",
+        me.pid_ns.as_deref().unwrap_or(""),
+        me.boot_id.as_deref().unwrap_or("")
+    );
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in ns.bytes() {
+        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let socket = dir.join(format!("watcher-{hash:08x}.sock"));
+    (dir, socket)
+}
+
+fn connect_or_spawn() -> io::Result<UnixStream> {
+    let (dir, socket) = paths();
+    ensure_private_dir(&dir)?;
+    // Held while connecting or starting a watcher; a watcher takes it before it decides to
+    // exit, so it never leaves with a connection half made.
+    let lock_file = open_private(&dir.join("watcher.lock"), false)?;
+    lock_file.lock()?;
+    match handshake(&socket) {
+        Ok(stream) => return Ok(stream),
+        // Nobody listens: a stale socket of a watcher that is gone.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) => {}
+        Err(e) => return Err(e),
+    }
+    let _ = fs::remove_file(&socket);
+    spawn(&dir, &socket)?;
+    handshake(&socket)
+}
+
+/// Connect, name ourselves, and wait for the watcher's `ok`.
+fn handshake(socket: &Path) -> io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let me = Owner::current();
+    let start = me.start.map_or("-".to_string(), |s| s.to_string());
+    writeln!(stream, "watch {} {start} {}", me.pid, me.nonce)?;
+    let mut reply = [0u8; 3];
+    stream.read_exact(&mut reply)?;
+    if &reply != b"ok\n" {
+        return Err(io::Error::other(
+            "the crash watcher answered something else",
+        ));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
+
+/// Start a watcher and wait until it listens.
+fn spawn(dir: &Path, socket: &Path) -> io::Result<()> {
+    keep_entry_linked();
+    let exe = std::env::current_exe()?;
+    let log =
+        open_private(&dir.join("watcher.log"), true).map_or_else(|_| Stdio::null(), Stdio::from);
+    let mut cmd = Command::new(exe);
+    cmd.env(SERVE_ENV, socket)
+        // Explicit, so the watcher reads the ledger we write whatever else its config says.
+        .env("SMOLVM_HARNESS_STATE_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // Its own process group: nextest's group kill and a terminal's Ctrl-C do not reach it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn()?;
+    let mut ready = String::new();
+    if let Some(out) = child.stdout.take() {
+        // Bounded by the watcher: it either listens and says so, or exits (EOF).
+        BufReader::new(out).read_line(&mut ready)?;
+    }
+    // Not waited for: the watcher outlives us by design.
+    drop(child);
+    if ready.trim() == "ready" {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the watcher did not start: {:?}",
+            ready.trim()
+        )))
+    }
+}
+
+/// Create the state directory closed to others, or check that it is.
+fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 != 0 {
+        // Ours, but open to others: close it. Files inside are each checked on open.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        return Ok(());
+    }
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the state directory {} is not a private directory of ours",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Open (creating, mode 0600) a file of ours without following a symlink.
+fn open_private(path: &Path, append: bool) -> io::Result<fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = fs::OpenOptions::new()
+        .read(!append)
+        .write(!append)
+        .append(append)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a file of ours", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+// ---- the watcher process ----------------------------------------------------------------
+
+/// The entry point of every binary that links the crate: returns at once, unless this
+/// process was started as a watcher; then it serves and never returns.
+///
+/// Priority `early` runs it before every constructor of default priority (what `ctor` gives
+/// users by default), so user initializers do not run in a watcher either.
+#[ctor::ctor(unsafe, priority = early)]
+fn watcher_entry() {
+    let Some(socket) = std::env::var_os(SERVE_ENV) else {
+        return;
+    };
+    // Children (smolvm, and the fake smolvm, which links this crate) must not become
+    // watchers. Sound here: this runs before `main`, with no other thread.
+    // SAFETY: single-threaded, before main.
+    unsafe { std::env::remove_var(SERVE_ENV) };
+    let _ = std::panic::catch_unwind(|| serve(Path::new(&socket)));
+    // Never the program it was built as: no `main`, no destructors, no exit hooks.
+    // SAFETY: _exit ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(0) }
+}
+
+/// Referenced from the code that starts a watcher, so a binary that can start one also keeps
+/// the entry point that turns the re-run into a watcher.
+fn keep_entry_linked() {
+    std::hint::black_box(watcher_entry as fn());
+}
+
+/// A connection and the owner it announced.
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+    owner: Option<Owner>,
+}
+
+fn serve(socket: &Path) {
+    // SAFETY: setting dispositions to SIG_IGN installs no handler code. A hangup or a stray
+    // SIGINT must not make the watcher skip its one job; SIGPIPE is not ignored yet because
+    // this runs before std's runtime setup.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let listener = match UnixListener::bind(socket).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            diag::log(&format!(
+                "smolvm-harness watcher: cannot listen on {}: {e}",
+                socket.display()
+            ));
+            return;
+        }
+    };
+    let dir = socket.parent().unwrap_or(Path::new(".")).to_path_buf();
+    say_ready();
+    let busy = Arc::new(AtomicUsize::new(0));
+    // Owners that died before they could connect (or while no watcher ran).
+    work(&busy, {
+        let dir = dir.clone();
+        move || settle_dead_owners(&dir)
+    });
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut idle_since = Instant::now();
+    loop {
+        poll_once(&listener, &conns);
+        while let Ok((stream, _)) = listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                conns.push(Conn {
+                    stream,
+                    buf: Vec::new(),
+                    owner: None,
+                });
+            }
+        }
+        let mut i = 0;
+        while i < conns.len() {
+            match read_conn(&mut conns[i]) {
+                ConnState::Open => i += 1,
+                ConnState::Closed => {
+                    let conn = conns.swap_remove(i);
+                    if let Some(owner) = conn.owner {
+                        let dir = dir.clone();
+                        work(&busy, move || settle_owner(&dir, &owner));
+                    }
+                }
+            }
+        }
+        if !conns.is_empty() || busy.load(Ordering::SeqCst) > 0 {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= IDLE_EXIT && may_exit(&dir, &listener, socket) {
+            return;
+        }
+    }
+}
+
+/// Tell the spawner we listen, then let go of its pipe.
+fn say_ready() {
+    let msg = b"ready\n";
+    // SAFETY: writes a live buffer to fd 1, then points fd 1 at /dev/null.
+    unsafe {
+        libc::write(1, msg.as_ptr().cast(), msg.len());
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::close(null);
+        }
+    }
+}
+
+/// Run `job` on a thread, counted in `busy` while it runs.
+fn work(busy: &Arc<AtomicUsize>, job: impl FnOnce() + Send + 'static) {
+    busy.fetch_add(1, Ordering::SeqCst);
+    let counter = Arc::clone(busy);
+    let spawned = std::thread::Builder::new().spawn(move || {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        counter.fetch_sub(1, Ordering::SeqCst);
+    });
+    if spawned.is_err() {
+        busy.fetch_sub(1, Ordering::SeqCst);
+        diag::log("smolvm-harness watcher: cannot start a thread; left for the next sweep");
+    }
+}
+
+/// Wait (at most 250 ms) for a new connection or data on one.
+fn poll_once(listener: &UnixListener, conns: &[Conn]) {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+        .chain(conns.iter().map(|c| c.stream.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 250);
+    }
+}
+
+enum ConnState {
+    Open,
+    Closed,
+}
+
+fn read_conn(conn: &mut Conn) -> ConnState {
+    let mut chunk = [0u8; 256];
+    loop {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => return ConnState::Closed,
+            Ok(n) => {
+                conn.buf.extend_from_slice(&chunk[..n]);
+                if conn.owner.is_none() {
+                    if let Some(end) = conn.buf.iter().position(|b| *b == b'\n') {
+                        let line = String::from_utf8_lossy(&conn.buf[..end]).into_owned();
+                        match parse_hello(&line) {
+                            Some(owner) => {
+                                conn.owner = Some(owner);
+                                let _ = conn.stream.write_all(b"ok\n");
+                            }
+                            None => return ConnState::Closed,
+                        }
+                    }
+                }
+                if conn.buf.len() > 4096 {
+                    // Not one of ours: nothing says more than one short line.
+                    conn.buf.clear();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ConnState::Open,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return ConnState::Closed,
+        }
+    }
+}
+
+/// `watch <pid> <start|-> <nonce>`: the rest of the owner is the watcher's own namespace and
+/// boot (the socket is per namespace).
+fn parse_hello(line: &str) -> Option<Owner> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "watch" {
+        return None;
+    }
+    let pid: u32 = words.next()?.parse().ok()?;
+    let start = match words.next()? {
+        "-" => None,
+        s => Some(s.parse().ok()?),
+    };
+    let nonce = words.next()?.to_string();
+    let here = Owner::current();
+    Some(Owner {
+        pid,
+        start,
+        pid_ns: here.pid_ns,
+        boot_id: here.boot_id,
+        nonce,
+    })
+}
+
+/// Leave, if nobody is connecting: under the lock that connecting processes hold.
+fn may_exit(dir: &Path, listener: &UnixListener, socket: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let lock_file = match open_private(&dir.join("watcher.lock"), false) {
+        Ok(f) => f,
+        // The state directory is gone (a test's temporary one): nobody can reach us.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+        Err(_) => return false,
+    };
+    if lock_file.try_lock().is_err() {
+        return false;
+    }
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd; a zero timeout only checks for a pending connection.
+    let pending = unsafe { libc::poll(&mut fd, 1, 0) } > 0;
+    if pending {
+        return false;
+    }
+    let _ = fs::remove_file(socket);
+    true
+}
+
+/// An owner's connection closed: once it is really dead, settle its entries, looking again
+/// while a create of it may still land.
+fn settle_owner(dir: &Path, owner: &Owner) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while owner.liveness() == Liveness::Alive {
+        if Instant::now() >= deadline {
+            diag::log(&format!(
+                "smolvm-harness watcher: process {} closed its connection but still runs; \
+                 its machines are left to it and the next sweep",
+                owner.token()
+            ));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    settle_until_done(dir, |e| e.claim.owner.nonce == owner.nonce);
+}
+
+/// Settle every entry whose owner is dead (a start-up pass).
+fn settle_dead_owners(dir: &Path) {
+    settle_until_done(dir, |e| e.claim.owner.liveness() == Liveness::Dead);
+}
+
+fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
+    let ledger_dir = dir.join("ledger");
+    let until = Instant::now() + PENDING_LIMIT;
+    loop {
+        let mut groups: HashMap<ledger::Target, Vec<(PathBuf, Entry)>> = HashMap::new();
+        for (path, entry) in ledger::read_all(&ledger_dir) {
+            if !entry.kept && select(&entry) {
+                groups
+                    .entry(entry.target.clone())
+                    .or_default()
+                    .push((path, entry));
+            }
+        }
+        let mut waiting = 0;
+        for (target, entries) in groups {
+            let version = entries.iter().find_map(|(_, e)| e.smolvm_version);
+            let client = target.client(version);
+            match settle(&client, entries) {
+                Ok(settled) => {
+                    for name in &settled.deleted {
+                        diag::log(&format!(
+                            "smolvm-harness watcher: deleted machine {name} of a test process \
+                             that died"
+                        ));
+                    }
+                    waiting += settled.waiting.len();
+                }
+                Err(e) => {
+                    diag::log(&format!(
+                        "smolvm-harness watcher: cannot list machines ({e}); left for the next \
+                         sweep"
+                    ));
+                    return;
+                }
+            }
+        }
+        if waiting == 0 || Instant::now() >= until {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The watcher needs Unix sockets and `/proc`-free liveness (kill 0); the list of targets
+/// where the re-executed binary's constructor runs is `ctor`'s.
+const SUPPORTED: bool = cfg!(unix);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_lines() {
+        let o = parse_hello("watch 12 34 abcdefghij").unwrap();
+        assert_eq!(
+            (o.pid, o.start, o.nonce.as_str()),
+            (12, Some(34), "abcdefghij")
+        );
+        let o = parse_hello("watch 12 - abc").unwrap();
+        assert_eq!(o.start, None);
+        for bad in ["", "watch", "watch x 1 a", "hello 1 2 3", "watch 1 x a"] {
+            assert!(parse_hello(bad).is_none(), "{bad}");
+        }
+    }
+}
