@@ -98,6 +98,26 @@ fn create_on_1_9_2_sends_labels_and_drop_deletes() {
         assert!(pair[1].contains('='), "{create:?}");
     }
     assert_eq!(labels[labels.len() - 2..], argv(&["--label", "team=infra"]));
+    // Without the harness's own: the same exact argv in every process and under nextest.
+    let user: Vec<Vec<String>> = runner
+        .user_argvs()
+        .into_iter()
+        .filter(|a| a.get(1).map(String::as_str) == Some("create"))
+        .collect();
+    assert_eq!(
+        user,
+        [argv(&[
+            "machine",
+            "create",
+            "--name",
+            "m-labels",
+            "--image",
+            "alpine",
+            "--net",
+            "--label",
+            "team=infra"
+        ])]
+    );
 
     drop(vm);
     assert_eq!(calls(&runner), vec![create.clone(), delete_1_9("m-labels")]);
