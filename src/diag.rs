@@ -4,7 +4,7 @@
 //! machine, a skipped test or a kept machine must be visible in a passing run too. Why
 //! `write(2)` on fd 2 rather than `std::io::stderr()`: the same function serves the exit hooks
 //! and the crash watcher, which run after or before `main`, where std's handles are not to be
-//! relied on. [`log`] cannot panic.
+//! relied on. `log` cannot panic.
 //!
 //! The crate's own tests provoke these messages on purpose (failed deletes, kept machines);
 //! [`capture`] lets such a test collect and assert them on its own thread instead of printing
