@@ -5,7 +5,8 @@
 mod cleanup;
 mod cli;
 mod config;
-mod diag;
+#[doc(hidden)]
+pub mod diag;
 mod dialect;
 mod error;
 pub mod fixtures;

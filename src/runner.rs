@@ -37,6 +37,105 @@ impl Invocation {
     pub fn args_str(&self) -> Vec<&str> {
         self.args.iter().map(String::as_str).collect()
     }
+
+    /// The arguments without the harness's own labels: every `--label smolvm-harness.*=…`
+    /// (or `--label=smolvm-harness.*=…`) is removed, everything else is kept in order,
+    /// including your own labels.
+    ///
+    /// Why: on smolvm ≥ 1.8.0 a [`crate::Machine`] is created with ownership labels whose
+    /// values depend on the process (an owner token) and on the test runner (a run label
+    /// under nextest only), so an assertion on [`Invocation::args`] that passes under
+    /// `cargo test` can fail under `cargo nextest run`. Assert on this instead; see
+    /// [`Invocation::harness_labels`] for the part set apart. Arguments after a `--` (a guest
+    /// command) are never touched.
+    ///
+    /// ```
+    /// use smolvm_harness::{Machine, ScriptedRunner, Smolvm};
+    ///
+    /// let runner = ScriptedRunner::new(); // answers `--version` with 1.9.2: labels are sent
+    /// let vm = Machine::builder()
+    ///     .smolvm(Smolvm::new("smolvm").with_runner(runner.clone()))
+    ///     .name("web")
+    ///     .image("alpine")
+    ///     .label("team", "infra")
+    ///     .create()?;
+    /// let create = runner.calls().into_iter().find(|c| c.args_str().starts_with(&["machine", "create"])).unwrap();
+    /// assert_eq!(
+    ///     create.user_args(),
+    ///     ["machine", "create", "--name", "web", "--image", "alpine", "--label", "team=infra"]
+    /// );
+    /// # drop(vm);
+    /// # Ok::<(), smolvm_harness::Error>(())
+    /// ```
+    pub fn user_args(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.args.len());
+        let mut args = self.args.iter();
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                out.push(arg.clone());
+                out.extend(args.by_ref().cloned());
+                break;
+            }
+            if arg == "--label" {
+                match args.next() {
+                    Some(value) if is_harness_label(value) => {}
+                    Some(value) => out.extend([arg.clone(), value.clone()]),
+                    None => out.push(arg.clone()),
+                }
+                continue;
+            }
+            if arg.strip_prefix("--label=").is_some_and(is_harness_label) {
+                continue;
+            }
+            out.push(arg.clone());
+        }
+        out
+    }
+
+    /// The harness's own labels in this invocation (`smolvm-harness.*` keys), as
+    /// `(key, value)` in argv order: what [`Invocation::user_args`] leaves out. The values are
+    /// not stable (an owner token, a nextest run id); match on keys if at all.
+    ///
+    /// ```
+    /// use smolvm_harness::{Machine, ScriptedRunner, Smolvm};
+    ///
+    /// let runner = ScriptedRunner::new();
+    /// let vm = Machine::builder()
+    ///     .smolvm(Smolvm::new("smolvm").with_runner(runner.clone()))
+    ///     .image("alpine")
+    ///     .create()?;
+    /// let create = runner.calls().into_iter().find(|c| c.args_str().starts_with(&["machine", "create"])).unwrap();
+    /// let keys: Vec<String> = create.harness_labels().into_iter().map(|(k, _)| k).collect();
+    /// assert!(keys.contains(&"smolvm-harness.owner".to_string()));
+    /// # drop(vm);
+    /// # Ok::<(), smolvm_harness::Error>(())
+    /// ```
+    pub fn harness_labels(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut args = self.args.iter();
+        while let Some(arg) = args.next() {
+            let label = match arg.as_str() {
+                "--" => break,
+                "--label" => args.next().map(String::as_str),
+                other => other.strip_prefix("--label="),
+            };
+            if let Some((k, v)) = label
+                .filter(|l| is_harness_label(l))
+                .and_then(|l| l.split_once('='))
+            {
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+        out
+    }
+}
+
+/// The key prefix of every label the harness adds on its own (owner, run).
+const HARNESS_LABEL_PREFIX: &str = "smolvm-harness.";
+
+/// Whether a `K=V` label value is one of the harness's own.
+fn is_harness_label(label: &str) -> bool {
+    label.starts_with(HARNESS_LABEL_PREFIX) && label.contains('=')
 }
 
 impl fmt::Debug for Invocation {
@@ -527,6 +626,11 @@ struct Script {
 /// `smolvm 1.9.2` unless [`ScriptedRunner::version`] said otherwise. Clones share the same
 /// script and the same record, so keep one to inspect after handing another to [`crate::Smolvm`].
 ///
+/// On smolvm ≥ 1.8.0 a [`crate::Machine`] adds labels of its own to `machine create`, with
+/// values that differ between processes and between `cargo test` and `cargo nextest run`:
+/// assert on [`ScriptedRunner::user_argvs`], which leaves them out, rather than on
+/// [`ScriptedRunner::argvs`].
+///
 /// ```
 /// use smolvm_harness::{CreateOptions, Reply, ScriptedRunner, Smolvm};
 ///
@@ -620,6 +724,43 @@ impl ScriptedRunner {
             .collect()
     }
 
+    /// The argv of every invocation so far, in order, without the harness's own labels (see
+    /// [`Invocation::user_args`]): the same on every smolvm version whatever the process and
+    /// the test runner, so use it to assert the exact argv your code sends.
+    ///
+    /// ```
+    /// use smolvm_harness::{Machine, ScriptedRunner, Smolvm};
+    ///
+    /// let runner = ScriptedRunner::new();
+    /// let vm = Machine::builder()
+    ///     .smolvm(Smolvm::new("smolvm").with_runner(runner.clone()))
+    ///     .name("web")
+    ///     .image("alpine")
+    ///     .net()
+    ///     .create()?;
+    /// vm.delete()?;
+    /// let sent: Vec<Vec<String>> = runner
+    ///     .user_argvs()
+    ///     .into_iter()
+    ///     .filter(|a| a[0] == "machine" && a[1] != "ls") // not `--version`, not a sweep
+    ///     .collect();
+    /// assert_eq!(
+    ///     sent,
+    ///     [
+    ///         &["machine", "create", "--name", "web", "--image", "alpine", "--net"][..],
+    ///         &["machine", "delete", "-f", "--name", "web"][..],
+    ///     ]
+    /// );
+    /// # Ok::<(), smolvm_harness::Error>(())
+    /// ```
+    pub fn user_argvs(&self) -> Vec<Vec<String>> {
+        lock(&self.script)
+            .calls
+            .iter()
+            .map(Invocation::user_args)
+            .collect()
+    }
+
     /// Forget the recorded invocations (rules stay).
     pub fn clear_calls(&self) {
         lock(&self.script).calls.clear();
@@ -679,6 +820,128 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inv(args: &[&str]) -> Invocation {
+        Invocation {
+            program: "smolvm".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn the_harness_labels_are_the_ones_user_args_strips() {
+        // The cleanup layer's label keys must carry the prefix user_args matches on.
+        for key in [crate::cleanup::OWNER_LABEL, crate::cleanup::RUN_LABEL] {
+            assert!(key.starts_with(HARNESS_LABEL_PREFIX), "{key}");
+        }
+    }
+
+    #[test]
+    fn user_args_removes_harness_labels_in_both_spellings_and_keeps_the_rest() {
+        let call = inv(&[
+            "machine",
+            "create",
+            "--name",
+            "web",
+            "--label",
+            "smolvm-harness.owner=123-456",
+            "--label=smolvm-harness.run=0b6e-run",
+            "--label",
+            "team=infra",
+            "--label=tier=db",
+            "--label",
+            "smolvm-harness.future=x",
+            "web-positional",
+        ]);
+        assert_eq!(
+            call.user_args(),
+            [
+                "machine",
+                "create",
+                "--name",
+                "web",
+                "--label",
+                "team=infra",
+                "--label=tier=db",
+                "web-positional"
+            ]
+        );
+        assert_eq!(
+            call.harness_labels(),
+            [
+                ("smolvm-harness.owner".to_string(), "123-456".to_string()),
+                ("smolvm-harness.run".to_string(), "0b6e-run".to_string()),
+                ("smolvm-harness.future".to_string(), "x".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn user_args_leaves_a_guest_command_and_odd_shapes_alone() {
+        // After `--` everything is the guest's; a trailing `--label` has no value to judge;
+        // a key that only looks like ours (no `=`) is not a label the harness sends.
+        let call = inv(&[
+            "machine",
+            "exec",
+            "--name",
+            "web",
+            "--",
+            "echo",
+            "--label",
+            "smolvm-harness.owner=1",
+        ]);
+        assert_eq!(call.user_args(), call.args);
+        assert!(call.harness_labels().is_empty());
+        let call = inv(&[
+            "machine",
+            "create",
+            "--label",
+            "smolvm-harness.x",
+            "--label",
+        ]);
+        assert_eq!(call.user_args(), call.args);
+        assert!(call.harness_labels().is_empty());
+    }
+
+    #[test]
+    fn user_argvs_of_a_machine_create_match_an_exact_argv_whatever_the_owner() {
+        let runner = ScriptedRunner::new();
+        let smolvm = crate::Smolvm::new("smolvm").with_runner(runner.clone());
+        let vm = crate::Machine::builder()
+            .smolvm(smolvm)
+            .name("m-user-argv")
+            .image("alpine")
+            .label("team", "infra")
+            .create()
+            .unwrap();
+        vm.delete().unwrap();
+        let create = runner
+            .calls()
+            .into_iter()
+            .find(|c| c.args.get(1).map(String::as_str) == Some("create"))
+            .unwrap();
+        // The raw argv carries the owner label; user_args does not.
+        assert!(create
+            .harness_labels()
+            .iter()
+            .any(|(k, _)| k == crate::cleanup::OWNER_LABEL));
+        assert_eq!(
+            create.user_args(),
+            [
+                "machine",
+                "create",
+                "--name",
+                "m-user-argv",
+                "--image",
+                "alpine",
+                "--label",
+                "team=infra"
+            ]
+        );
+        assert!(runner.user_argvs().contains(&create.user_args()));
+    }
 
     #[test]
     fn process_runner_captures_output_and_times_out() {

@@ -912,3 +912,96 @@ fn process_env_reaches_the_runner() {
         [("SMOLVM_DATA_DIR".to_string(), "/tmp/isolated".to_string())]
     );
 }
+
+/// Set in the child of `user_argvs_do_not_depend_on_the_process_or_nextest`.
+const ARGV_CHILD: &str = "SMOLVM_HARNESS_TEST_ARGV_CHILD";
+
+/// In a child process only: create and delete a labelled machine on a scripted 1.9.2, then
+/// print each word of the create's raw argv as `raw\t<word>` and of its user argv as
+/// `user\t<word>`, one a line (each line whole: libtest writes around them).
+#[test]
+fn argv_child() {
+    if std::env::var_os(ARGV_CHILD).is_none() {
+        return;
+    }
+    let runner = ScriptedRunner::new().version(NEW);
+    let vm = smolvm_harness::Machine::builder()
+        .smolvm(client_with(runner.clone()))
+        .name("m-argv")
+        .image("alpine")
+        .label("team", "infra")
+        .create()
+        .unwrap();
+    vm.delete().unwrap();
+    let create = runner
+        .calls()
+        .into_iter()
+        .find(|c| c.args_str().starts_with(&["machine", "create"]))
+        .unwrap();
+    let mut out = String::from("\n");
+    for word in &create.args {
+        out += &format!("raw\t{word}\n");
+    }
+    for word in create.user_args() {
+        out += &format!("user\t{word}\n");
+    }
+    print!("{out}");
+}
+
+/// The create argv of one child process: (raw, user).
+fn child_create_argv(nextest_run_id: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "argv_child", "--nocapture", "--test-threads=1"])
+        .env(ARGV_CHILD, "1")
+        .env("SMOLVM_HARNESS_STATE_DIR", state.path())
+        .env_remove("NEXTEST_RUN_ID");
+    if let Some(id) = nextest_run_id {
+        cmd.env("NEXTEST_RUN_ID", id);
+    }
+    let out = cmd.output().expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let words = |kind: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, w)| w.to_string())
+            .collect()
+    };
+    (words("raw"), words("user"))
+}
+
+#[test]
+fn user_argvs_do_not_depend_on_the_process_or_nextest() {
+    let (plain, plain_user) = child_create_argv(None);
+    let (nextest, nextest_user) = child_create_argv(Some("0b6e7f8a-run-under-nextest"));
+    // The raw argv differs: another owner (pid) and, under nextest, a run label.
+    assert_ne!(plain, nextest);
+    assert!(
+        !plain.iter().any(|a| a.starts_with("smolvm-harness.run=")),
+        "{plain:?}"
+    );
+    assert!(
+        nextest.contains(&"smolvm-harness.run=0b6e7f8a-run-under-nextest".to_string()),
+        "{nextest:?}"
+    );
+    // The user argv is the same exact argv in both.
+    let expected = [
+        "machine",
+        "create",
+        "--name",
+        "m-argv",
+        "--image",
+        "alpine",
+        "--label",
+        "team=infra",
+    ];
+    assert_eq!(plain_user, expected);
+    assert_eq!(nextest_user, expected);
+}

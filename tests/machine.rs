@@ -4,6 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use smolvm_harness::diag::capture;
 use smolvm_harness::sim::SimulatedRunner;
 use smolvm_harness::{
     config, Error, KeepPolicy, Machine, MachineState, Pack, Reply, ScriptedRunner, Smolvm,
@@ -45,6 +46,56 @@ fn count_deletes(runner: &ScriptedRunner) -> usize {
         .iter()
         .filter(|a| a.len() >= 2 && a[1] == "delete")
         .count()
+}
+
+/// Set in the child processes of [`in_child`].
+const CHILD: &str = "SMOLVM_HARNESS_TEST_MACHINE_CHILD";
+
+/// Whether this process is a child of [`in_child`].
+fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Run this binary's test `test` alone in a child process (with [`CHILD`] set, a state dir of
+/// its own and no keep policy from the environment) and return its stderr after asserting it
+/// passed. For scenarios whose messages reach stderr past the test's own thread: the exit
+/// hook's, at process exit. The child's stderr is read here and asserted on, never shown.
+fn in_child(test: &str) -> String {
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env("SMOLVM_HARNESS_STATE_DIR", state.path())
+        .env_remove("SMOLVM_HARNESS_KEEP")
+        .output()
+        .expect("run the child");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "child {test} failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// The harness's lines in `text`.
+fn harness_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("smolvm-harness:"))
+        .collect()
+}
+
+/// Assert that `lines` are, in order, lines that contain each of `fragments` in turn
+/// (fragments, not whole lines: the wording may be refined, the facts may not).
+#[track_caller]
+fn assert_lines(lines: &[impl AsRef<str>], fragments: &[&[&str]]) {
+    let lines: Vec<&str> = lines.iter().map(AsRef::as_ref).collect();
+    assert_eq!(lines.len(), fragments.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(fragments) {
+        for fragment in *want {
+            assert!(line.contains(fragment), "{fragment:?} not in {line:?}");
+        }
+    }
 }
 
 /// `machine ls --json` with one machine `name` carrying this process's ownership labels, as
@@ -98,6 +149,26 @@ fn create_on_1_9_2_sends_labels_and_drop_deletes() {
         assert!(pair[1].contains('='), "{create:?}");
     }
     assert_eq!(labels[labels.len() - 2..], argv(&["--label", "team=infra"]));
+    // Without the harness's own: the same exact argv in every process and under nextest.
+    let user: Vec<Vec<String>> = runner
+        .user_argvs()
+        .into_iter()
+        .filter(|a| a.get(1).map(String::as_str) == Some("create"))
+        .collect();
+    assert_eq!(
+        user,
+        [argv(&[
+            "machine",
+            "create",
+            "--name",
+            "m-labels",
+            "--image",
+            "alpine",
+            "--net",
+            "--label",
+            "team=infra"
+        ])]
+    );
 
     drop(vm);
     assert_eq!(calls(&runner), vec![create.clone(), delete_1_9("m-labels")]);
@@ -539,27 +610,52 @@ fn pack_with_cidr_on_old_smolvm_is_refused_before_create() {
 fn keep_disarms_the_guard_and_returns_the_name() {
     let runner = ScriptedRunner::new();
     let vm = scripted(&runner, "m-keep").create().unwrap();
-    assert_eq!(vm.keep(), "m-keep");
+    let (kept, said) = capture(|| vm.keep());
+    assert_eq!(kept, "m-keep");
     assert_eq!(count_deletes(&runner), 0);
+    assert_lines(
+        &said,
+        &[&[
+            "keeping machine m-keep",
+            "smolvm machine delete -f --name m-keep",
+        ]],
+    );
 }
 
 #[test]
 fn disable_cleanup_switches_deletion_off_and_on() {
     let runner = ScriptedRunner::new();
     let mut vm = scripted(&runner, "m-nocleanup").create().unwrap();
-    vm.disable_cleanup(true);
-    drop(vm);
+    let ((), said) = capture(|| {
+        vm.disable_cleanup(true);
+        drop(vm);
+    });
     assert_eq!(count_deletes(&runner), 0);
+    assert_lines(&said, &[&["keeping machine m-nocleanup"]]);
 
     let mut vm = scripted(&runner, "m-recleanup").create().unwrap();
-    vm.disable_cleanup(true);
-    vm.disable_cleanup(false);
-    drop(vm);
+    let ((), said) = capture(|| {
+        vm.disable_cleanup(true);
+        vm.disable_cleanup(false);
+        drop(vm);
+    });
     assert_eq!(calls(&runner).last().unwrap(), &delete_1_9("m-recleanup"));
+    // Said when switched off; switched on again, it is deleted as usual.
+    assert_lines(&said, &[&["keeping machine m-recleanup"]]);
 }
 
+/// The machine whose delete failed stays registered, and the exit hook deletes it: in a
+/// child process, so that the exit hook's line is asserted here rather than printed.
 #[test]
 fn explicit_delete_returns_the_error_and_drop_does_not_retry() {
+    if !is_child() {
+        let stderr = in_child("explicit_delete_returns_the_error_and_drop_does_not_retry");
+        assert_lines(
+            &harness_lines(&stderr),
+            &[&["at exit deleted 1 machine(s)"]],
+        );
+        return;
+    }
     // Once: the harness's exit hook retries machines whose delete failed, and may succeed.
     let runner = ScriptedRunner::new().on_times(
         &["machine", "delete"],
@@ -578,8 +674,22 @@ fn explicit_delete_returns_the_error_and_drop_does_not_retry() {
     assert_eq!(count_deletes(&runner), 1);
 }
 
+/// In a child process: the failed deletes stay registered for the exit hook, whose line is
+/// asserted here with the drop's own messages.
 #[test]
 fn a_failing_delete_in_drop_is_logged_not_panicked() {
+    if !is_child() {
+        let stderr = in_child("a_failing_delete_in_drop_is_logged_not_panicked");
+        assert_lines(
+            &harness_lines(&stderr),
+            &[
+                &["failed to delete machine m-dropfail", "still running"],
+                &["failed to delete machine m-drophang", "timed out"],
+                &["at exit deleted 2 machine(s)"],
+            ],
+        );
+        return;
+    }
     // Once: the harness's exit hook retries machines whose delete failed, and may succeed.
     let runner = ScriptedRunner::new().on_times(
         &["machine", "delete"],
@@ -616,16 +726,35 @@ fn drop_while_panicking(runner: &ScriptedRunner, name: &str, policy: KeepPolicy)
 #[test]
 fn a_failing_test_keeps_or_deletes_its_machine_per_policy() {
     let runner = ScriptedRunner::new();
-    drop_while_panicking(&runner, "m-fail-never", KeepPolicy::Never);
+    let ((), said) = capture(|| drop_while_panicking(&runner, "m-fail-never", KeepPolicy::Never));
     assert_eq!(calls(&runner).last().unwrap(), &delete_1_9("m-fail-never"));
+    assert_lines(
+        &said,
+        &[&[
+            "test failed; machine m-fail-never",
+            "smolvm machine start --name m-fail-never",
+            "deleting it now",
+        ]],
+    );
 
-    let runner = ScriptedRunner::new();
-    drop_while_panicking(&runner, "m-fail-onfailure", KeepPolicy::OnFailure);
-    assert_eq!(count_deletes(&runner), 0);
-
-    let runner = ScriptedRunner::new();
-    drop_while_panicking(&runner, "m-fail-always", KeepPolicy::Always);
-    assert_eq!(count_deletes(&runner), 0);
+    for (name, policy) in [
+        ("m-fail-onfailure", KeepPolicy::OnFailure),
+        ("m-fail-always", KeepPolicy::Always),
+    ] {
+        let runner = ScriptedRunner::new();
+        let ((), said) = capture(|| drop_while_panicking(&runner, name, policy));
+        assert_eq!(count_deletes(&runner), 0);
+        assert_lines(
+            &said,
+            &[
+                &[
+                    &format!("test failed; machine {name}"),
+                    "kept for inspection",
+                ],
+                &[&format!("keeping machine {name}")],
+            ],
+        );
+    }
 }
 
 #[test]
@@ -643,12 +772,26 @@ fn a_passing_test_keeps_only_under_always() {
         .keep_policy(KeepPolicy::Always)
         .create()
         .unwrap();
-    drop(vm);
+    let ((), said) = capture(|| drop(vm));
     assert_eq!(count_deletes(&runner), 0);
+    assert_lines(&said, &[&["keeping machine m-pass-always"]]);
 }
 
+/// In a child process: the machine stays registered, and the exit hook's retry succeeds.
 #[test]
 fn a_panicking_runner_in_drop_does_not_abort_a_failing_test() {
+    if !is_child() {
+        let stderr = in_child("a_panicking_runner_in_drop_does_not_abort_a_failing_test");
+        assert_lines(
+            &harness_lines(&stderr),
+            &[
+                &["test failed; machine m-runner-panics"],
+                &["failed to delete machine m-runner-panics", "panicked"],
+                &["at exit deleted 1 machine(s)"],
+            ],
+        );
+        return;
+    }
     /// Panics on the first delete only, so the exit hook's retry of the machine succeeds.
     #[derive(Debug)]
     struct PanicsOnDelete(ScriptedRunner, std::sync::atomic::AtomicBool);
@@ -789,8 +932,24 @@ fn simulated_failures_leave_no_machine() {
     assert_eq!(runner.machine_count(), 0);
 }
 
+/// In a child process: the undeletable machine stays registered for the exit hook.
 #[test]
 fn simulated_keep_and_failed_delete_leave_the_machine() {
+    if !is_child() {
+        let stderr = in_child("simulated_keep_and_failed_delete_leave_the_machine");
+        assert_lines(
+            &harness_lines(&stderr),
+            &[
+                &["keeping machine smt-sim-kept-"],
+                &[
+                    "failed to delete machine smt-sim-undeletable-",
+                    "injected failure",
+                ],
+                &["at exit deleted 1 machine(s)"],
+            ],
+        );
+        return;
+    }
     let runner = SimulatedRunner::newest();
     let smolvm = sim_client(&runner);
     let vm = Machine::builder()
