@@ -16,6 +16,7 @@ mod runner;
 pub mod sim;
 pub mod skip;
 mod slots;
+mod state_dir;
 mod transcript;
 mod validate;
 
