@@ -211,6 +211,7 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -284,6 +285,30 @@ mod tests {
         let err = acquire_in(dir.path(), 1, Duration::from_millis(100)).unwrap_err();
         assert!(err.to_string().contains("stayed taken"), "{err}");
         holder.join().unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_slot_directory_is_refused_and_a_planted_lock_file_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("slots");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = acquire_in(&link, 1, Duration::from_secs(60)).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+
+        let dir = tmp.path().join("real");
+        fs::create_dir(&dir).unwrap();
+        let victim = tmp.path().join("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("slot-0.lock")).unwrap();
+        let slot = acquire_in(&dir, 1, Duration::from_secs(60)).unwrap();
+        assert_eq!(slot.index(), 0);
+        assert!(!victim.exists(), "created through the planted link");
+        assert!(fs::symlink_metadata(dir.join("slot-0.lock"))
+            .unwrap()
+            .is_file());
     }
 
     #[test]
