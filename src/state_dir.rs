@@ -67,6 +67,7 @@ pub(crate) fn subdir(name: &str) -> Result<PathBuf> {
 /// [`root_at`] and [`subdir`], for deeper directories (a run's pack cache). Its parent must
 /// already be a verified directory.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
+    #[cfg_attr(not(unix), allow(unused_mut))]
     let mut builder = fs::DirBuilder::new();
     #[cfg(unix)]
     {
