@@ -242,10 +242,7 @@ impl Smolvm {
         // Across processes (nextest runs one per test): a small file per binary, keyed by its
         // path, size, modification time and the process env, so an upgrade is seen at once.
         let disk = version_cache_path(&self.inner.program, &key.1);
-        let cached = disk
-            .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|text| text.trim().parse::<Version>().ok());
+        let cached = disk.as_deref().and_then(read_version_cache);
         let v = match cached {
             Some(v) => v,
             None => {
@@ -628,18 +625,38 @@ fn version_cache_path(program: &Path, env: &[(String, String)]) -> Option<PathBu
     for (k, v) in env {
         key.push_str(&format!("\0{k}={v}"));
     }
-    let dir = config().ok()?.state_dir.join("versions");
+    // Created and verified here, before anything is read from it or written to it: an unsafe
+    // state directory only means no cache (the error surfaces where the state dir is needed).
+    let dir = crate::state_dir::subdir("versions").ok()?;
     Some(dir.join(format!("{:016x}", crate::names::fnv1a_64(key.as_bytes()))))
 }
 
-/// Best effort: a cache that cannot be written only costs the next process one probe.
+/// The cached version, if the entry is a regular file of ours (opened without following
+/// symlinks): a version planted by someone else would choose the dialect, e.g. one that
+/// silently drops an egress policy.
+fn read_version_cache(path: &Path) -> Option<Version> {
+    use std::io::Read;
+    let mut text = String::new();
+    crate::state_dir::open(path, crate::state_dir::Access::Read)
+        .ok()?
+        .take(64)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.trim().parse().ok()
+}
+
+/// Best effort: a cache that cannot be written only costs the next process one probe. The
+/// rename replaces whatever entry was there (a symlink itself, never its target).
 fn write_version_cache(path: &Path, version: Version) {
+    use std::io::Write;
     let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
+    if crate::state_dir::ensure_dir(dir).is_err() {
         return;
     }
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-    if std::fs::write(&tmp, version.to_string()).is_ok() && std::fs::rename(&tmp, path).is_err() {
+    let written = crate::state_dir::open_or_replace(&tmp, crate::state_dir::Access::Write)
+        .is_ok_and(|mut f| f.write_all(version.to_string().as_bytes()).is_ok());
+    if !written || std::fs::rename(&tmp, path).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
 }
@@ -1306,5 +1323,33 @@ mod tests {
         let cache = dir.path().join("versions").join("k");
         write_version_cache(&cache, Version::new(0, 8, 2));
         assert_eq!(std::fs::read_to_string(&cache).expect("cached"), "0.8.2");
+        assert_eq!(read_version_cache(&cache), Some(Version::new(0, 8, 2)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_planted_version_cache_entry_is_not_believed_nor_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let versions = dir.path().join("versions");
+        std::fs::create_dir(&versions).expect("mkdir");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "1.9.2").expect("write");
+        let cache = versions.join("k");
+        std::os::unix::fs::symlink(&elsewhere, &cache).expect("symlink");
+        assert_eq!(
+            read_version_cache(&cache),
+            None,
+            "a symlink is not believed"
+        );
+        write_version_cache(&cache, Version::new(0, 8, 2));
+        assert_eq!(std::fs::read_to_string(&elsewhere).expect("read"), "1.9.2");
+        assert_eq!(read_version_cache(&cache), Some(Version::new(0, 8, 2)));
+        // Another user's file.
+        std::os::unix::fs::chown(&cache, Some(12345), None).expect("chown (tests run as root)");
+        assert_eq!(
+            read_version_cache(&cache),
+            None,
+            "a foreign file is not believed"
+        );
     }
 }

@@ -9,21 +9,27 @@
 //! | `SMOLVM_HARNESS_PREFIX` | first part of generated machine names | `smt` |
 //! | `SMOLVM_HARNESS_IMAGE` | image of the `machine` fixture | `alpine:latest` |
 //! | `SMOLVM_HARNESS_REQUIRE` | `1`: a missing smolvm fails tests instead of skipping them | unset |
-//! | `SMOLVM_HARNESS_MAX_MACHINES` | machines alive at once across all test processes of a run | from CPUs and memory |
-//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live | `$TMPDIR/smolvm-harness-$USER` |
+//! | `SMOLVM_HARNESS_MAX_MACHINES` | machines alive at once across all test processes of the user that share the state directory, concurrent runs included | from CPUs and memory |
+//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live; created 0700; refused unless it is a directory of yours (see below) | `$XDG_RUNTIME_DIR/smolvm-harness`, else `$TMPDIR/smolvm-harness-<uid>` |
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
 //! machines), `NEXTEST_TEST_NAME` (the test name, since nextest's test thread is `main`),
-//! `TMPDIR` (the default state directory).
+//! `XDG_RUNTIME_DIR` and `TMPDIR` (the default state directory).
+//!
 //! Values are read when first needed and then kept for the life of the process, except
 //! `SMOLVM_BIN`, which [`crate::Smolvm::from_env`] reads on every call. A malformed value is
 //! an [`Error::InvalidInput`] that names the variable, returned by the first call that needs
 //! it; it is never silently replaced by the default.
+//!
+//! The state directory is checked before any use: it must not be a symlink and must belong to
+//! you (a directory of yours that others can access is set to 0700); anything else is an
+//! [`Error::Io`] saying why. Files in it are opened without following symlinks, and a file
+//! there that is not yours is not believed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -123,7 +129,14 @@ impl Config {
     /// assert!(Config::from_lookup(|k| (k == "SMOLVM_HARNESS_KEEP").then(|| "sometimes".into())).is_err());
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let mut cfg = Config::default();
+        let mut cfg = Config {
+            state_dir: state_dir_default(
+                lookup("XDG_RUNTIME_DIR").as_deref(),
+                &std::env::temp_dir(),
+                &uid_string(),
+            ),
+            ..Config::default()
+        };
         if let Some(v) = lookup("SMOLVM_HARNESS_TIMEOUT") {
             cfg.call_timeout = parse_duration("SMOLVM_HARNESS_TIMEOUT", &v)?;
         }
@@ -248,25 +261,34 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
 }
 
 fn default_state_dir() -> PathBuf {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| uid_string());
-    let user: String = user
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .collect();
-    std::env::temp_dir().join(format!("smolvm-harness-{user}"))
+    state_dir_default(
+        std::env::var("XDG_RUNTIME_DIR").ok().as_deref(),
+        &std::env::temp_dir(),
+        &uid_string(),
+    )
+}
+
+/// `$XDG_RUNTIME_DIR/smolvm-harness` when that is an absolute path (a directory of the
+/// user's own, 0700, cleared at logout), else `<temp dir>/smolvm-harness-<uid>`. The uid,
+/// not `$USER`: it is always there, so there is no silent fallback from one name to another,
+/// and it is what the state directory's owner is checked against.
+fn state_dir_default(xdg_runtime_dir: Option<&str>, temp_dir: &Path, uid: &str) -> PathBuf {
+    match xdg_runtime_dir {
+        Some(xdg) if Path::new(xdg).is_absolute() => Path::new(xdg).join("smolvm-harness"),
+        _ => temp_dir.join(format!("smolvm-harness-{uid}")),
+    }
 }
 
 fn uid_string() -> String {
     #[cfg(unix)]
     {
-        // SAFETY: getuid has no preconditions and cannot fail.
-        let uid = unsafe { libc::getuid() };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
         uid.to_string()
     }
     #[cfg(not(unix))]
     {
+        // The temp directory is per user there already.
         "user".to_string()
     }
 }
@@ -309,6 +331,31 @@ mod tests {
         let cfg = Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "3".into()))
             .unwrap();
         assert_eq!(cfg.machine_cap(), 3);
+    }
+
+    #[test]
+    fn default_state_dir_prefers_the_runtime_dir_and_names_the_uid() {
+        let tmp = Path::new("/tmp");
+        assert_eq!(
+            state_dir_default(Some("/run/user/1000"), tmp, "1000"),
+            PathBuf::from("/run/user/1000/smolvm-harness")
+        );
+        for unusable in [None, Some(""), Some("relative/dir")] {
+            assert_eq!(
+                state_dir_default(unusable, tmp, "1000"),
+                PathBuf::from("/tmp/smolvm-harness-1000"),
+                "{unusable:?}"
+            );
+        }
+        // Through the lookup, and whatever $USER says: the uid.
+        let cfg = Config::from_lookup(|k| (k == "USER").then(|| "someone".into())).unwrap();
+        assert_eq!(
+            cfg.state_dir,
+            std::env::temp_dir().join(format!("smolvm-harness-{}", uid_string()))
+        );
+        let cfg = Config::from_lookup(|k| (k == "XDG_RUNTIME_DIR").then(|| "/run/user/7".into()))
+            .unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/run/user/7/smolvm-harness"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod runner;
 pub mod sim;
 pub mod skip;
 mod slots;
+mod state_dir;
 mod transcript;
 mod validate;
 

@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,10 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::TempDir;
 
 use crate::cli::Smolvm;
-use crate::config::config;
 use crate::error::{Error, Result};
 use crate::names::fnv1a_64;
 use crate::runner::lock;
+use crate::state_dir::{self, Access};
 use crate::validate::validate_image;
 
 /// Run directories of the shared cache whose last use is older than this are deleted when a
@@ -114,7 +115,9 @@ impl Pack {
     ///   lock and reuse its result, which is only recorded as done once `pack create`
     ///   succeeded. The run id is `NEXTEST_RUN_ID`, else `SMOLVM_HARNESS_RUN_ID` (set it to
     ///   share packs between `cargo test` binaries of one run), else one private to this
-    ///   process.
+    ///   process. A pack found there is used only if its files are regular files of yours
+    ///   (not symlinks, not another user's), in a state directory verified to be yours;
+    ///   otherwise it is packed again.
     /// - **Removal**: shared packs are not removed by drop, since other processes may still
     ///   be creating machines from them. A run's directory is deleted by a later run, once it
     ///   has not been used for 24 hours.
@@ -239,16 +242,10 @@ fn shared_on_disk(smolvm: &Smolvm, image: &str) -> Result<Pack> {
     // interchangeable. Its env is not: it locates machine state, not pack formats.
     let key = format!("{}\0{image}", smolvm.program().display());
     let dir = run.join(format!("{:016x}", fnv1a_64(key.as_bytes())));
-    fs::create_dir_all(&dir).map_err(|e| Error::io("create pack directory", &dir, e))?;
+    state_dir::ensure_dir(&dir)?;
 
     let lock_path = dir.join("lock");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open pack lock", &lock_path, e))?;
+    let lock_file = state_dir::open_or_replace(&lock_path, Access::Lock)?;
     lock_file
         .lock()
         .map_err(|e| Error::io("lock pack cache", &lock_path, e))?;
@@ -256,22 +253,34 @@ fn shared_on_disk(smolvm: &Smolvm, image: &str) -> Result<Pack> {
     let output = dir.join("pack");
     let marker = dir.join("done");
     let sidecar = sidecar_of(&output);
-    if marker.is_file() && sidecar.is_file() {
+    // Believed only if all three are regular files of ours: a pack planted by someone else
+    // would be booted with the test's `--env` values. (The directory is verified ours, so
+    // no one else can swap them once checked.)
+    if [&marker, &output, &sidecar]
+        .into_iter()
+        .all(|p| state_dir::is_own_file(p))
+    {
         return Ok(Pack {
             image: image.to_string(),
             path: sidecar,
             dir: None,
         });
     }
-    // Whatever is here is from a pack that failed or was killed: smolvm may refuse to
-    // overwrite, and a half-written file must not be mistaken for a result.
+    // Whatever is here is from a pack that failed or was killed, or is not ours: smolvm may
+    // refuse to overwrite, and a half-written or planted file must not be mistaken for a
+    // result. (Unlinking removes a symlink itself, never its target.)
     for stale in [&marker, &output, &sidecar] {
-        let _ = fs::remove_file(stale);
+        match fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove a stale or untrusted pack file", stale, e)),
+        }
     }
     let path = smolvm.pack_create(image, &output)?;
     // Written only after success, and while still holding the lock, so a waiter that sees
     // it sees finished files.
-    fs::write(&marker, format!("{image}\n"))
+    state_dir::open_or_replace(&marker, Access::Write)?
+        .write_all(format!("{image}\n").as_bytes())
         .map_err(|e| Error::io("mark pack as done", &marker, e))?;
     drop(lock_file);
     Ok(Pack {
@@ -291,10 +300,10 @@ fn sidecar_of(output: &Path) -> PathBuf {
 /// directories not used for 24 hours; every use refreshes this run's `stamp`, so a long run
 /// is not swept by a newer one.
 fn run_dir() -> Result<PathBuf> {
-    let root = config()?.state_dir.join("packs");
+    let root = state_dir::subdir("packs")?;
     let dir = root.join(run_id());
-    let fresh = !dir.exists();
-    fs::create_dir_all(&dir).map_err(|e| Error::io("create pack cache directory", &dir, e))?;
+    let fresh = fs::symlink_metadata(&dir).is_err();
+    state_dir::ensure_dir(&dir)?;
     touch(&dir.join("stamp"));
     if fresh {
         sweep_stale_runs(&root, &dir);
@@ -303,12 +312,7 @@ fn run_dir() -> Result<PathBuf> {
 }
 
 fn touch(path: &Path) {
-    if let Ok(file) = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-    {
+    if let Ok(file) = state_dir::open_or_replace(path, Access::Lock) {
         let _ = file.set_modified(SystemTime::now());
     }
 }
@@ -321,7 +325,9 @@ fn sweep_stale_runs(root: &Path, current: &Path) {
     let now = SystemTime::now();
     for entry in entries.flatten() {
         let path = entry.path();
-        if path == current || !path.is_dir() {
+        // `symlink_metadata`: a symlink here is not a run directory (and removing one with
+        // `remove_dir_all` would not follow it anyway).
+        if path == current || !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
         let last_used = fs::metadata(path.join("stamp"))

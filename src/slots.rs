@@ -1,6 +1,8 @@
 //! Cross-process machine slots: at most `SMOLVM_HARNESS_MAX_MACHINES` machines alive at once,
-//! across every test process of the host (nextest runs one process per test, so an in-process
-//! semaphore would cap nothing).
+//! across every test process of the user that uses the same state directory (nextest runs one
+//! process per test, so an in-process semaphore would cap nothing). The slots are not per
+//! run: two runs at once (two terminals, two nextest invocations) share them, which is the
+//! point, since they share the machine's CPUs and memory.
 //!
 //! A slot is an exclusive lock on one of N files, `$SMOLVM_HARNESS_STATE_DIR/slots/slot-<i>.lock`
 //! (N = [`crate::Config::machine_cap`]). Why file locks: the kernel releases them when the
@@ -9,12 +11,17 @@
 //! `file_parallel` weakness). The lock files are close-on-exec, so smolvm children do not
 //! inherit them.
 //!
+//! The slot directory is created and verified by [`crate::state_dir`], and each lock file is
+//! opened without following symlinks: an entry that is not a regular file of ours (a symlink
+//! planted to make us write elsewhere, another user's file locked to hold a slot forever) is
+//! removed and a fresh lock file created.
+//!
 //! Processes configured with different caps share slots `0..min` and each respects its own
 //! cap; the host-wide bound is the largest cap in use.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, File, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::thread::ThreadId;
@@ -24,6 +31,7 @@ use crate::config::config;
 use crate::diag;
 use crate::error::{Error, Result};
 use crate::runner::lock;
+use crate::state_dir::{self, Access};
 use crate::Smolvm;
 
 /// After this long without a slot, say once why the test is waiting.
@@ -89,17 +97,14 @@ pub(crate) fn acquire(smolvm: &Smolvm) -> Result<Option<Slot>> {
         return Ok(None);
     }
     let cfg = config()?;
-    acquire_in(
-        &cfg.state_dir.join("slots"),
-        cfg.machine_cap(),
-        cfg.call_timeout,
-    )
-    .map(Some)
+    let dir = state_dir::subdir("slots")?;
+    acquire_in(&dir, cfg.machine_cap(), cfg.call_timeout).map(Some)
 }
 
-/// [`acquire`] against an explicit directory, cap and longest wait.
+/// [`acquire`] against an explicit directory, cap and longest wait. `dir` is created (0700)
+/// and verified like the state directory; its parent must exist.
 pub(crate) fn acquire_in(dir: &Path, cap: usize, max_wait: Duration) -> Result<Slot> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create slot directory", dir, e))?;
+    state_dir::ensure_dir(dir)?;
     let cap = cap.max(1);
     let holder = (std::thread::current().id(), dir.to_path_buf());
     let too_many = |reason: String| {
@@ -118,13 +123,7 @@ pub(crate) fn acquire_in(dir: &Path, cap: usize, max_wait: Duration) -> Result<S
     let mut files = Vec::with_capacity(cap);
     for i in 0..cap {
         let path = dir.join(format!("slot-{i}.lock"));
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io("open slot lock file", &path, e))?;
+        let file = state_dir::open_or_replace(&path, Access::Lock)?;
         files.push(Some((file, path)));
     }
     let mut rng = Jitter::new();
@@ -212,6 +211,7 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -285,6 +285,30 @@ mod tests {
         let err = acquire_in(dir.path(), 1, Duration::from_millis(100)).unwrap_err();
         assert!(err.to_string().contains("stayed taken"), "{err}");
         holder.join().unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_slot_directory_is_refused_and_a_planted_lock_file_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("slots");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = acquire_in(&link, 1, Duration::from_secs(60)).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+
+        let dir = tmp.path().join("real");
+        fs::create_dir(&dir).unwrap();
+        let victim = tmp.path().join("victim");
+        std::os::unix::fs::symlink(&victim, dir.join("slot-0.lock")).unwrap();
+        let slot = acquire_in(&dir, 1, Duration::from_secs(60)).unwrap();
+        assert_eq!(slot.index(), 0);
+        assert!(!victim.exists(), "created through the planted link");
+        assert!(fs::symlink_metadata(dir.join("slot-0.lock"))
+            .unwrap()
+            .is_file());
     }
 
     #[test]
