@@ -13,6 +13,7 @@
 //! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live | `$TMPDIR/smolvm-harness-$USER` |
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
+//! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::Truncation`] | `64MiB` |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
@@ -85,7 +86,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `SMOLVM_HARNESS_TRACE`.
     pub trace: bool,
+    /// `SMOLVM_HARNESS_OUTPUT_CAP`: bytes kept of each of stdout and stderr per call.
+    pub output_cap: u64,
 }
+
+/// The default of `SMOLVM_HARNESS_OUTPUT_CAP`: 64 MiB per stream.
+pub(crate) const DEFAULT_OUTPUT_CAP: u64 = 64 * 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Config {
@@ -99,6 +105,7 @@ impl Default for Config {
             max_machines: None,
             state_dir: default_state_dir(),
             trace: false,
+            output_cap: DEFAULT_OUTPUT_CAP,
         }
     }
 }
@@ -169,6 +176,9 @@ impl Config {
                     ))
                 }
             }
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_OUTPUT_CAP") {
+            cfg.output_cap = parse_size("SMOLVM_HARNESS_OUTPUT_CAP", &v)?;
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_STATE_DIR") {
             if v.trim().is_empty() {
@@ -247,6 +257,34 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
     Ok(d)
 }
 
+/// A size in bytes: a whole number, optionally followed by `B`, `KiB`, `MiB` or `GiB`
+/// (`K`, `M`, `G` mean the same). Decimal units (`MB`) are refused rather than guessed at;
+/// zero is refused because a cap of nothing would keep no output at all.
+pub(crate) fn parse_size(var: &'static str, v: &str) -> Result<u64> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = |why: &str| {
+        Error::invalid(
+            var,
+            format!("{v:?}: {why}; expected a size like 64MiB, 1GiB, 512KiB or a number of bytes"),
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad("not a whole number"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(bad("unknown unit")),
+    };
+    let bytes = n.checked_mul(factor).ok_or_else(|| bad("too large"))?;
+    if bytes == 0 {
+        return Err(bad("zero would keep no output at all"));
+    }
+    Ok(bytes)
+}
+
 fn default_state_dir() -> PathBuf {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
@@ -317,6 +355,39 @@ mod tests {
         assert!(KeepPolicy::OnFailure.keeps(true));
         assert!(!KeepPolicy::OnFailure.keeps(false));
         assert!(KeepPolicy::Always.keeps(false));
+    }
+
+    #[test]
+    fn sizes() {
+        let cap = |v: &str| {
+            Config::from_lookup(|k| (k == "SMOLVM_HARNESS_OUTPUT_CAP").then(|| v.to_string()))
+                .map(|c| c.output_cap)
+        };
+        assert_eq!(cap("64MiB").unwrap(), 64 << 20);
+        assert_eq!(cap(" 1GiB ").unwrap(), 1 << 30);
+        assert_eq!(cap("512KiB").unwrap(), 512 << 10);
+        assert_eq!(cap("4M").unwrap(), 4 << 20);
+        assert_eq!(cap("1000").unwrap(), 1000);
+        assert_eq!(cap("1000B").unwrap(), 1000);
+        assert_eq!(
+            Config::from_lookup(|_| None).unwrap().output_cap,
+            DEFAULT_OUTPUT_CAP
+        );
+        for bad in [
+            "0",
+            "0MiB",
+            "",
+            "64MB",
+            "1.5GiB",
+            "-1",
+            "lots",
+            "MiB",
+            "17179869184GiB",
+        ] {
+            let err = cap(bad).unwrap_err().to_string();
+            assert!(err.contains("SMOLVM_HARNESS_OUTPUT_CAP"), "{bad}: {err}");
+        }
+        assert!(cap("0").unwrap_err().to_string().contains("zero"));
     }
 
     #[test]
