@@ -165,9 +165,7 @@ impl Runner for ProcessRunner {
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
         let pid = child.id();
         lock(in_flight()).push(pid);
-        // Clamped above so that the addition cannot overflow into "no deadline at all".
-        let deadline = timeout.and_then(|t| start.checked_add(t));
-        let drained = drain_and_wait(&mut child, deadline, cap);
+        let drained = drain_and_wait(&mut child, deadline(start, timeout), cap);
         lock(in_flight()).retain(|p| *p != pid);
         let (done, stdout, stderr) = match drained {
             Ok(result) => result,
@@ -200,6 +198,16 @@ impl Runner for ProcessRunner {
             }),
         }
     }
+}
+
+/// When a call started at `start` must be over. The timeout is clamped to
+/// [`crate::MAX_TIMEOUT`] first, so that the addition cannot overflow into "no deadline".
+fn deadline(start: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    let t = timeout?.min(crate::validate::MAX_TIMEOUT);
+    // 365 days fit any platform's clock; should one not, a day still bounds the call.
+    start
+        .checked_add(t)
+        .or_else(|| start.checked_add(Duration::from_secs(24 * 3600)))
 }
 
 /// One stream as it is read: all of it up to the cap, then its first and last halves and a
@@ -829,6 +837,47 @@ mod tests {
             ProcessRunner.run(&missing),
             Err(Error::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_capture_keeps_the_first_and_last_halves_whatever_the_chunks() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for cap in [1u64, 2, 7, 100, 1000, 9_999, 10_000, 20_000] {
+            for chunk in [1usize, 3, 64, 999, 10_000] {
+                let mut c = Capture::new(cap);
+                for piece in data.chunks(chunk) {
+                    c.push(piece);
+                }
+                let (kept, t) = c.finish();
+                let cap = usize::try_from(cap).unwrap();
+                if cap >= data.len() {
+                    assert_eq!((kept, t), (data.clone(), None));
+                    continue;
+                }
+                let head = cap / 2;
+                let mut want = data[..head].to_vec();
+                want.extend_from_slice(&data[data.len() - (cap - head)..]);
+                assert_eq!(kept, want, "cap {cap} chunk {chunk}");
+                let dropped = (data.len() - cap) as u64;
+                assert_eq!(t, Some(Truncation { at: head, dropped }));
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_timeout_still_has_a_deadline() {
+        let now = Instant::now();
+        // Duration::MAX cannot be added to a clock: unclamped, that meant no deadline at all.
+        assert_eq!(
+            deadline(now, Some(Duration::MAX)),
+            now.checked_add(crate::validate::MAX_TIMEOUT)
+        );
+        assert!(deadline(now, Some(Duration::MAX)).is_some());
+        assert_eq!(
+            deadline(now, Some(Duration::from_secs(5))),
+            Some(now + Duration::from_secs(5))
+        );
+        assert_eq!(deadline(now, None), None);
     }
 
     fn sh(script: &str, timeout: Duration) -> Invocation {
