@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use crate::config::{config, config_or_default};
 use crate::dialect::{Dialect, Version};
-use crate::error::{tail_lines, CommandLine, Error, Result};
-use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
+use crate::error::{CommandLine, Error, Result, TAIL_LINES};
+use crate::runner::{lock, marked, Invocation, ProcessRunner, RawOutput, Runner, Truncation};
 use crate::sim::SimulatedRunner;
 use crate::transcript;
 use crate::validate::{
     format_timeout, validate_cidr, validate_env_key, validate_env_value, validate_guest_path,
-    validate_image, validate_label, validate_machine_name,
+    validate_image, validate_label, validate_machine_name, MAX_TIMEOUT,
 };
 
 /// A smolvm client: which binary, which runner, which timeout. Cheap to clone (an `Arc`).
@@ -367,7 +367,11 @@ impl Smolvm {
     /// error when smolvm itself failed (machine not found, not running), which smolvm
     /// reports as exit 1 with its own `Error: …` line, so exec on a dead machine never looks
     /// like "the guest exited 1". The host-side limit is the guest timeout plus 10 s when a
-    /// guest timeout is set, and never less than the client's default.
+    /// guest timeout is set, and never less than the client's default (both clamped to
+    /// [`MAX_TIMEOUT`], 365 days, so a deadline always exists).
+    ///
+    /// Each of stdout and stderr is kept up to the output cap (`SMOLVM_HARNESS_OUTPUT_CAP`,
+    /// default 64 MiB); see [`ExecOutput::stdout_dropped`].
     ///
     /// Exit 2 is always the guest's: smolvm's own usage errors are exit 2 too, but this crate
     /// validates the argv it sends, and a guest CLI printing its usage looks the same. On a
@@ -382,6 +386,12 @@ impl Smolvm {
         validate_machine_name(name)?;
         if argv.is_empty() {
             return Err(Error::invalid("exec argv", "must name a command to run"));
+        }
+        if let Some(i) = argv.iter().position(|a| a.as_ref().contains('\0')) {
+            return Err(Error::invalid(
+                "exec argv",
+                format!("argument {i} contains NUL, which no argv can carry"),
+            ));
         }
         options.validate()?;
         let mut args = strings(&["machine", "exec", "--name", name]);
@@ -421,11 +431,14 @@ impl Smolvm {
             stderr: out.stderr,
             duration: out.duration,
             command: cmd.clone(),
+            stdout_truncation: out.stdout_truncation,
+            stderr_truncation: out.stderr_truncation,
         })
     }
 
     /// `smolvm machine cp SRC DST`: one side on the host, the other `machine:path`.
-    /// A no-op when either side is empty (as the seed design did).
+    /// An empty path on either side is [`Error::InvalidInput`] (the seed design silently
+    /// copied nothing, which hid mistakes), as is a NUL byte in any part.
     ///
     /// ```
     /// use smolvm_harness::{CpPath, Smolvm, ScriptedRunner};
@@ -436,8 +449,17 @@ impl Smolvm {
     /// ```
     pub fn machine_cp(&self, src: impl Into<CpPath>, dst: impl Into<CpPath>) -> Result<()> {
         let (src, dst) = (src.into(), dst.into());
-        if src.is_empty() || dst.is_empty() {
-            return Ok(());
+        for side in [&src, &dst] {
+            if side.is_empty() {
+                let what = match side {
+                    CpPath::Host(_) => "host path",
+                    CpPath::Guest { .. } => "guest path",
+                };
+                return Err(Error::invalid(
+                    what,
+                    "must not be empty: there is nothing to copy",
+                ));
+            }
         }
         let machine = match (&src, &dst) {
             (CpPath::Host(h), CpPath::Guest { machine, path }) => {
@@ -523,6 +545,33 @@ impl Smolvm {
         args: Vec<String>,
         timeout: Duration,
     ) -> Result<(CommandLine, RawOutput)> {
+        // Every method checks its own input with a precise message; this is the net under
+        // them all, so that no NUL reaches a spawn (where it would be an I/O error).
+        if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+            return Err(Error::invalid(
+                "argument",
+                format!("argument {i} of the smolvm command line contains NUL"),
+            ));
+        }
+        if let Some((k, _)) =
+            self.inner.env.iter().find(|(k, v)| {
+                k.contains('\0') || v.contains('\0') || k.contains('=') || k.is_empty()
+            })
+        {
+            return Err(Error::invalid(
+                "process env",
+                format!("{k:?}: a key must be non-empty without `=` or NUL, a value without NUL (value not shown)"),
+            ));
+        }
+        if self
+            .inner
+            .program
+            .as_os_str()
+            .as_encoded_bytes()
+            .contains(&0)
+        {
+            return Err(Error::invalid("smolvm binary", "the path contains NUL"));
+        }
         let mut env = self.inner.env.clone();
         if self.inner.process_runner {
             // A ledgered `machine create`: marked so that, if we die, the watcher and later
@@ -535,7 +584,7 @@ impl Smolvm {
             program: self.inner.program.clone(),
             args,
             env,
-            timeout: Some(timeout),
+            timeout: Some(timeout.min(MAX_TIMEOUT)),
         };
         let result = self.inner.runner.run(&inv);
         let command = match machine {
@@ -790,7 +839,9 @@ impl CreateOptions {
     }
 
     /// Set a guest environment variable (sent as `--env=K=V`, so a value starting with `-`
-    /// survives). Values are redacted in every message and log.
+    /// survives). The value is redacted from every command line in messages, transcripts
+    /// and logs; in quoted output (a guest that prints its env) it is scrubbed when it is
+    /// 4 bytes or longer (see [`CommandLine::redact_output`]).
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> CreateOptions {
         self.env.push((key.into(), value.into()));
         self
@@ -920,7 +971,9 @@ impl fmt::Debug for ExecOptions {
 
 impl ExecOptions {
     /// Set a guest environment variable for this command (overrides the machine's own by
-    /// key). Values are redacted in every message and log.
+    /// key). The value is redacted from every command line in messages, transcripts and
+    /// logs; in quoted output it is scrubbed when it is 4 bytes or longer (see
+    /// [`CommandLine::redact_output`]).
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ExecOptions {
         self.env.push((key.into(), value.into()));
         self
@@ -933,7 +986,8 @@ impl ExecOptions {
     }
 
     /// Guest-side timeout (`--timeout`): smolvm kills the command and reports exit 124.
-    /// At least 1 ms; sent in whole milliseconds or seconds.
+    /// At least 1 ms; sent in whole milliseconds or seconds; longer than [`MAX_TIMEOUT`]
+    /// (365 days) is sent as 365 days.
     pub fn timeout(mut self, timeout: Duration) -> ExecOptions {
         self.timeout = Some(timeout);
         self
@@ -968,21 +1022,40 @@ impl ExecOptions {
 /// What a guest command produced. A non-zero [`ExecOutput::code`] is the guest's answer, not
 /// an error.
 #[derive(Clone, PartialEq, Eq)]
+///
+/// Past the output cap (`SMOLVM_HARNESS_OUTPUT_CAP`, default 64 MiB per stream, see
+/// [`crate::Config`]) only the first and last halves of a stream are kept:
+/// [`ExecOutput::stdout_dropped`] and [`ExecOutput::stdout_truncation`] say how much went
+/// and where, and `Debug`, [`ExecOutput::assert_success`] and [`ExecOutput::expect_code`]
+/// say so too. Outputs from [`crate::ScriptedRunner`] and [`crate::SimulatedRunner`] are
+/// never capped.
 pub struct ExecOutput {
     code: i32,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     duration: Duration,
     command: CommandLine,
+    stdout_truncation: Option<Truncation>,
+    stderr_truncation: Option<Truncation>,
 }
 
 impl fmt::Debug for ExecOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |bytes: &[u8], t, stream| {
+            self.command
+                .redact_output(&String::from_utf8_lossy(&marked(bytes, t, stream)))
+        };
         f.debug_struct("ExecOutput")
             .field("command", &self.command.to_string())
             .field("code", &self.code)
-            .field("stdout", &self.command.redact_output(&self.stdout_str()))
-            .field("stderr", &self.command.redact_output(&self.stderr_str()))
+            .field(
+                "stdout",
+                &shown(&self.stdout, self.stdout_truncation, "stdout"),
+            )
+            .field(
+                "stderr",
+                &shown(&self.stderr, self.stderr_truncation, "stderr"),
+            )
             .field("duration", &self.duration)
             .finish()
     }
@@ -997,6 +1070,8 @@ impl ExecOutput {
             stderr: stderr.into(),
             duration: Duration::ZERO,
             command: CommandLine::new("smolvm", &[]),
+            stdout_truncation: None,
+            stderr_truncation: None,
         }
     }
 
@@ -1010,14 +1085,35 @@ impl ExecOutput {
         self.code == 0
     }
 
-    /// stdout as bytes, exactly.
+    /// stdout as bytes, exactly (past the output cap, its head and tail joined; see
+    /// [`ExecOutput::stdout_truncation`]).
     pub fn stdout(&self) -> &[u8] {
         &self.stdout
     }
 
-    /// stderr as bytes, exactly.
+    /// stderr as bytes, exactly (past the output cap, its head and tail joined).
     pub fn stderr(&self) -> &[u8] {
         &self.stderr
+    }
+
+    /// How many bytes of stdout the output cap dropped (0 when all was kept).
+    pub fn stdout_dropped(&self) -> u64 {
+        self.stdout_truncation.map_or(0, |t| t.dropped)
+    }
+
+    /// How many bytes of stderr the output cap dropped (0 when all was kept).
+    pub fn stderr_dropped(&self) -> u64 {
+        self.stderr_truncation.map_or(0, |t| t.dropped)
+    }
+
+    /// Where stdout was cut and how much was dropped; `None` when all was kept.
+    pub fn stdout_truncation(&self) -> Option<Truncation> {
+        self.stdout_truncation
+    }
+
+    /// Where stderr was cut and how much was dropped; `None` when all was kept.
+    pub fn stderr_truncation(&self) -> Option<Truncation> {
+        self.stderr_truncation
     }
 
     /// stdout as text (invalid UTF-8 replaced).
@@ -1041,7 +1137,9 @@ impl ExecOutput {
     }
 
     /// Panic unless the guest exited 0, with the command, the code and the tails of stdout
-    /// and stderr (secrets scrubbed). Returns `self` for chaining.
+    /// and stderr (secrets scrubbed from all of the output before it is cut to its tail,
+    /// as [`CommandLine::redact_output`] says; bytes dropped by the output cap counted).
+    /// Returns `self` for chaining.
     ///
     /// ```should_panic
     /// smolvm_harness::ExecOutput::new(3, "", "boom").assert_success();
@@ -1068,13 +1166,26 @@ impl ExecOutput {
     }
 
     fn describe(&self, expectation: &str) -> String {
+        let section = |bytes: &[u8], t: Option<Truncation>, stream: &str| {
+            let heading = match t {
+                Some(t) => format!(
+                    "--- {stream} (tail; {} dropped by the output cap) ---",
+                    crate::error::human_bytes(t.dropped)
+                ),
+                None => format!("--- {stream} (tail) ---"),
+            };
+            let tail = self
+                .command
+                .quote_tail(&marked(bytes, t, stream), TAIL_LINES);
+            format!("{heading}\n{tail}")
+        };
         format!(
-            "{expectation}, got exit {} from `{}` after {:?}\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
+            "{expectation}, got exit {} from `{}` after {:?}\n{}\n{}",
             self.code,
             self.command,
             self.duration,
-            self.command.redact_output(&tail_lines(&self.stdout, 20)),
-            self.command.redact_output(&tail_lines(&self.stderr, 20)),
+            section(&self.stdout, self.stdout_truncation, "stdout"),
+            section(&self.stderr, self.stderr_truncation, "stderr"),
         )
     }
 }
@@ -1220,9 +1331,13 @@ fn strings(words: &[&str]) -> Vec<String> {
 }
 
 fn path_arg(what: &'static str, p: &Path) -> Result<String> {
-    p.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| Error::invalid(what, format!("{} is not valid UTF-8", p.display())))
+    let s = p
+        .to_str()
+        .ok_or_else(|| Error::invalid(what, format!("{} is not valid UTF-8", p.display())))?;
+    if s.contains('\0') {
+        return Err(Error::invalid(what, format!("{s:?} contains NUL")));
+    }
+    Ok(s.to_string())
 }
 
 fn redacted_env(env: &[(String, String)]) -> Vec<String> {
@@ -1244,8 +1359,8 @@ fn failed(cmd: &CommandLine, out: RawOutput) -> Error {
     Error::Failed {
         command: cmd.clone(),
         code: out.code,
-        stdout: out.stdout,
-        stderr: out.stderr,
+        stdout: out.stdout_marked(),
+        stderr: out.stderr_marked(),
     }
 }
 
@@ -1275,22 +1390,29 @@ fn is_smolvm_error(out: &RawOutput) -> bool {
 }
 
 fn parse_error(cmd: &CommandLine, out: &RawOutput, e: serde_json::Error) -> Error {
+    // Redacted whole, then cut: a secret across the cut would otherwise show its start.
+    let text = cmd.redact_output(&String::from_utf8_lossy(&out.stdout));
     Error::Parse {
         command: cmd.clone(),
-        reason: format!(
-            "{e}; output began {:?}",
-            String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(200)])
-        ),
+        reason: format!("{e}; output began {:?}", head_chars(&text, 200)),
     }
 }
 
 fn bad_entry(cmd: &CommandLine, v: &serde_json::Value) -> Error {
-    let mut shown = v.to_string();
-    shown.truncate(200);
+    let shown = cmd.redact_output(&v.to_string());
     Error::Parse {
         command: cmd.clone(),
-        reason: format!("machine entry without a name: {shown}"),
+        reason: format!("machine entry without a name: {}", head_chars(&shown, 200)),
     }
+}
+
+/// At most the first `n` bytes of `s`, cut at a character boundary.
+fn head_chars(s: &str, n: usize) -> &str {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]

@@ -10,14 +10,15 @@
 //! | `SMOLVM_HARNESS_IMAGE` | image of the `machine` fixture | `alpine:latest` |
 //! | `SMOLVM_HARNESS_REQUIRE` | `1`: a missing smolvm fails tests instead of skipping them | unset |
 //! | `SMOLVM_HARNESS_MAX_MACHINES` | machines alive at once across all test processes of the user that share the state directory, concurrent runs included | from CPUs and memory |
-//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live; created 0700; refused unless it is a directory of yours (see below) | `$XDG_RUNTIME_DIR/smolvm-harness`, else `$TMPDIR/smolvm-harness-<uid>` |
+//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live; created 0700; refused unless it is a directory of yours (see below) | `$TMPDIR/smolvm-harness-<uid>` |
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
+//! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::Truncation`] | `64MiB` |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
 //! machines), `NEXTEST_TEST_NAME` (the test name, since nextest's test thread is `main`),
-//! `XDG_RUNTIME_DIR` and `TMPDIR` (the default state directory).
+//! `TMPDIR` (the default state directory).
 //!
 //! Values are read when first needed and then kept for the life of the process, except
 //! `SMOLVM_BIN`, which [`crate::Smolvm::from_env`] reads on every call. A malformed value is
@@ -91,7 +92,12 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `SMOLVM_HARNESS_TRACE`.
     pub trace: bool,
+    /// `SMOLVM_HARNESS_OUTPUT_CAP`: bytes kept of each of stdout and stderr per call.
+    pub output_cap: u64,
 }
+
+/// The default of `SMOLVM_HARNESS_OUTPUT_CAP`: 64 MiB per stream.
+pub(crate) const DEFAULT_OUTPUT_CAP: u64 = 64 * 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Config {
@@ -105,6 +111,7 @@ impl Default for Config {
             max_machines: None,
             state_dir: default_state_dir(),
             trace: false,
+            output_cap: DEFAULT_OUTPUT_CAP,
         }
     }
 }
@@ -130,11 +137,7 @@ impl Config {
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let mut cfg = Config {
-            state_dir: state_dir_default(
-                lookup("XDG_RUNTIME_DIR").as_deref(),
-                &std::env::temp_dir(),
-                &uid_string(),
-            ),
+            state_dir: state_dir_default(&std::env::temp_dir(), &uid_string()),
             ..Config::default()
         };
         if let Some(v) = lookup("SMOLVM_HARNESS_TIMEOUT") {
@@ -182,6 +185,9 @@ impl Config {
                     ))
                 }
             }
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_OUTPUT_CAP") {
+            cfg.output_cap = parse_size("SMOLVM_HARNESS_OUTPUT_CAP", &v)?;
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_STATE_DIR") {
             if v.trim().is_empty() {
@@ -260,23 +266,45 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
     Ok(d)
 }
 
-fn default_state_dir() -> PathBuf {
-    state_dir_default(
-        std::env::var("XDG_RUNTIME_DIR").ok().as_deref(),
-        &std::env::temp_dir(),
-        &uid_string(),
-    )
+/// A size in bytes: a whole number, optionally followed by `B`, `KiB`, `MiB` or `GiB`
+/// (`K`, `M`, `G` mean the same). Decimal units (`MB`) are refused rather than guessed at;
+/// zero is refused because a cap of nothing would keep no output at all.
+pub(crate) fn parse_size(var: &'static str, v: &str) -> Result<u64> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = |why: &str| {
+        Error::invalid(
+            var,
+            format!("{v:?}: {why}; expected a size like 64MiB, 1GiB, 512KiB or a number of bytes"),
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad("not a whole number"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(bad("unknown unit")),
+    };
+    let bytes = n.checked_mul(factor).ok_or_else(|| bad("too large"))?;
+    if bytes == 0 {
+        return Err(bad("zero would keep no output at all"));
+    }
+    Ok(bytes)
 }
 
-/// `$XDG_RUNTIME_DIR/smolvm-harness` when that is an absolute path (a directory of the
-/// user's own, 0700, cleared at logout), else `<temp dir>/smolvm-harness-<uid>`. The uid,
-/// not `$USER`: it is always there, so there is no silent fallback from one name to another,
-/// and it is what the state directory's owner is checked against.
-fn state_dir_default(xdg_runtime_dir: Option<&str>, temp_dir: &Path, uid: &str) -> PathBuf {
-    match xdg_runtime_dir {
-        Some(xdg) if Path::new(xdg).is_absolute() => Path::new(xdg).join("smolvm-harness"),
-        _ => temp_dir.join(format!("smolvm-harness-{uid}")),
-    }
+fn default_state_dir() -> PathBuf {
+    state_dir_default(&std::env::temp_dir(), &uid_string())
+}
+
+/// `<temp dir>/smolvm-harness-<uid>`. The uid, not `$USER`: it is always there, so there is
+/// no silent fallback from one name to another, and it is what the state directory's owner is
+/// checked against. Not `$XDG_RUNTIME_DIR`: it is a small tmpfs (shared packs live here) and
+/// is cleared at logout, which would lose the ledger of a crashed run. The shared temp dir is
+/// made safe by `state_dir`'s checks.
+fn state_dir_default(temp_dir: &Path, uid: &str) -> PathBuf {
+    temp_dir.join(format!("smolvm-harness-{uid}"))
 }
 
 fn uid_string() -> String {
@@ -334,28 +362,22 @@ mod tests {
     }
 
     #[test]
-    fn default_state_dir_prefers_the_runtime_dir_and_names_the_uid() {
-        let tmp = Path::new("/tmp");
+    fn default_state_dir_is_in_temp_and_names_the_uid() {
         assert_eq!(
-            state_dir_default(Some("/run/user/1000"), tmp, "1000"),
-            PathBuf::from("/run/user/1000/smolvm-harness")
+            state_dir_default(Path::new("/tmp"), "1000"),
+            PathBuf::from("/tmp/smolvm-harness-1000")
         );
-        for unusable in [None, Some(""), Some("relative/dir")] {
-            assert_eq!(
-                state_dir_default(unusable, tmp, "1000"),
-                PathBuf::from("/tmp/smolvm-harness-1000"),
-                "{unusable:?}"
-            );
-        }
-        // Through the lookup, and whatever $USER says: the uid.
-        let cfg = Config::from_lookup(|k| (k == "USER").then(|| "someone".into())).unwrap();
+        // Through the lookup, and whatever $USER or $XDG_RUNTIME_DIR say: the uid.
+        let cfg = Config::from_lookup(|k| match k {
+            "USER" => Some("someone".into()),
+            "XDG_RUNTIME_DIR" => Some("/run/user/7".into()),
+            _ => None,
+        })
+        .unwrap();
         assert_eq!(
             cfg.state_dir,
             std::env::temp_dir().join(format!("smolvm-harness-{}", uid_string()))
         );
-        let cfg = Config::from_lookup(|k| (k == "XDG_RUNTIME_DIR").then(|| "/run/user/7".into()))
-            .unwrap();
-        assert_eq!(cfg.state_dir, PathBuf::from("/run/user/7/smolvm-harness"));
     }
 
     #[test]
@@ -364,6 +386,39 @@ mod tests {
         assert!(KeepPolicy::OnFailure.keeps(true));
         assert!(!KeepPolicy::OnFailure.keeps(false));
         assert!(KeepPolicy::Always.keeps(false));
+    }
+
+    #[test]
+    fn sizes() {
+        let cap = |v: &str| {
+            Config::from_lookup(|k| (k == "SMOLVM_HARNESS_OUTPUT_CAP").then(|| v.to_string()))
+                .map(|c| c.output_cap)
+        };
+        assert_eq!(cap("64MiB").unwrap(), 64 << 20);
+        assert_eq!(cap(" 1GiB ").unwrap(), 1 << 30);
+        assert_eq!(cap("512KiB").unwrap(), 512 << 10);
+        assert_eq!(cap("4M").unwrap(), 4 << 20);
+        assert_eq!(cap("1000").unwrap(), 1000);
+        assert_eq!(cap("1000B").unwrap(), 1000);
+        assert_eq!(
+            Config::from_lookup(|_| None).unwrap().output_cap,
+            DEFAULT_OUTPUT_CAP
+        );
+        for bad in [
+            "0",
+            "0MiB",
+            "",
+            "64MB",
+            "1.5GiB",
+            "-1",
+            "lots",
+            "MiB",
+            "17179869184GiB",
+        ] {
+            let err = cap(bad).unwrap_err().to_string();
+            assert!(err.contains("SMOLVM_HARNESS_OUTPUT_CAP"), "{bad}: {err}");
+        }
+        assert!(cap("0").unwrap_err().to_string().contains("zero"));
     }
 
     #[test]

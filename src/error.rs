@@ -2,6 +2,13 @@
 //!
 //! Every message is meant to be read alone in a CI log: it names the command (with the
 //! values of `--env` redacted), the exit code, and the tail of smolvm's output.
+//!
+//! What is scrubbed, exactly: every `--env` value is replaced by `<redacted>` in command lines
+//! (messages, transcripts, traces, `Debug`), whatever its length. In output quoted by a
+//! message or a `Debug` print, every env value of [`MIN_SCRUB_LEN`] bytes or more is replaced,
+//! over the whole output before it is cut to its tail, also where the output and the value
+//! disagree on line endings (LF vs CRLF). Shorter values are not scrubbed from output: see
+//! [`CommandLine::redact_output`] for why.
 
 use std::fmt;
 use std::io;
@@ -58,7 +65,8 @@ pub enum Error {
 
     /// smolvm did not finish within the host-side timeout; it was killed and reaped.
     #[error(
-        "`{command}` timed out after {timeout:?} and was killed{}",
+        "`{command}` timed out after {timeout:?} and was killed{}{}",
+        dropped_note(stdout, stderr),
         tail_suffix(stderr, command)
     )]
     Timeout {
@@ -66,23 +74,31 @@ pub enum Error {
         command: CommandLine,
         /// The host-side limit that expired.
         timeout: Duration,
-        /// What the process wrote to stdout before it was killed.
+        /// What the process wrote to stdout before it was killed (past the output cap, the
+        /// kept head and tail around a line that says how much was dropped; see
+        /// [`crate::Truncation`]).
         stdout: Vec<u8>,
-        /// What the process wrote to stderr before it was killed.
+        /// What the process wrote to stderr before it was killed (capped like `stdout`).
         stderr: Vec<u8>,
     },
 
     /// smolvm ran and reported failure: a non-zero exit of a lifecycle call, or smolvm's own
     /// `Error:` line from `machine exec` (machine not found, not running).
-    #[error("{command} failed ({}){}", exit_text(*code), tail_suffix(stderr, command))]
+    #[error(
+        "{command} failed ({}{}){}",
+        exit_text(*code),
+        dropped_note(stdout, stderr),
+        tail_suffix(stderr, command)
+    )]
     Failed {
         /// The command line, redacted.
         command: CommandLine,
         /// The exit code; `None` when smolvm was killed by a signal.
         code: Option<i32>,
-        /// Everything smolvm wrote to stdout.
+        /// Everything smolvm wrote to stdout (past the output cap, the kept head and tail
+        /// around a line that says how much was dropped; see [`crate::Truncation`]).
         stdout: Vec<u8>,
-        /// Everything smolvm wrote to stderr.
+        /// Everything smolvm wrote to stderr (capped like `stdout`).
         stderr: Vec<u8>,
     },
 
@@ -205,10 +221,14 @@ fn exit_text(code: Option<i32>) -> String {
 }
 
 /// How much of smolvm's stderr an error message quotes.
-const TAIL_LINES: usize = 20;
+pub(crate) const TAIL_LINES: usize = 20;
+
+/// At most this many bytes of a quoted tail: twenty lines of a stream with no newline in it
+/// could be the whole (capped) stream.
+const TAIL_BYTES: usize = 8 * 1024;
 
 fn tail_suffix(stderr: &[u8], command: &CommandLine) -> String {
-    let tail = command.redact_output(&tail_lines(stderr, TAIL_LINES));
+    let tail = command.quote_tail(stderr, TAIL_LINES);
     let tail = tail.trim_end();
     if tail.is_empty() {
         String::new()
@@ -219,24 +239,119 @@ fn tail_suffix(stderr: &[u8], command: &CommandLine) -> String {
     }
 }
 
-/// The last `n` lines of `bytes`, lossily decoded.
-pub(crate) fn tail_lines(bytes: &[u8], n: usize) -> String {
+/// `; 1.9 GiB of stdout dropped by the output cap` for the streams whose bytes carry a drop
+/// marker, so a message says so even when the marker is far above the quoted tail.
+fn dropped_note(stdout: &[u8], stderr: &[u8]) -> String {
+    let mut note = String::new();
+    for (name, bytes) in [("stdout", stdout), ("stderr", stderr)] {
+        let dropped = dropped_in(bytes);
+        if dropped > 0 {
+            note.push_str(&format!(
+                "; {} of {name} dropped by the output cap",
+                human_bytes(dropped)
+            ));
+        }
+    }
+    note
+}
+
+/// The total of the drop markers in `bytes` (see [`insert_drop_marker`]).
+pub(crate) fn dropped_in(bytes: &[u8]) -> u64 {
     let text = String::from_utf8_lossy(bytes);
+    text.lines().filter_map(parse_marker).sum()
+}
+
+const MARKER_START: &str = "[… ";
+const MARKER_BYTES: &str = " bytes) of ";
+const MARKER_END: &str = " dropped here by the output cap …]";
+
+/// The line that stands for the bytes the runner dropped from a stream.
+pub(crate) fn drop_marker(stream: &str, dropped: u64) -> String {
+    format!(
+        "{MARKER_START}{} ({dropped}{MARKER_BYTES}{stream}{MARKER_END}",
+        human_bytes(dropped)
+    )
+}
+
+/// The dropped byte count of a marker line, or `None` for any other line.
+fn parse_marker(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix(MARKER_START)?.strip_suffix(MARKER_END)?;
+    let (before, _stream) = rest.split_once(MARKER_BYTES)?;
+    let (_, count) = before.rsplit_once('(')?;
+    count.parse().ok()
+}
+
+/// `kept` with a marker line at `at`, where the runner dropped `dropped` bytes: what errors
+/// carry, since their byte fields have no room for a separate count.
+pub(crate) fn insert_drop_marker(kept: &[u8], at: usize, dropped: u64, stream: &str) -> Vec<u8> {
+    let at = at.min(kept.len());
+    let marker = drop_marker(stream, dropped);
+    let mut out = Vec::with_capacity(kept.len() + marker.len() + 2);
+    out.extend_from_slice(&kept[..at]);
+    out.push(b'\n');
+    out.extend_from_slice(marker.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(&kept[at..]);
+    out
+}
+
+/// `2.0 GiB`, `12.5 MiB`, `300 bytes`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    // Display only: the exact count is next to it where it matters.
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+/// The last `n` lines of `text` (and at most [`TAIL_BYTES`]), with a line saying how many
+/// came before. Only ever called on text that is already redacted.
+fn tail_of(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     let start = lines.len().saturating_sub(n);
-    let mut out = String::new();
-    if start > 0 {
-        out.push_str(&format!("[… {start} earlier lines]\n"));
+    let mut tail = lines[start..].join("\n");
+    let mut cut_bytes = 0;
+    if tail.len() > TAIL_BYTES {
+        let mut from = tail.len() - TAIL_BYTES;
+        while !tail.is_char_boundary(from) {
+            from += 1;
+        }
+        cut_bytes = from;
+        tail = tail[from..].to_string();
     }
-    out.push_str(&lines[start..].join("\n"));
+    let mut out = String::new();
+    match (start, cut_bytes) {
+        (0, 0) => {}
+        (lines, 0) => out.push_str(&format!("[… {lines} earlier lines]\n")),
+        (0, bytes) => out.push_str(&format!("[… {bytes} earlier bytes]\n")),
+        (lines, bytes) => {
+            out.push_str(&format!("[… {lines} earlier lines and {bytes} bytes]\n"));
+        }
+    }
+    out.push_str(&tail);
     out
 }
 
 /// Placeholder written in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
+/// Values shorter than this are redacted from command lines but not scrubbed from output
+/// (see [`CommandLine::redact_output`]).
+pub const MIN_SCRUB_LEN: usize = 4;
+
 /// A command line as it may be shown: program and arguments, with every `--env`/`-e` value
-/// replaced by `<redacted>`.
+/// replaced by `<redacted>`, whatever its length.
 ///
 /// The secret values themselves are kept (never displayed) only so that they can also be
 /// scrubbed from output quoted in messages, e.g. a guest that echoed its environment.
@@ -251,6 +366,9 @@ struct CommandLineInner {
     program: String,
     args: Vec<String>,
     secrets: Vec<String>,
+    /// What is searched for in output: each secret of `MIN_SCRUB_LEN` bytes or more, in its
+    /// LF and CRLF spellings, longest first.
+    scrub: Vec<String>,
 }
 
 impl CommandLine {
@@ -287,11 +405,7 @@ impl CommandLine {
                 args.push(arg.clone());
             }
         }
-        CommandLine(std::sync::Arc::new(CommandLineInner {
-            program: program.into(),
-            args,
-            secrets: ordered(secrets),
-        }))
+        CommandLine::build(program.into(), args, secrets)
     }
 
     /// The same command line, also scrubbing `extra` values from quoted output (the env a
@@ -302,10 +416,24 @@ impl CommandLine {
         }
         let mut secrets = self.0.secrets.clone();
         secrets.extend(extra.iter().cloned());
+        CommandLine::build(self.0.program.clone(), self.0.args.clone(), secrets)
+    }
+
+    fn build(program: String, args: Vec<String>, secrets: Vec<String>) -> CommandLine {
+        let secrets = ordered(secrets);
+        let mut scrub = Vec::new();
+        for s in secrets.iter().filter(|s| s.len() >= MIN_SCRUB_LEN) {
+            // A guest (or a terminal between) may print a multi-line value with either line
+            // ending, whichever one the value was given with.
+            let lf = s.replace("\r\n", "\n");
+            let crlf = lf.replace('\n', "\r\n");
+            scrub.extend([s.clone(), lf, crlf]);
+        }
         CommandLine(std::sync::Arc::new(CommandLineInner {
-            program: self.0.program.clone(),
-            args: self.0.args.clone(),
-            secrets: ordered(secrets),
+            program,
+            args,
+            secrets,
+            scrub: ordered(scrub),
         }))
     }
 
@@ -319,18 +447,94 @@ impl CommandLine {
         &self.0.args
     }
 
-    /// Replace every secret value (of 4 or more bytes) in `text` by `<redacted>`.
+    /// Replace every secret value of [`MIN_SCRUB_LEN`] (4) bytes or more in `text` by
+    /// `<redacted>`, in its LF and its CRLF spelling alike.
     ///
-    /// Shorter values are left alone: scrubbing `1` or `on` from all output would make it
-    /// unreadable, and such values are not secrets.
+    /// Shorter values are left in output (they are still redacted from every command line):
+    /// a string of one to three bytes (`1`, `on`, `dev`) occurs by chance in almost any text,
+    /// so scrubbing it would garble every quoted line, and such a value is guessed more
+    /// easily than it is hidden. Give secrets four bytes or more.
+    ///
+    /// Where the runner dropped the middle of a stream (a drop-marker line, see
+    /// [`crate::Truncation`]), a secret cut in two by the drop is scrubbed on each side as
+    /// far as [`MIN_SCRUB_LEN`] bytes or more of it remain there.
     pub fn redact_output(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.0.secrets {
-            if secret.len() >= 4 {
-                out = out.replace(secret.as_str(), REDACTED);
+        if self.0.scrub.is_empty() {
+            return text.to_string();
+        }
+        // Split at marker lines: a secret cannot span one (the bytes between are gone), but
+        // a piece of one can end or begin at it.
+        let mut out = String::with_capacity(text.len());
+        let mut piece = String::new();
+        let mut after_marker = false;
+        for line in text.split_inclusive('\n') {
+            if parse_marker(line.trim_end_matches(['\r', '\n'])).is_some() {
+                out.push_str(&self.scrub_piece(&piece, after_marker, true));
+                out.push_str(line);
+                piece.clear();
+                after_marker = true;
+            } else {
+                piece.push_str(line);
+            }
+        }
+        out.push_str(&self.scrub_piece(&piece, after_marker, false));
+        out
+    }
+
+    /// Redact all of `bytes`, then keep its last `n` lines: redacting first means a secret
+    /// cut by the tail, or over several lines, is still found whole.
+    pub(crate) fn quote_tail(&self, bytes: &[u8], n: usize) -> String {
+        tail_of(&self.redact_output(&String::from_utf8_lossy(bytes)), n)
+    }
+
+    /// Scrub one piece of output; `starts_cut`/`ends_cut` say whether a drop marker is
+    /// right before or after it (the newline the marker brought is not part of the output).
+    fn scrub_piece(&self, piece: &str, starts_cut: bool, ends_cut: bool) -> String {
+        let mut out = piece.to_string();
+        for secret in &self.0.scrub {
+            out = out.replace(secret.as_str(), REDACTED);
+        }
+        if ends_cut {
+            let body = out.strip_suffix('\n').unwrap_or(&out);
+            if let Some(k) = self.cut_secret_len(body, true) {
+                let keep = body.len() - k;
+                out = format!("{}{REDACTED}\n", &body[..keep]);
+            }
+        }
+        if starts_cut {
+            if let Some(k) = self.cut_secret_len(&out, false) {
+                out = format!("{REDACTED}{}", &out[k..]);
             }
         }
         out
+    }
+
+    /// The length of the longest piece (of [`MIN_SCRUB_LEN`] bytes or more) of a secret that
+    /// `text` ends with as the secret's start (`at_end`), or begins with as its end.
+    fn cut_secret_len(&self, text: &str, at_end: bool) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for secret in &self.0.scrub {
+            for k in MIN_SCRUB_LEN..secret.len() {
+                if best.is_some_and(|b| b >= k) {
+                    continue;
+                }
+                let piece = if at_end {
+                    secret.get(..k)
+                } else {
+                    secret.get(secret.len() - k..)
+                };
+                let Some(piece) = piece else { continue };
+                let found = if at_end {
+                    text.ends_with(piece)
+                } else {
+                    text.starts_with(piece)
+                };
+                if found {
+                    best = Some(k);
+                }
+            }
+        }
+        best
     }
 }
 
@@ -472,6 +676,67 @@ mod tests {
             "smolvm machine create --env=K=<redacted> failed (exit 1): Error: saw <redacted>"
         );
         assert_eq!(format!("{err:?}"), err.to_string());
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_output_cap_is_scrubbed_on_both_sides() {
+        let cl = CommandLine::new("smolvm", &argv(&["machine", "exec", "--env=K=0123456789"]));
+        // The runner kept "..01234" and "6789..": the 5 between went with the dropped bytes.
+        let kept = b"head 012346789 end".to_vec();
+        let at = "head 01234".len();
+        let text = String::from_utf8(insert_drop_marker(&kept, at, 1 << 31, "stdout")).unwrap();
+        let shown = cl.redact_output(&text);
+        assert!(
+            !shown.contains("01234") && !shown.contains("6789"),
+            "{shown}"
+        );
+        assert!(
+            shown.starts_with(
+                "head <redacted>\n[… 2.0 GiB (2147483648 bytes) of stdout dropped here"
+            ),
+            "{shown}"
+        );
+        assert!(shown.ends_with(" …]\n<redacted> end"), "{shown}");
+        // Under MIN_SCRUB_LEN bytes of it on a side cannot be told from chance text.
+        let kept = b"x 012y".to_vec();
+        let text = String::from_utf8(insert_drop_marker(&kept, 5, 9, "stderr")).unwrap();
+        assert!(cl.redact_output(&text).starts_with("x 012\n"));
+        assert_eq!(dropped_in(text.as_bytes()), 9);
+        assert_eq!(
+            dropped_in(b"[\xe2\x80\xa6 1 bytes) of stdout dropped here by the output cap"),
+            0
+        );
+    }
+
+    #[test]
+    fn messages_count_what_the_cap_dropped() {
+        let stdout = insert_drop_marker(b"aaaa", 2, 2_040_109_465, "stdout");
+        let stderr = insert_drop_marker(b"first\nlast words\n", 6, 10, "stderr");
+        let err = Error::Failed {
+            command: CommandLine::new("smolvm", &argv(&["machine", "start"])),
+            code: Some(1),
+            stdout,
+            stderr,
+        };
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(
+                "smolvm machine start failed (exit 1; 1.9 GiB of stdout dropped by the output \
+                 cap; 10 bytes of stderr dropped by the output cap):\nfirst\n"
+            ),
+            "{shown}"
+        );
+        assert!(shown.ends_with("last words"), "{shown}");
+        assert_eq!(human_bytes(1023), "1023 bytes");
+        assert_eq!(human_bytes(64 << 20), "64.0 MiB");
+    }
+
+    #[test]
+    fn a_long_tail_is_cut_to_its_last_bytes() {
+        let line = "x".repeat(3 * TAIL_BYTES);
+        let shown = tail_of(&line, TAIL_LINES);
+        assert!(shown.starts_with(&format!("[… {} earlier bytes]\n", 2 * TAIL_BYTES)));
+        assert!(shown.len() < TAIL_BYTES + 100);
     }
 
     #[test]

@@ -28,15 +28,16 @@ pub use cli::{
 };
 pub use config::{config, Config, KeepPolicy};
 pub use dialect::{Dialect, Version};
-pub use error::{CommandLine, Error, Result, REDACTED};
+pub use error::{CommandLine, Error, Result, MIN_SCRUB_LEN, REDACTED};
 pub use machine::{Machine, MachineBuilder, MachineCommand};
 pub use names::{current_test_name, generate_name};
 pub use pack::Pack;
-pub use runner::{Invocation, ProcessRunner, RawOutput, Reply, Runner, ScriptedRunner};
+pub use runner::{Invocation, ProcessRunner, RawOutput, Reply, Runner, ScriptedRunner, Truncation};
 pub use sim::SimulatedRunner;
 pub use skip::{skip_unless_smolvm, skipped_count, smolvm_check, SkipDecision, SkipReturn};
 pub use smolvm_harness_macros::requires_smolvm;
 pub use transcript::{transcript, TranscriptEntry, TRANSCRIPT_LEN};
 pub use validate::{
     format_timeout, validate_cidr, validate_env_key, validate_machine_name, MAX_NAME_LEN,
+    MAX_TIMEOUT,
 };

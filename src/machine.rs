@@ -200,7 +200,7 @@ impl MachineBuilder {
     }
 
     /// Set a guest environment variable for every command of the machine. Values are
-    /// redacted in every message and log.
+    /// redacted as [`crate::CreateOptions::env`] says (output scrubbing from 4 bytes).
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> MachineBuilder {
         self.env.push((key.into(), value.into()));
         self
@@ -411,7 +411,8 @@ impl Machine {
         self.exec(&["sh", "-c", script])
     }
 
-    /// Copy a host file into the machine (`machine cp HOST NAME:GUEST`).
+    /// Copy a host file into the machine (`machine cp HOST NAME:GUEST`). An empty path is
+    /// [`Error::InvalidInput`], as in [`Smolvm::machine_cp`].
     pub fn copy_in(&self, host: impl AsRef<Path>, guest: &str) -> Result<()> {
         self.smolvm.machine_cp(
             CpPath::host(host.as_ref()),
@@ -419,7 +420,8 @@ impl Machine {
         )
     }
 
-    /// Copy a file out of the machine (`machine cp NAME:GUEST HOST`).
+    /// Copy a file out of the machine (`machine cp NAME:GUEST HOST`). An empty path is
+    /// [`Error::InvalidInput`].
     pub fn copy_out(&self, guest: &str, host: impl AsRef<Path>) -> Result<()> {
         self.smolvm.machine_cp(
             CpPath::guest(self.name.as_str(), guest),
@@ -696,7 +698,7 @@ impl MachineCommand<'_> {
     }
 
     /// Set a guest environment variable for this command (`--env=K=V`). The value is
-    /// redacted in every message and log.
+    /// redacted as [`crate::ExecOptions::env`] says (output scrubbing from 4 bytes).
     pub fn env(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.options = std::mem::take(&mut self.options).env(key, value);
         self

@@ -148,17 +148,63 @@ impl fmt::Debug for Invocation {
     }
 }
 
-/// What a finished smolvm process left behind. Bytes are kept exactly as written.
+/// What a finished smolvm process left behind. Bytes are kept exactly as written, up to the
+/// output cap.
+///
+/// The cap is per stream: [`ProcessRunner`] keeps at most `SMOLVM_HARNESS_OUTPUT_CAP` bytes
+/// (default 64 MiB) of each, the first half and the last half, and only counts what lies
+/// between (it goes on reading it, so the process never blocks on a full pipe). Then
+/// [`RawOutput::stdout_truncation`] or [`RawOutput::stderr_truncation`] says where the gap
+/// is and how big it was.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawOutput {
     /// Exit code; `None` if the process was killed by a signal.
     pub code: Option<i32>,
-    /// Everything written to stdout.
+    /// Everything written to stdout (the head and tail of it past the cap).
     pub stdout: Vec<u8>,
-    /// Everything written to stderr.
+    /// Everything written to stderr (the head and tail of it past the cap).
     pub stderr: Vec<u8>,
     /// Wall time from spawn to exit.
     pub duration: Duration,
+    /// `Some` when the middle of stdout was dropped by the output cap.
+    pub stdout_truncation: Option<Truncation>,
+    /// `Some` when the middle of stderr was dropped by the output cap.
+    pub stderr_truncation: Option<Truncation>,
+}
+
+/// Where a stream was cut by the output cap, and how much was dropped.
+///
+/// The kept bytes are `kept[..at]` (the first bytes written) followed by `kept[at..]` (the
+/// last ones); `dropped` bytes were written between them and not kept. Messages and `Debug`
+/// prints show a line `[… 1.9 GiB (2040109465 bytes) of stdout dropped here by the output
+/// cap …]` there, and the `stdout`/`stderr` bytes of [`Error::Timeout`] and [`Error::Failed`]
+/// carry that same line at that place, since those fields have no room for a separate count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// Offset in the kept bytes where the dropped bytes were.
+    pub at: usize,
+    /// How many bytes were dropped.
+    pub dropped: u64,
+}
+
+impl RawOutput {
+    /// stdout as the errors carry it: with a drop-marker line where bytes were dropped.
+    pub(crate) fn stdout_marked(&self) -> Vec<u8> {
+        marked(&self.stdout, self.stdout_truncation, "stdout")
+    }
+
+    /// stderr as the errors carry it: with a drop-marker line where bytes were dropped.
+    pub(crate) fn stderr_marked(&self) -> Vec<u8> {
+        marked(&self.stderr, self.stderr_truncation, "stderr")
+    }
+}
+
+/// The kept bytes of a stream, with a marker line where the cap dropped some.
+pub(crate) fn marked(kept: &[u8], truncation: Option<Truncation>, stream: &str) -> Vec<u8> {
+    match truncation {
+        Some(t) => crate::error::insert_drop_marker(kept, t.at, t.dropped, stream),
+        None => kept.to_vec(),
+    }
 }
 
 /// Runs smolvm invocations. Implement it to put something else between the crate and smolvm.
@@ -200,6 +246,11 @@ impl<R: Runner + ?Sized> Runner for Arc<R> {
 ///
 /// Why a process group: a hung smolvm may have children that hold the pipes open; killing the
 /// group closes them.
+///
+/// Output is capped per stream at `SMOLVM_HARNESS_OUTPUT_CAP` (default 64 MiB): past it the
+/// first and last halves are kept and the rest is read and counted, never left in the pipe
+/// (see [`Truncation`]). A timeout (the invocation's, and the host limit of every call) is
+/// clamped to 365 days, so that a deadline always exists.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessRunner;
 
@@ -220,13 +271,13 @@ impl Runner for ProcessRunner {
             use std::os::unix::process::CommandExt;
             cmd.process_group(0);
         }
+        let cap = crate::config::config_or_default().output_cap;
+        let timeout = inv.timeout.map(|t| t.min(crate::validate::MAX_TIMEOUT));
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
         let pid = child.id();
         lock(in_flight()).push(pid);
-        // A timeout too large to add is no deadline at all.
-        let deadline = inv.timeout.and_then(|t| start.checked_add(t));
-        let drained = drain_and_wait(&mut child, deadline);
+        let drained = drain_and_wait(&mut child, deadline(start, timeout), cap);
         lock(in_flight()).retain(|p| *p != pid);
         let (done, stdout, stderr) = match drained {
             Ok(result) => result,
@@ -239,20 +290,90 @@ impl Runner for ProcessRunner {
                 });
             }
         };
+        let (stdout, stdout_truncation) = stdout.finish();
+        let (stderr, stderr_truncation) = stderr.finish();
+        let out = RawOutput {
+            code: done.and_then(|s| s.code()),
+            stdout,
+            stderr,
+            duration: start.elapsed(),
+            stdout_truncation,
+            stderr_truncation,
+        };
         match done {
-            Some(status) => Ok(RawOutput {
-                code: status.code(),
-                stdout,
-                stderr,
-                duration: start.elapsed(),
-            }),
+            Some(_) => Ok(out),
             None => Err(Error::Timeout {
                 command: inv.command_line(),
-                timeout: inv.timeout.unwrap_or_default(),
-                stdout,
-                stderr,
+                timeout: timeout.unwrap_or_default(),
+                stdout: out.stdout_marked(),
+                stderr: out.stderr_marked(),
             }),
         }
+    }
+}
+
+/// When a call started at `start` must be over. The timeout is clamped to
+/// [`crate::MAX_TIMEOUT`] first, so that the addition cannot overflow into "no deadline".
+fn deadline(start: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    let t = timeout?.min(crate::validate::MAX_TIMEOUT);
+    // 365 days fit any platform's clock; should one not, a day still bounds the call.
+    start
+        .checked_add(t)
+        .or_else(|| start.checked_add(Duration::from_secs(24 * 3600)))
+}
+
+/// One stream as it is read: all of it up to the cap, then its first and last halves and a
+/// count of what was between.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    head: Vec<u8>,
+    head_cap: usize,
+    tail: std::collections::VecDeque<u8>,
+    tail_cap: usize,
+    dropped: u64,
+}
+
+impl Capture {
+    pub(crate) fn new(cap: u64) -> Capture {
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        let head_cap = cap / 2;
+        Capture {
+            head: Vec::new(),
+            head_cap,
+            tail: std::collections::VecDeque::new(),
+            tail_cap: cap - head_cap,
+            dropped: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
+        let room = self.head_cap - self.head.len();
+        let n = room.min(data.len());
+        self.head.extend_from_slice(&data[..n]);
+        data = &data[n..];
+        if data.is_empty() {
+            return;
+        }
+        if data.len() >= self.tail_cap {
+            self.dropped += (self.tail.len() + data.len() - self.tail_cap) as u64;
+            self.tail.clear();
+            data = &data[data.len() - self.tail_cap..];
+        }
+        let over = (self.tail.len() + data.len()).saturating_sub(self.tail_cap);
+        self.tail.drain(..over);
+        self.dropped += over as u64;
+        self.tail.extend(data);
+    }
+
+    pub(crate) fn finish(self) -> (Vec<u8>, Option<Truncation>) {
+        let at = self.head.len();
+        let mut kept = self.head;
+        kept.extend(self.tail);
+        let truncation = (self.dropped > 0).then_some(Truncation {
+            at,
+            dropped: self.dropped,
+        });
+        (kept, truncation)
     }
 }
 
@@ -293,12 +414,13 @@ pub(crate) fn kill_in_flight() -> Vec<u32> {
 fn drain_and_wait(
     child: &mut std::process::Child,
     deadline: Option<Instant>,
-) -> io::Result<(Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>)> {
+    cap: u64,
+) -> io::Result<(Option<std::process::ExitStatus>, Capture, Capture)> {
     let mut pipes = [
         child.stdout.take().map(PipeReader::Out),
         child.stderr.take().map(PipeReader::Err),
     ];
-    let mut bufs = (Vec::new(), Vec::new());
+    let mut bufs = (Capture::new(cap), Capture::new(cap));
     let pidfd = open_pidfd(child);
     let exit_fd = pidfd.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
     match poll_pipes(&mut pipes, &mut bufs, deadline, exit_fd)? {
@@ -413,7 +535,7 @@ enum PollEnd {
 #[cfg(unix)]
 fn poll_pipes(
     pipes: &mut [Option<PipeReader>; 2],
-    bufs: &mut (Vec<u8>, Vec<u8>),
+    bufs: &mut (Capture, Capture),
     deadline: Option<Instant>,
     exit_fd: Option<std::os::fd::RawFd>,
 ) -> io::Result<PollEnd> {
@@ -472,7 +594,7 @@ fn poll_pipes(
             };
             match result {
                 Ok(0) => pipes[i] = None,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                Ok(k) => buf.push(&chunk[..k]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => pipes[i] = None,
@@ -492,19 +614,33 @@ fn poll_pipes(
 fn drain_and_wait(
     child: &mut std::process::Child,
     deadline: Option<Instant>,
-) -> io::Result<(Option<std::process::ExitStatus>, Vec<u8>, Vec<u8>)> {
-    fn reader<R: Read + Send + 'static>(pipe: Option<R>) -> Option<thread::JoinHandle<Vec<u8>>> {
+    cap: u64,
+) -> io::Result<(Option<std::process::ExitStatus>, Capture, Capture)> {
+    fn reader<R: Read + Send + 'static>(
+        pipe: Option<R>,
+        cap: u64,
+    ) -> Option<thread::JoinHandle<Capture>> {
         let mut pipe = pipe?;
         Some(thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
+            let mut buf = Capture::new(cap);
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(k) => buf.push(&chunk[..k]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
             buf
         }))
     }
-    let join =
-        |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
-    let out = reader(child.stdout.take());
-    let err = reader(child.stderr.take());
+    let join = |h: Option<thread::JoinHandle<Capture>>| {
+        h.and_then(|h| h.join().ok())
+            .unwrap_or_else(|| Capture::new(cap))
+    };
+    let out = reader(child.stdout.take(), cap);
+    let err = reader(child.stderr.take(), cap);
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok((Some(status), join(out), join(err)));
@@ -807,7 +943,7 @@ impl Runner for ScriptedRunner {
             code: reply.code,
             stdout: reply.stdout,
             stderr: reply.stderr,
-            duration: Duration::ZERO,
+            ..RawOutput::default()
         })
     }
 }
@@ -981,6 +1117,47 @@ mod tests {
             ProcessRunner.run(&missing),
             Err(Error::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_capture_keeps_the_first_and_last_halves_whatever_the_chunks() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        for cap in [1u64, 2, 7, 100, 1000, 9_999, 10_000, 20_000] {
+            for chunk in [1usize, 3, 64, 999, 10_000] {
+                let mut c = Capture::new(cap);
+                for piece in data.chunks(chunk) {
+                    c.push(piece);
+                }
+                let (kept, t) = c.finish();
+                let cap = usize::try_from(cap).unwrap();
+                if cap >= data.len() {
+                    assert_eq!((kept, t), (data.clone(), None));
+                    continue;
+                }
+                let head = cap / 2;
+                let mut want = data[..head].to_vec();
+                want.extend_from_slice(&data[data.len() - (cap - head)..]);
+                assert_eq!(kept, want, "cap {cap} chunk {chunk}");
+                let dropped = (data.len() - cap) as u64;
+                assert_eq!(t, Some(Truncation { at: head, dropped }));
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_timeout_still_has_a_deadline() {
+        let now = Instant::now();
+        // Duration::MAX cannot be added to a clock: unclamped, that meant no deadline at all.
+        assert_eq!(
+            deadline(now, Some(Duration::MAX)),
+            now.checked_add(crate::validate::MAX_TIMEOUT)
+        );
+        assert!(deadline(now, Some(Duration::MAX)).is_some());
+        assert_eq!(
+            deadline(now, Some(Duration::from_secs(5))),
+            Some(now + Duration::from_secs(5))
+        );
+        assert_eq!(deadline(now, None), None);
     }
 
     fn sh(script: &str, timeout: Duration) -> Invocation {

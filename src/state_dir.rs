@@ -1,8 +1,8 @@
 //! The state directory (`SMOLVM_HARNESS_STATE_DIR`): the one place that creates it and decides
 //! whether what is found there may be believed.
 //!
-//! Why this matters: the default lives in a directory every local user can write to (`/tmp`
-//! when `XDG_RUNTIME_DIR` is unset), so another user can create it first, or plant entries in
+//! Why this matters: the default lives in a directory every local user can write to (`/tmp`), so
+//! another user can create it first, or plant entries in
 //! it: a symlink where a log is appended to, a pack the victim then boots with her `--env`
 //! values, lock files held forever. So, before any use:
 //!
@@ -34,8 +34,6 @@ pub(crate) enum Access {
     /// Write from the start, created (mode 0600) if missing, truncated once it is checked.
     Write,
     /// Append, created (mode 0600) if missing: logs.
-    // For `watcher.log`, which cleanup opens; unused until it is wired here.
-    #[allow(dead_code)]
     Append,
 }
 

@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 /// smolvm's `MAX_VM_NAME_LENGTH`.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// The longest timeout the crate uses: 365 days. Longer ones (host limits and guest
+/// `--timeout` alike) are clamped to it, so that a deadline always exists: `u64::MAX`
+/// seconds cannot be added to a clock, and smolvm adds its own margin to the guest timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Check a machine name against smolvm's `validate_vm_name` (same in 0.8.0 and 1.9.2).
 ///
 /// ```
@@ -151,7 +156,8 @@ pub fn validate_cidr(cidr: &str) -> Result<()> {
 /// Format a guest timeout for `--timeout`: whole seconds as `Ns`, otherwise whole
 /// milliseconds as `Nms` (the agent works in milliseconds, so a finer remainder would be
 /// dropped by smolvm anyway). Zero and anything under a millisecond are refused: smolvm
-/// rejects `0s`, and sub-millisecond values would kill the command at once.
+/// rejects `0s`, and sub-millisecond values would kill the command at once. Anything over
+/// [`MAX_TIMEOUT`] (365 days) is sent as 365 days.
 ///
 /// ```
 /// use std::time::Duration;
@@ -159,9 +165,10 @@ pub fn validate_cidr(cidr: &str) -> Result<()> {
 /// assert_eq!(format_timeout(Duration::from_secs(30)).unwrap(), "30s");
 /// assert_eq!(format_timeout(Duration::from_millis(1500)).unwrap(), "1500ms");
 /// assert!(format_timeout(Duration::from_micros(999)).is_err());
+/// assert_eq!(format_timeout(Duration::from_secs(u64::MAX)).unwrap(), "31536000s");
 /// ```
 pub fn format_timeout(timeout: Duration) -> Result<String> {
-    let ms = timeout.as_millis();
+    let ms = timeout.min(MAX_TIMEOUT).as_millis();
     if ms == 0 {
         return Err(Error::invalid(
             "timeout",
@@ -234,6 +241,8 @@ mod tests {
 
     #[test]
     fn timeouts() {
+        assert_eq!(format_timeout(Duration::MAX).unwrap(), "31536000s");
+        assert_eq!(format_timeout(MAX_TIMEOUT).unwrap(), "31536000s");
         assert_eq!(format_timeout(Duration::from_millis(1)).unwrap(), "1ms");
         assert_eq!(format_timeout(Duration::from_secs(3600)).unwrap(), "3600s");
         assert!(format_timeout(Duration::ZERO).is_err());

@@ -649,7 +649,7 @@ fn create_rejects_bad_input_before_spawning() {
 }
 
 #[test]
-fn cp_argv_both_directions_and_no_ops() {
+fn cp_argv_both_directions_and_empty_sides_refused() {
     let (smolvm, runner) = client(NEW);
     smolvm
         .machine_cp(
@@ -663,13 +663,18 @@ fn cp_argv_both_directions_and_no_ops() {
             CpPath::host("/tmp/a:b/out.txt"),
         )
         .unwrap();
-    // Empty sides are a no-op, as in the seed design.
-    smolvm
-        .machine_cp(CpPath::host(""), CpPath::guest("m", "/x"))
-        .unwrap();
-    smolvm
-        .machine_cp(CpPath::host("/x"), CpPath::guest("m", ""))
-        .unwrap();
+    // An empty side is refused, not a silent no-op (the seed design's was).
+    for (src, dst, what) in [
+        (CpPath::host(""), CpPath::guest("m", "/x"), "host path"),
+        (CpPath::host("/x"), CpPath::guest("m", ""), "guest path"),
+        (CpPath::guest("m", ""), CpPath::host("/x"), "guest path"),
+        (CpPath::guest("m", "/x"), CpPath::host(""), "host path"),
+    ] {
+        match smolvm.machine_cp(src, dst) {
+            Err(Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
+            other => panic!("expected invalid {what}, got {other:?}"),
+        }
+    }
     assert_eq!(
         runner.argvs(),
         [

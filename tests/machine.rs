@@ -1038,3 +1038,98 @@ fn creating_without_smolvm_is_not_found_and_leaves_nothing_registered() {
         .delete()
         .unwrap();
 }
+
+#[test]
+fn copy_with_an_empty_path_is_invalid_input_not_a_silent_no_op() {
+    let runner = ScriptedRunner::new();
+    let vm = scripted(&runner, "m-cp-empty").create().unwrap();
+    runner.clear_calls();
+    let cases = [
+        ("host path", vm.copy_in("", "/root/x").unwrap_err()),
+        ("guest path", vm.copy_in("/tmp/x", "").unwrap_err()),
+        ("guest path", vm.copy_out("", "/tmp/x").unwrap_err()),
+        ("host path", vm.copy_out("/root/x", "").unwrap_err()),
+    ];
+    for (what, err) in cases {
+        match err {
+            Error::InvalidInput { what: w, .. } => assert_eq!(w, what),
+            other => panic!("expected invalid {what}, got {other:?}"),
+        }
+    }
+    assert!(calls(&runner).is_empty(), "{:?}", calls(&runner));
+}
+
+#[test]
+fn a_nul_byte_anywhere_is_invalid_input_before_smolvm_runs() {
+    let runner = ScriptedRunner::new();
+    let vm = scripted(&runner, "m-nul").create().unwrap();
+    runner.clear_calls();
+    let what = |r: Result<smolvm_harness::ExecOutput, Error>| match r {
+        Err(Error::InvalidInput { what, .. }) => what,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    assert_eq!(what(vm.exec(&["echo", "a\0b"])), "exec argv");
+    assert_eq!(what(vm.command(&["true"]).arg("x\0").run()), "exec argv");
+    assert_eq!(what(vm.command(&["true"]).env("K\0", "v").run()), "env key");
+    assert_eq!(
+        what(vm.command(&["true"]).env("K", "se\0cret").run()),
+        "env value"
+    );
+    assert_eq!(
+        what(vm.command(&["true"]).workdir("/a\0b").run()),
+        "workdir"
+    );
+    let cp_what = |r: Result<(), Error>| match r {
+        Err(Error::InvalidInput { what, .. }) => what,
+        other => panic!("expected InvalidInput, got {other:?}"),
+    };
+    assert_eq!(cp_what(vm.copy_in("/tmp/a\0b", "/x")), "host path");
+    assert_eq!(cp_what(vm.copy_out("/x", "/tmp/a\0b")), "host path");
+    assert_eq!(cp_what(vm.copy_in("/tmp/a", "/x\0y")), "guest path");
+    assert!(calls(&runner).is_empty(), "{:?}", calls(&runner));
+
+    // Creation: names, env and labels; and the smolvm process env of the client.
+    for (builder, what) in [
+        (scripted(&runner, "m\0x"), "machine name"),
+        (scripted(&runner, "m-nul2").env("A\0", "1"), "env key"),
+        (scripted(&runner, "m-nul2").env("A", "1\0"), "env value"),
+        (scripted(&runner, "m-nul2").label("l", "v\0"), "label"),
+        (
+            Machine::builder()
+                .smolvm(client(&runner).with_process_env("SMOLVM_X", "a\0b"))
+                .name("m-nul2")
+                .image("alpine"),
+            "process env",
+        ),
+    ] {
+        match builder.create() {
+            Err(Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
+            other => panic!("expected invalid {what}, got {other:?}"),
+        }
+    }
+    assert!(calls(&runner).is_empty(), "{:?}", calls(&runner));
+}
+
+#[test]
+fn huge_timeouts_are_clamped_so_a_deadline_always_exists() {
+    let runner = ScriptedRunner::new();
+    let vm = scripted(&runner, "m-forever").create().unwrap();
+    runner.clear_calls();
+    vm.command(&["true"])
+        .timeout(Duration::from_secs(u64::MAX))
+        .run()
+        .unwrap();
+    let exec = runner.calls().pop().expect("an exec");
+    // What smolvm is sent: 365 days, not 18446744073709551615s.
+    let at = exec.args.iter().position(|a| a == "--timeout").unwrap();
+    assert_eq!(exec.args[at + 1], "31536000s");
+    // The host deadline: clamped as well, never "none".
+    assert_eq!(exec.timeout, Some(smolvm_harness::MAX_TIMEOUT));
+
+    let forever = client(&runner).with_timeout(Duration::MAX);
+    forever.machine_start("m-forever").unwrap();
+    assert_eq!(
+        runner.calls().pop().expect("a start").timeout,
+        Some(smolvm_harness::MAX_TIMEOUT)
+    );
+}

@@ -11,30 +11,16 @@ use smolvm_harness::{current_test_name, generate_name, validate_machine_name, MA
 const HELPER_ENV: &str = "SMOLVM_HARNESS_TEST_NAMES_HELPER";
 const NAMES_PER_PROCESS: usize = 200;
 
-/// `<prefix>-<slug>` of a generated name: everything before the pid and counter.
+/// `<prefix>-<slug>` of a generated name: everything before the process token and counter.
 fn stem(name: &str) -> &str {
     let mut parts = name.rsplitn(3, '-');
     let _counter = parts.next();
-    let _pid = parts.next();
+    let _token = parts.next();
     parts.next().unwrap_or("")
 }
 
-fn pid_part(name: &str) -> &str {
+fn token_part(name: &str) -> &str {
     name.rsplit('-').nth(1).unwrap_or("")
-}
-
-fn base36(mut n: u64) -> String {
-    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(digits[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).unwrap()
 }
 
 #[test]
@@ -64,10 +50,16 @@ fn names_from_eight_threads_are_distinct_and_valid() {
 }
 
 #[test]
-fn shape_is_prefix_slug_pid_counter() {
+fn shape_is_prefix_slug_token_counter() {
     let name = generate_name("smt", "tests::Boots_Alpine Quickly");
     assert_eq!(stem(&name), "smt-tests-boots-alpine-quickly");
-    assert_eq!(pid_part(&name), base36(u64::from(std::process::id())));
+    // A random per-process token, not the pid: pids repeat across pid namespaces.
+    let token = token_part(&name);
+    assert_eq!(token.len(), 10, "{name}");
+    assert!(token
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+    assert_eq!(token_part(&generate_name("smt", "other")), token);
 }
 
 #[test]
@@ -156,7 +148,6 @@ fn names_helper() {
 #[test]
 fn names_from_two_processes_never_collide() {
     let exe = std::env::current_exe().unwrap();
-    // Both alive at once, so their pids are necessarily different.
     let children: Vec<_> = (0..2)
         .map(|_| {
             Command::new(&exe)
@@ -173,7 +164,7 @@ fn names_from_two_processes_never_collide() {
         .map(|c| c.wait_with_output().unwrap())
         .collect();
     let mut all = HashSet::new();
-    let mut pids = HashSet::new();
+    let mut tokens = HashSet::new();
     for out in &children {
         assert!(out.status.success(), "{out:?}");
         // libtest prints `test names_helper ... ` before the first line; hence split_once.
@@ -185,12 +176,12 @@ fn names_from_two_processes_never_collide() {
         assert_eq!(names.len(), NAMES_PER_PROCESS, "{text}");
         for name in names {
             validate_machine_name(name).unwrap();
-            pids.insert(pid_part(name).to_string());
+            tokens.insert(token_part(name).to_string());
             assert!(all.insert(name.to_string()), "duplicate {name}");
         }
     }
-    // Same test name, same counters in each fresh child: only the pid part tells them apart.
-    assert_eq!(pids.len(), 2, "{pids:?}");
+    // Same test name, same counters in each fresh child: only the token tells them apart.
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
     for _ in 0..NAMES_PER_PROCESS {
         assert!(all.insert(generate_name("smt", "tests::same_test")));
     }

@@ -386,33 +386,23 @@ fn a_strangers_locked_slot_file_does_not_hold_the_slot_forever() {
 }
 
 #[test]
-fn the_default_state_dir_is_the_runtime_dir_else_temp_with_the_uid() {
+fn the_default_state_dir_is_in_temp_with_the_uid() {
     let base = base();
     let xdg = base.path.join("xdg");
     fs::create_dir(&xdg).expect("mkdir");
-    fs::set_permissions(&xdg, fs::Permissions::from_mode(0o700)).expect("chmod");
-    let out = child(
-        &base,
-        "machine",
-        &[("XDG_RUNTIME_DIR", &xdg)],
-        &["SMOLVM_HARNESS_STATE_DIR"],
-    );
-    let state = xdg.join("smolvm-harness");
-    assert!(state.join("slots").is_dir(), "{out}");
-    assert_eq!(mode_of(&state), 0o700);
-
     let tmp = base.path.join("tmp");
     fs::create_dir(&tmp).expect("mkdir");
     let user = PathBuf::from("someone");
     let out = child(
         &base,
         "machine",
-        &[("TMPDIR", &tmp), ("USER", &user)],
-        &["SMOLVM_HARNESS_STATE_DIR", "XDG_RUNTIME_DIR"],
+        &[("TMPDIR", &tmp), ("USER", &user), ("XDG_RUNTIME_DIR", &xdg)],
+        &["SMOLVM_HARNESS_STATE_DIR"],
     );
     // Tests run as root: uid 0, whatever $USER says.
     let state = tmp.join("smolvm-harness-0");
     assert!(state.join("slots").is_dir(), "{out}");
     assert_eq!(mode_of(&state), 0o700);
     assert_eq!(listing(&tmp), vec!["smolvm-harness-0".to_string()]);
+    assert!(listing(&xdg).is_empty());
 }

@@ -292,33 +292,13 @@ pub(crate) fn write(dir: &Path, entry: &Entry) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The ledger directory, and the state directory above it, created closed to others and
+/// verified (`crate::state_dir`).
 fn ensure_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).map_err(|e| Error::io("create ledger directory", dir, e))?;
-        }
-        match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io("create ledger directory", dir, e)),
-        }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::state_dir::root_at(parent)?;
     }
-    #[cfg(not(unix))]
-    fs::create_dir_all(dir).map_err(|e| Error::io("create ledger directory", dir, e))?;
-    if !trusted(dir) {
-        return Err(Error::io(
-            "use ledger directory",
-            dir,
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "it is a symlink, belongs to another user, or others can read or write it; \
-                 set SMOLVM_HARNESS_STATE_DIR to a directory of your own",
-            ),
-        ));
-    }
-    Ok(())
+    crate::state_dir::ensure_dir(dir)
 }
 
 /// Write to a temp file beside `path`, then rename: a reader (a sweep, the watcher) sees the
@@ -354,7 +334,7 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
 
 /// `Ok(None)` when there is no such file.
 pub(crate) fn read(path: &Path) -> io::Result<Option<Entry>> {
-    if fs::symlink_metadata(path).is_ok() && !owned_by_us(path) {
+    if fs::symlink_metadata(path).is_ok() && !crate::state_dir::is_own_file(path) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "not a regular file of ours",
@@ -401,7 +381,8 @@ pub(crate) fn remove(path: &Path) {
     let _ = fs::remove_file(path);
 }
 
-/// A directory (not a symlink) of ours that no one else can enter or write to.
+/// A directory (not a symlink) of ours that no one else can enter or write to. Reading
+/// changes nothing, so this only checks what `crate::state_dir` makes sure of when writing.
 fn trusted(dir: &Path) -> bool {
     #[cfg(unix)]
     {
@@ -412,19 +393,6 @@ fn trusted(dir: &Path) -> bool {
     #[cfg(not(unix))]
     {
         dir.is_dir()
-    }
-}
-
-/// A regular file (not a symlink) of ours.
-fn owned_by_us(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == effective_uid())
-    }
-    #[cfg(not(unix))]
-    {
-        path.is_file()
     }
 }
 
@@ -513,7 +481,7 @@ mod tests {
         fs::write(&file, "x").unwrap();
         let err = write(&file.join("ledger"), &entry("smt-d-1")).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
-        assert!(err.to_string().contains("not-a-dir/ledger"), "{err}");
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
     }
 
     #[cfg(unix)]
@@ -526,8 +494,9 @@ mod tests {
         assert_eq!(read_all(&ledger).len(), 1);
         fs::set_permissions(&ledger, fs::Permissions::from_mode(0o755)).unwrap();
         assert!(read_all(&ledger).is_empty());
-        assert!(write(&ledger, &entry("smt-d-2")).is_err());
-        fs::set_permissions(&ledger, fs::Permissions::from_mode(0o700)).unwrap();
+        // Writing closes it again (it is ours), and then it is believed again.
+        write(&ledger, &entry("smt-d-2")).unwrap();
+        assert_eq!(read_all(&ledger).len(), 2);
         // A symlinked ledger directory is not ours to trust.
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&ledger, &link).unwrap();
@@ -537,13 +506,13 @@ mod tests {
         let elsewhere = dir.path().join("elsewhere.json");
         fs::write(&elsewhere, entry("smt-d-4").to_json().unwrap()).unwrap();
         std::os::unix::fs::symlink(&elsewhere, ledger.join("smt-d-4.x.json")).unwrap();
-        assert_eq!(read_all(&ledger).len(), 1);
+        assert_eq!(read_all(&ledger).len(), 2);
         // A file owned by another user is not read.
         let foreign = ledger.join("smt-d-5.x.json");
         fs::write(&foreign, entry("smt-d-5").to_json().unwrap()).unwrap();
         if effective_uid() == 0 {
             std::os::unix::fs::chown(&foreign, Some(12345), None).unwrap();
-            assert_eq!(read_all(&ledger).len(), 1);
+            assert_eq!(read_all(&ledger).len(), 2);
         }
     }
 

@@ -36,6 +36,8 @@ pub use sweep::sweep;
 
 pub(crate) use ledger::STATE_ENV;
 pub(crate) use owner::{ownership_labels, Evidence, Stage};
+#[cfg(test)]
+pub(crate) use owner::{OWNER_LABEL, RUN_LABEL};
 pub(crate) use process::CREATE_MARK_ENV;
 pub(crate) use registry::{
     abandon, create, create_mark, is_already_exists, mark_kept, register, unregister, Reservation,

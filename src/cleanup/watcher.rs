@@ -37,6 +37,7 @@ use super::sweep::settle;
 use crate::config::config_or_default;
 use crate::diag;
 use crate::runner::lock;
+use crate::state_dir::{self, Access};
 
 /// The user's switch.
 const WATCHER_ENV: &str = "SMOLVM_HARNESS_WATCHER";
@@ -104,10 +105,10 @@ fn paths() -> (PathBuf, PathBuf) {
 
 fn connect_or_spawn() -> io::Result<UnixStream> {
     let (dir, socket) = paths();
-    ensure_private_dir(&dir)?;
+    state_dir::root_at(&dir).map_err(io_error)?;
     // Held while connecting or starting a watcher; a watcher takes it before it decides to
     // exit, so it never leaves with a connection half made.
-    let lock_file = open_private(&dir.join("watcher.lock"), false)?;
+    let lock_file = open_private(&dir.join("watcher.lock"), Access::Lock)?;
     lock_file.lock()?;
     match handshake(&socket) {
         Ok(stream) => return Ok(stream),
@@ -147,8 +148,8 @@ fn handshake(socket: &Path) -> io::Result<UnixStream> {
 fn spawn(dir: &Path, socket: &Path) -> io::Result<()> {
     keep_entry_linked();
     let exe = std::env::current_exe()?;
-    let log =
-        open_private(&dir.join("watcher.log"), true).map_or_else(|_| Stdio::null(), Stdio::from);
+    let log = open_private(&dir.join("watcher.log"), Access::Append)
+        .map_or_else(|_| Stdio::null(), Stdio::from);
     let mut cmd = Command::new(exe);
     cmd.env(SERVE_ENV, socket)
         // Explicit, so the watcher reads the ledger we write whatever else its config says.
@@ -176,60 +177,17 @@ fn spawn(dir: &Path, socket: &Path) -> io::Result<()> {
     }
 }
 
-/// Create the state directory closed to others, or check that it is.
-fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = fs::symlink_metadata(dir)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 != 0 {
-        // Ours, but open to others: close it. Files inside are each checked on open.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-        return Ok(());
-    }
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "the state directory {} is not a private directory of ours",
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
+/// Open (creating, mode 0600) a file of the state directory without following a symlink;
+/// a planted entry is replaced, never written through (`crate::state_dir`).
+fn open_private(path: &Path, access: Access) -> io::Result<fs::File> {
+    state_dir::open_or_replace(path, access).map_err(io_error)
 }
 
-/// Open (creating, mode 0600) a file of ours without following a symlink.
-fn open_private(path: &Path, append: bool) -> io::Result<fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let file = fs::OpenOptions::new()
-        .read(!append)
-        .write(!append)
-        .append(append)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    let meta = file.metadata()?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} is not a file of ours", path.display()),
-        ));
+fn io_error(e: crate::Error) -> io::Error {
+    match e {
+        crate::Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => source,
+        other => io::Error::other(other.to_string()),
     }
-    Ok(file)
 }
 
 // ---- the watcher process ----------------------------------------------------------------
@@ -438,7 +396,7 @@ fn parse_hello(line: &str) -> Option<Owner> {
 /// Leave, if nobody is connecting: under the lock that connecting processes hold.
 fn may_exit(dir: &Path, listener: &UnixListener, socket: &Path) -> bool {
     use std::os::fd::AsRawFd;
-    let lock_file = match open_private(&dir.join("watcher.lock"), false) {
+    let lock_file = match open_private(&dir.join("watcher.lock"), Access::Lock) {
         Ok(f) => f,
         // The state directory is gone (a test's temporary one): nobody can reach us.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return true,

@@ -200,6 +200,7 @@ impl Runner for SimulatedRunner {
                 stdout: out.stdout,
                 stderr: out.stderr,
                 duration: start.elapsed(),
+                ..RawOutput::default()
             }),
             Ok(Outcome::HostTimeout { stdout, stderr }) => Err(Error::Timeout {
                 command: inv.command_line(),
