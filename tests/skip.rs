@@ -100,6 +100,11 @@ fn subject_rstest(tracked: Tracked) {
     mark("body");
 }
 
+// The placements of `#[requires_smolvm]` in an rstest test that src/skip.rs documents
+// (directly above a `#[case]` line is a compile error, checked by a doctest there). Every
+// generated test must be guarded: each case, each `#[values]` combination.
+
+// After the last `#[case]`.
 #[rstest]
 #[case::one(1)]
 #[case::two(2)]
@@ -111,8 +116,7 @@ fn subject_rstest_cases(tracked: Tracked, #[case] n: u32) -> Result<(), String> 
     Ok(())
 }
 
-// Written above `#[rstest]`: the attribute moves itself below it, so the order does not
-// matter. The fixture marker proves it.
+// Above `#[rstest]`, no cases: the attribute moves itself below the other attributes.
 #[requires_smolvm]
 #[rstest]
 #[ignore = "run in a child process by the tests of tests/skip.rs"]
@@ -121,17 +125,59 @@ fn subject_attr_above_rstest(tracked: Tracked) {
     mark("body");
 }
 
-/// Every subject as libtest names it, and whether it takes the fixture.
-const SUBJECTS: &[(&str, bool)] = &[
-    ("subject_macro", false),
-    ("subject_macro_explicit_value", false),
-    ("subject_macro_inferred_result", false),
-    ("subject_attr_plain", false),
-    ("subject_attr_result", false),
-    ("subject_rstest", true),
-    ("subject_rstest_cases::case_1_one", true),
-    ("subject_rstest_cases::case_2_two", true),
-    ("subject_attr_above_rstest", true),
+// Above `#[rstest]`, with cases: below the last `#[case]` is where it must land.
+#[requires_smolvm]
+#[rstest]
+#[case::one(1)]
+#[case::two(2)]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+fn subject_attr_above_rstest_cases(tracked: Tracked, #[case] n: u32) {
+    let Tracked = tracked;
+    mark(&format!("body{n}"));
+}
+
+// Directly under `#[rstest]`, with `#[values]`: every combination.
+#[rstest]
+#[requires_smolvm]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+fn subject_values(tracked: Tracked, #[values(1, 2)] a: u32, #[values(3, 4)] b: u32) {
+    let Tracked = tracked;
+    mark(&format!("body{a}{b}"));
+}
+
+// Above `#[rstest]`, with cases times `#[values]`.
+#[requires_smolvm]
+#[rstest]
+#[case::one(1)]
+#[case::two(2)]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+fn subject_attr_above_rstest_matrix(tracked: Tracked, #[case] n: u32, #[values(3, 4)] b: u32) {
+    let Tracked = tracked;
+    mark(&format!("body{n}{b}"));
+}
+
+/// Every subject as libtest names it, the marker its body leaves, and whether it takes the
+/// fixture.
+const SUBJECTS: &[(&str, &str, bool)] = &[
+    ("subject_macro", "body", false),
+    ("subject_macro_explicit_value", "body", false),
+    ("subject_macro_inferred_result", "body", false),
+    ("subject_attr_plain", "body", false),
+    ("subject_attr_result", "body", false),
+    ("subject_rstest", "body", true),
+    ("subject_rstest_cases::case_1_one", "body1", true),
+    ("subject_rstest_cases::case_2_two", "body2", true),
+    ("subject_attr_above_rstest", "body", true),
+    ("subject_attr_above_rstest_cases::case_1_one", "body1", true),
+    ("subject_attr_above_rstest_cases::case_2_two", "body2", true),
+    ("subject_values::a_1_1::b_1_3", "body13", true),
+    ("subject_values::a_1_1::b_2_4", "body14", true),
+    ("subject_values::a_2_2::b_1_3", "body23", true),
+    ("subject_values::a_2_2::b_2_4", "body24", true),
+    ("subject_attr_above_rstest_matrix::case_1_one::b_1_3", "body13", true),
+    ("subject_attr_above_rstest_matrix::case_1_one::b_2_4", "body14", true),
+    ("subject_attr_above_rstest_matrix::case_2_two::b_1_3", "body23", true),
+    ("subject_attr_above_rstest_matrix::case_2_two::b_2_4", "body24", true),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -283,7 +329,7 @@ fn without_smolvm_every_guard_skips_before_body_and_fixtures() {
             .contains(&format!("test result: ok. {} passed", SUBJECTS.len())),
         "every subject ran and passed: {ctx}"
     );
-    for (name, _) in SUBJECTS {
+    for (name, _, _) in SUBJECTS {
         let line = format!("SKIPPED {name}: {NOT_FOUND}");
         assert!(
             child.stderr.lines().any(|l| l == line),
@@ -305,32 +351,57 @@ fn without_smolvm_every_guard_skips_before_body_and_fixtures() {
     );
 }
 
-/// The brief's form of the check: one test, `--exact`, `--nocapture`, and a `SMOLVM_BIN`
-/// that does not exist, named as such in the reason. `SMOLVM_HARNESS_REQUIRE=0` is "not
-/// required".
+/// A `SMOLVM_BIN` that is set but does not resolve means "use this one" went wrong: every
+/// guarded test fails, naming the value, even with `SMOLVM_HARNESS_REQUIRE=0`, and still
+/// without building fixtures. (Unset, with no smolvm on `PATH`, keeps skipping: the first
+/// test above.)
 #[test]
-fn a_bad_smolvm_bin_is_named_in_the_reason() {
+fn a_bad_smolvm_bin_fails_every_guarded_test() {
     let child = run_child(
-        &["--exact", "subject_rstest", "--nocapture"],
+        &["subject_"],
         Smolvm::BadBin,
         &[("SMOLVM_HARNESS_REQUIRE", "0")],
     );
     let ctx = child.describe();
     let reason = "SMOLVM_BIN=/nonexistent/smolvm is not an executable file";
-    assert_eq!(child.code, Some(0), "{ctx}");
-    assert!(child.stdout.contains("1 passed"), "{ctx}");
-    assert_eq!(
-        child.skipped_lines(),
-        [format!("SKIPPED subject_rstest: {reason}")],
+    assert_ne!(child.code, Some(0), "{ctx}");
+    assert!(
+        child
+            .stdout
+            .contains(&format!("0 passed; {} failed", SUBJECTS.len())),
         "{ctx}"
     );
-    assert_eq!(
-        child.summaries(),
-        [format!(
-            "smolvm-harness: 1 test(s) skipped: {reason}{SUMMARY_TAIL}"
-        )],
+    for (name, _, _) in SUBJECTS {
+        assert!(
+            child.stdout.contains(&format!("{name}: {reason}")),
+            "{name}'s reason: {ctx}"
+        );
+    }
+    assert!(child.skipped_lines().is_empty(), "{ctx}");
+    assert!(child.summaries().is_empty(), "{ctx}");
+    assert!(child.markers.is_empty(), "{ctx}");
+}
+
+/// The same with a bare name that is not on `PATH`, in the one-test form (`--exact`,
+/// `--nocapture`).
+#[test]
+fn a_smolvm_bin_name_not_on_path_fails() {
+    let child = run_child(
+        &["--exact", "subject_rstest", "--nocapture"],
+        Smolvm::Absent,
+        &[("SMOLVM_BIN", "smolvm-typo")],
+    );
+    let ctx = child.describe();
+    assert_ne!(child.code, Some(0), "{ctx}");
+    assert!(child.stdout.contains("1 failed"), "{ctx}");
+    assert!(
+        child.stderr.contains(
+            "subject_rstest: SMOLVM_BIN=smolvm-typo is not on PATH (set it to the path of the \
+             smolvm binary)"
+        ),
         "{ctx}"
     );
+    assert!(child.skipped_lines().is_empty(), "{ctx}");
     assert!(child.markers.is_empty(), "{ctx}");
 }
 
@@ -345,7 +416,7 @@ fn require_turns_every_skip_into_a_failure() {
     );
     let ctx = child.describe();
     assert_ne!(child.code, Some(0), "{ctx}");
-    for (name, _) in SUBJECTS {
+    for (name, _, _) in SUBJECTS {
         assert!(
             child.stdout.contains(&format!("test {name} ... FAILED")),
             "{name} should fail: {ctx}"
@@ -405,13 +476,8 @@ fn with_smolvm_every_body_and_fixture_runs() {
     let ctx = child.describe();
     assert_eq!(child.code, Some(0), "{ctx}");
     let mut expected = Vec::new();
-    for (name, fixture) in SUBJECTS {
+    for (name, body, fixture) in SUBJECTS {
         let test = name.replace("::", ".");
-        let body = match *name {
-            "subject_rstest_cases::case_1_one" => "body1",
-            "subject_rstest_cases::case_2_two" => "body2",
-            _ => "body",
-        };
         expected.push(format!("{body}@{test}"));
         if *fixture {
             expected.push(format!("fixture@{test}"));
