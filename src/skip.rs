@@ -433,7 +433,12 @@ mod tests {
                  (install it, or set SMOLVM_BIN)"
             )
         );
-        let malformed = decide(false, false, reason, Err("invalid SMOLVM_HARNESS_REQUIRE".into()));
+        let malformed = decide(
+            false,
+            false,
+            reason,
+            Err("invalid SMOLVM_HARNESS_REQUIRE".into()),
+        );
         assert!(
             matches!(malformed, SkipDecision::Fail(ref m) if m.contains("invalid SMOLVM_HARNESS_REQUIRE"))
         );

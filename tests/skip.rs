@@ -174,10 +174,26 @@ const SUBJECTS: &[(&str, &str, bool)] = &[
     ("subject_values::a_1_1::b_2_4", "body14", true),
     ("subject_values::a_2_2::b_1_3", "body23", true),
     ("subject_values::a_2_2::b_2_4", "body24", true),
-    ("subject_attr_above_rstest_matrix::case_1_one::b_1_3", "body13", true),
-    ("subject_attr_above_rstest_matrix::case_1_one::b_2_4", "body14", true),
-    ("subject_attr_above_rstest_matrix::case_2_two::b_1_3", "body23", true),
-    ("subject_attr_above_rstest_matrix::case_2_two::b_2_4", "body24", true),
+    (
+        "subject_attr_above_rstest_matrix::case_1_one::b_1_3",
+        "body13",
+        true,
+    ),
+    (
+        "subject_attr_above_rstest_matrix::case_1_one::b_2_4",
+        "body14",
+        true,
+    ),
+    (
+        "subject_attr_above_rstest_matrix::case_2_two::b_1_3",
+        "body23",
+        true,
+    ),
+    (
+        "subject_attr_above_rstest_matrix::case_2_two::b_2_4",
+        "body24",
+        true,
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -487,4 +503,204 @@ fn with_smolvm_every_body_and_fixture_runs() {
     assert_eq!(child.markers, expected, "{ctx}");
     assert!(child.skipped_lines().is_empty(), "{ctx}");
     assert!(child.summaries().is_empty(), "{ctx}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A crate that depends on this one, built with cargo: for what only a real build or a real
+// `cargo nextest run` shows.
+
+/// What `tests/misplaced.rs` of the downstream crate must fail with.
+const MISPLACED: &str = "`#[requires_smolvm]` written above a `#[case]` guards that case only";
+
+/// The placement the docs forbid: directly under `#[rstest]`, before the first `#[case]`
+/// (and, for good measure, between two cases). Each is a compile error at the attribute's
+/// line, with the message saying where to put it. (A doctest cannot show this: rstest
+/// generates its cases under `cfg(test)`, which doctests are not built with.)
+const MISPLACED_RS: &str = r#"use rstest::rstest;
+use smolvm_harness::requires_smolvm;
+
+#[rstest]
+#[requires_smolvm]
+#[case::one(1)]
+#[case::two(2)]
+fn under_rstest_before_the_cases(#[case] n: u32) {
+    let _ = n;
+}
+
+#[rstest]
+#[case::one(1)]
+#[requires_smolvm]
+#[case::two(2)]
+fn between_the_cases(#[case] n: u32) {
+    let _ = n;
+}
+"#;
+
+/// Skipping tests for nextest: an rstest case test and a plain one.
+const VM_RS: &str = r#"use rstest::rstest;
+use smolvm_harness::{require_smolvm, requires_smolvm};
+
+#[requires_smolvm]
+#[rstest]
+#[case::one(1)]
+#[case::two(2)]
+fn boots(#[case] n: u32) {
+    let _ = n;
+}
+
+#[test]
+fn lists() {
+    require_smolvm!();
+}
+"#;
+
+/// The downstream crate, in a directory kept between runs (so that rebuilds are
+/// incremental), with this package's lock file so that it builds offline.
+fn downstream_crate() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skip-downstream");
+    let manifest = format!(
+        r#"[package]
+name = "downstream"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+# Not a member of the workspace this directory sits in.
+[workspace]
+
+[dev-dependencies]
+smolvm-harness = {{ path = {:?} }}
+rstest = {{ version = "0.26", default-features = false }}
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let lock = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
+        .expect("read Cargo.lock");
+    for (path, text) in [
+        ("Cargo.toml", manifest.as_str()),
+        ("tests/misplaced.rs", MISPLACED_RS),
+        ("tests/vm.rs", VM_RS),
+        (
+            ".config/nextest.toml",
+            include_str!("../nextest-snippet.toml"),
+        ),
+    ] {
+        write_if_changed(&dir.join(path), text);
+    }
+    if !dir.join("Cargo.lock").exists() {
+        write_if_changed(&dir.join("Cargo.lock"), &lock);
+    }
+    dir
+}
+
+fn write_if_changed(path: &Path, text: &str) {
+    if fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return;
+    }
+    fs::create_dir_all(path.parent().expect("a parent")).expect("create dir");
+    fs::write(path, text).expect("write file");
+}
+
+/// `cargo <args>` in the downstream crate, without smolvm: no directory of `PATH` has one,
+/// and nothing of this run's own smolvm, harness, libtest or nextest settings
+/// leaks in.
+fn cargo_downstream(args: &[&str]) -> Child {
+    let dir = downstream_crate();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(args).current_dir(&dir);
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if ["SMOLVM_", "RUST_TEST_", "NEXTEST", "CARGO_"]
+            .iter()
+            .any(|p| key_text.starts_with(p))
+        {
+            cmd.env_remove(&key);
+        }
+    }
+    // cargo, rustc and cargo-nextest stay on PATH; a smolvm there is taken off.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<_> = std::env::split_paths(&path)
+        .filter(|d| !d.join("smolvm").exists())
+        .collect();
+    cmd.env("PATH", std::env::join_paths(kept).expect("PATH"));
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        cmd.env("CARGO_HOME", home);
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let out = cmd
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TERM_COLOR", "never")
+        .env("SMOLVM_HARNESS_STATE_DIR", scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo");
+    Child {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        markers: Vec::new(),
+    }
+}
+
+/// `#[requires_smolvm]` written above a `#[case]` does not compile, pointing at itself.
+#[test]
+fn above_a_case_is_a_compile_error() {
+    let child = cargo_downstream(&["test", "--offline", "--no-run", "--test", "misplaced"]);
+    let ctx = child.describe();
+    assert_ne!(child.code, Some(0), "{ctx}");
+    assert_eq!(child.stderr.matches(MISPLACED).count(), 2, "{ctx}");
+    assert!(
+        child
+            .stderr
+            .contains("write it after the last `#[case]`, or above `#[rstest]`"),
+        "{ctx}"
+    );
+    for line in [5, 14] {
+        assert!(
+            child
+                .stderr
+                .contains(&format!("tests/misplaced.rs:{line}:1")),
+            "the error points at the attribute on line {line}: {ctx}"
+        );
+    }
+}
+
+/// Under `cargo nextest run` with the shipped snippet as `.config/nextest.toml`, every
+/// skipped test's `SKIPPED` line shows; without it (an empty config), none does.
+#[test]
+fn nextest_shows_skips_with_the_shipped_snippet() {
+    let tests = ["boots::case_1_one", "boots::case_2_two", "lists"];
+    let with = cargo_downstream(&["nextest", "run", "--offline", "--test", "vm"]);
+    if with.stderr.contains("no such command") {
+        eprintln!("cargo-nextest is not installed: not checked");
+        return;
+    }
+    let ctx = with.describe();
+    assert_eq!(with.code, Some(0), "{ctx}");
+    let all = format!("{}{}", with.stdout, with.stderr);
+    for test in tests {
+        assert!(
+            all.contains(&format!("SKIPPED {test}: {NOT_FOUND}")),
+            "{test}: {ctx}"
+        );
+    }
+
+    let empty = tempfile::NamedTempFile::new().expect("temp file");
+    let config = empty.path().to_string_lossy().into_owned();
+    let without = cargo_downstream(&[
+        "nextest",
+        "run",
+        "--offline",
+        "--test",
+        "vm",
+        "--config-file",
+        &config,
+    ]);
+    let ctx = without.describe();
+    assert_eq!(without.code, Some(0), "{ctx}");
+    assert!(
+        !format!("{}{}", without.stdout, without.stderr).contains("SKIPPED "),
+        "nextest's default hides them, which is why the snippet exists: {ctx}"
+    );
 }
