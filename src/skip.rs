@@ -98,11 +98,23 @@
 //! Set `SMOLVM_HARNESS_REQUIRE=1` in CI jobs that are meant to run VMs: a missing smolvm
 //! then fails every guarded test instead of passing them all silently.
 //!
-//! Under `cargo nextest run`, the output of passing tests is hidden, the skip lines with it.
-//! Show them with `cargo nextest run --success-output immediate`, or for the VM tests only
-//! with `success-output = "immediate"` in an override of `.config/nextest.toml` (this
-//! crate's own file has one). nextest runs each test in its own process, so each skipped
-//! test also prints its own one-test summary.
+//! # Seeing skips under nextest
+//!
+//! `cargo nextest run` hides the output of passing tests, the skip lines with it, and has no
+//! status a test can give itself at run time (its "skipped" counts only tests it filtered
+//! out), so by default a skipped test is one more `PASS`. The crate ships
+//! `nextest-snippet.toml`: copy it into your `.config/nextest.toml` and a plain `cargo
+//! nextest run` prints each skipped test's `SKIPPED` line after the summary:
+//!
+//! ```toml
+//! [[profile.default.overrides]]
+//! filter = 'all()'          # or where your VM tests live: 'binary(vm_tests)', 'test(/^vm::/)'
+//! success-output = "final"
+//! ```
+//!
+//! Without the file, pass `--success-output final` (or `immediate`). nextest runs each test
+//! in its own process, so each skipped test also prints its own one-test summary. In CI,
+//! `SMOLVM_HARNESS_REQUIRE=1 cargo nextest run` fails instead.
 //!
 //! # Misuse is a compile error
 //!

@@ -30,15 +30,22 @@ use proc_macro::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenSt
 /// rstest copies the attributes below `#[rstest]` onto the `#[test]` function it generates,
 /// whose body resolves the fixtures and then calls the original function; the check
 /// therefore returns before any fixture is evaluated, so a skipped test creates nothing.
-/// The same holds for every case of a `#[case]` or `#[values]` test.
 ///
-/// Written *above* `#[rstest]`, the check would land inside the original function, after
-/// the fixtures were built. Rather than let that happen, the attribute then moves itself
-/// just below `#[rstest]` and leaves the function alone, so either order is correct.
+/// With `#[case]`s, mind where it goes: rstest gives each case the attributes written
+/// before its `#[case]` line, and every case the attributes after the last one.
 ///
-/// Do not put it *between* `#[case]` lines: rstest gives each case only the attributes that
-/// follow it, so the cases above the attribute would run unguarded. Directly under
-/// `#[rstest]`, before any `#[case]`, or above `#[rstest]`, every case is guarded.
+/// * **After the last `#[case]`**: every case, and every `#[values]` combination, is guarded.
+/// * **Above `#[rstest]`**: the check would otherwise land inside the original function,
+///   after the fixtures were built; instead the attribute moves itself below the item's
+///   last attribute (below every `#[case]`) and leaves the function alone, so this is the
+///   same as the placement above.
+/// * **Directly under `#[rstest]` with no `#[case]`** (fixtures, `#[values]`): every test is
+///   guarded.
+/// * **Above a `#[case]`** (directly under `#[rstest]` before the first, or between two):
+///   a compile error. It would guard that one case and let the others run without smolvm.
+///   rstest keeps each case's argument expressions at their source location in the case's
+///   generated body, so a `let` located between this attribute and the function's name
+///   gives the placement away.
 ///
 /// Where smolvm is missing and `SMOLVM_HARNESS_REQUIRE=1`, the test fails with the reason,
 /// reported at the line of this attribute.
