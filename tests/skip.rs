@@ -9,6 +9,10 @@
 //! Every subject writes a marker file from its body, and the rstest subjects take a fixture
 //! that writes one too, so "the body never ran" and "no fixture was built" are both checked
 //! on disk.
+//!
+//! What only a real build shows (a misplaced attribute is a compile error; `cargo nextest
+//! run` with the shipped snippet shows the skips) is checked on a small crate that depends
+//! on this one, built offline under `CARGO_TARGET_TMPDIR`.
 
 use std::fs;
 use std::io::Read;
@@ -578,11 +582,11 @@ rstest = {{ version = "0.26", default-features = false }}
             ".config/nextest.toml",
             include_str!("../nextest-snippet.toml"),
         ),
+        // Rewritten every time (cargo prunes it to what this crate uses) so that it never
+        // names versions the offline build does not have.
+        ("Cargo.lock", lock.as_str()),
     ] {
         write_if_changed(&dir.join(path), text);
-    }
-    if !dir.join("Cargo.lock").exists() {
-        write_if_changed(&dir.join("Cargo.lock"), &lock);
     }
     dir
 }
