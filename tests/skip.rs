@@ -607,12 +607,22 @@ fn cargo_downstream(args: &[&str]) -> Child {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.args(args).current_dir(&dir);
+    // What cargo or nextest set for this test process describes this package, not the
+    // downstream one; the user's own cargo settings (CARGO_HOME, registries) stay.
+    let removed = [
+        "SMOLVM_",
+        "RUST_TEST_",
+        "NEXTEST",
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_",
+        "CARGO_TARGET_",
+    ];
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
-        if ["SMOLVM_", "RUST_TEST_", "NEXTEST", "CARGO_"]
-            .iter()
-            .any(|p| key_text.starts_with(p))
-        {
+        if removed.iter().any(|p| key_text.starts_with(p)) {
             cmd.env_remove(&key);
         }
     }
@@ -622,9 +632,6 @@ fn cargo_downstream(args: &[&str]) -> Child {
         .filter(|d| !d.join("smolvm").exists())
         .collect();
     cmd.env("PATH", std::env::join_paths(kept).expect("PATH"));
-    if let Some(home) = std::env::var_os("CARGO_HOME") {
-        cmd.env("CARGO_HOME", home);
-    }
     let scratch = tempfile::tempdir().expect("tempdir");
     let out = cmd
         .env("CARGO_TARGET_DIR", dir.join("target"))
