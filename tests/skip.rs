@@ -618,7 +618,7 @@ fn cargo_downstream(args: &[&str]) -> Child {
         "CARGO_CRATE_",
         "CARGO_BIN_",
         "CARGO_PRIMARY_",
-        "CARGO_TARGET_",
+        "CARGO_TARGET_TMPDIR",
     ];
     for (key, _) in std::env::vars_os() {
         let key_text = key.to_string_lossy();
