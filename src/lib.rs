@@ -30,7 +30,7 @@ pub use config::{config, Config, KeepPolicy};
 pub use dialect::{Dialect, Version};
 pub use error::{CommandLine, Error, Result, MIN_SCRUB_LEN, REDACTED};
 pub use machine::{Machine, MachineBuilder, MachineCommand};
-pub use names::{current_test_name, generate_name};
+pub use names::{carry_test_name, current_test_name, generate_name, with_test_name};
 pub use pack::Pack;
 pub use runner::{Invocation, ProcessRunner, RawOutput, Reply, Runner, ScriptedRunner, Truncation};
 pub use sim::SimulatedRunner;

@@ -72,21 +72,107 @@ pub fn generate_name(prefix: &str, test_name: &str) -> String {
     format!("{prefix}-{slug}-{token}-{counter}")
 }
 
-/// The name of the running test, for naming its machines.
+/// The name of the running test, for naming its machines and for skip lines.
 ///
-/// libtest runs each test on a thread named after it (`tests::it_works`), so that name is
-/// used. Under nextest the test may run on the process's `main` thread; nextest then names
-/// the test in `NEXTEST_TEST_NAME`. Anything else (a helper thread without a name, a plain
-/// program) gives `test`.
+/// The first of:
+/// 1. the name given to this thread by [`with_test_name`] (or carried into it by
+///    [`carry_test_name`]);
+/// 2. under nextest, which runs one test per process, that test (`NEXTEST_TEST_NAME`), on
+///    any thread of the process: the test's own, `spawn_blocking`'s, a thread it started;
+/// 3. the thread's name: libtest runs each test on a thread named after it
+///    (`tests::it_works`), and `#[tokio::test]` runs the test's future on that thread;
+/// 4. `test`.
+///
+/// Under `cargo test` a thread the test starts (a `std::thread::spawn`, tokio's
+/// `spawn_blocking`) has another name or none, and nothing ties it to the test: carry the
+/// name there with [`carry_test_name`], or give machines a name with
+/// [`MachineBuilder::test_name`](crate::MachineBuilder::test_name).
 pub fn current_test_name() -> String {
-    let thread = std::thread::current();
-    match thread.name() {
-        Some(name) if !name.is_empty() && name != "main" => name.to_string(),
-        _ => match std::env::var("NEXTEST_TEST_NAME") {
-            Ok(name) if !name.trim().is_empty() => name,
-            _ => FALLBACK_SLUG.to_string(),
-        },
+    if let Some(name) = scoped_test_name() {
+        return name;
     }
+    if let Some(name) = nextest_test_name() {
+        return name;
+    }
+    match std::thread::current().name() {
+        Some(name) if !name.is_empty() && name != "main" => name.to_string(),
+        _ => FALLBACK_SLUG.to_string(),
+    }
+}
+
+/// Run `f` with `name` as [`current_test_name`] on this thread, then restore what was there
+/// (also when `f` panics).
+///
+/// For blocking code on a thread that is not the test's own; [`carry_test_name`] does this
+/// for a closure handed to another thread. It sets a thread-local, so it does not follow an
+/// `async` block across `.await` points: use it inside `spawn_blocking`, not around a
+/// future.
+///
+/// ```
+/// use smolvm_harness::{current_test_name, with_test_name};
+///
+/// let name = with_test_name("vm::boots", current_test_name);
+/// assert_eq!(name, "vm::boots");
+/// ```
+pub fn with_test_name<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // `try_with`: a thread-local being torn down is no reason to panic in a drop.
+            let _ = SCOPED_NAME.try_with(|slot| slot.replace(self.0.take()));
+        }
+    }
+    let previous = SCOPED_NAME.with(|slot| slot.replace(Some(name.to_string())));
+    let _restore = Restore(previous);
+    f()
+}
+
+/// `f`, wrapped to run under the test name of the thread that calls this: take the name now,
+/// on the test's thread, and give it to the thread that runs `f` ([`with_test_name`]).
+///
+/// ```
+/// use smolvm_harness::{carry_test_name, current_test_name, with_test_name};
+///
+/// with_test_name("vm::boots", || {
+///     let on_other_thread = std::thread::spawn(carry_test_name(current_test_name))
+///         .join()
+///         .unwrap();
+///     assert_eq!(on_other_thread, "vm::boots");
+/// });
+/// ```
+///
+/// With tokio: `tokio::task::spawn_blocking(carry_test_name(move || { .. }))`.
+pub fn carry_test_name<R>(f: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let name = current_test_name();
+    move || with_test_name(&name, f)
+}
+
+thread_local! {
+    /// The name set by [`with_test_name`] on this thread.
+    static SCOPED_NAME: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+fn scoped_test_name() -> Option<String> {
+    SCOPED_NAME
+        .try_with(|slot| {
+            let name = slot.take();
+            slot.set(name.clone());
+            name
+        })
+        .ok()
+        .flatten()
+}
+
+/// The test nextest runs in this process. `NEXTEST_TEST_NAME` alone is not enough: a process
+/// the test starts inherits it (a libtest binary run by a test, say), so it counts only when
+/// this process was also asked for that test on its command line (nextest runs
+/// `<binary> --exact <name> --nocapture`).
+pub(crate) fn nextest_test_name() -> Option<String> {
+    let name = std::env::var("NEXTEST_TEST_NAME").ok()?;
+    if name.trim().is_empty() {
+        return None;
+    }
+    std::env::args().skip(1).any(|a| a == name).then_some(name)
 }
 
 fn next_counter() -> u64 {

@@ -1,11 +1,15 @@
 //! Skip-guards: decide at run time whether a test that needs a real smolvm runs, is skipped,
 //! or fails.
 //!
-//! | smolvm (`SMOLVM_BIN`, else `smolvm` on `PATH`) | `SMOLVM_HARNESS_REQUIRE` | the test |
+//! | smolvm | `SMOLVM_HARNESS_REQUIRE` | the test |
 //! |---|---|---|
-//! | resolves to an executable file | any | runs |
-//! | missing | unset or `0` | is **skipped**: returns at once, its fixtures are never built |
-//! | missing | `1` | **fails**, with the same reason |
+//! | `SMOLVM_BIN`, else `smolvm` on `PATH`, resolves to an executable file | any | runs |
+//! | `SMOLVM_BIN` unset (or empty), no `smolvm` on `PATH` | unset or `0` | is **skipped**: returns at once, its fixtures are never built |
+//! | `SMOLVM_BIN` unset (or empty), no `smolvm` on `PATH` | `1` | **fails**, with the same reason |
+//! | `SMOLVM_BIN` set, but not to an executable file (or a name on `PATH`) | any | **fails**: `SMOLVM_BIN=/x is not an executable file` |
+//!
+//! A `SMOLVM_BIN` that was set means "use this one", so a typo in it fails every guarded
+//! test instead of skipping them all.
 //!
 //! Two ways to guard a test:
 //!
@@ -13,8 +17,8 @@
 //! use rstest::rstest;
 //! use smolvm_harness::{fixtures::machine, require_smolvm, requires_smolvm, Machine};
 //!
-//! // Under `#[rstest]` (before any `#[case]`, or above `#[rstest]`): the check runs before
-//! // any fixture is evaluated, in every case.
+//! // With rstest: the check runs before any fixture is evaluated, in every case and every
+//! // `#[values]` combination.
 //! #[rstest]
 //! #[requires_smolvm]
 //! fn boots(machine: Machine) {
@@ -29,6 +33,49 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # Where the attribute goes in an rstest test
+//!
+//! rstest gives each `#[case]` the attributes written **before** its `#[case]` line, and
+//! gives every case (and every `#[values]` combination) the attributes written after the
+//! last one. So these are the placements that guard every generated test:
+//!
+//! ```no_run
+//! # use rstest::rstest;
+//! # use smolvm_harness::{fixtures::machine, requires_smolvm, Machine};
+//! // Above `#[rstest]`: the attribute moves itself below the last `#[case]`.
+//! #[requires_smolvm]
+//! #[rstest]
+//! #[case::alpine("alpine")]
+//! #[case::debian("debian")]
+//! fn above(machine: Machine, #[case] image: &str) {}
+//!
+//! // After the last `#[case]`.
+//! #[rstest]
+//! #[case::alpine("alpine")]
+//! #[case::debian("debian")]
+//! #[requires_smolvm]
+//! fn after_cases(machine: Machine, #[case] image: &str) {}
+//!
+//! // Directly under `#[rstest]` when there is no `#[case]`: fixtures only, or `#[values]`.
+//! #[rstest]
+//! #[requires_smolvm]
+//! fn combinations(machine: Machine, #[values(1, 2)] cpus: u32, #[values(256, 512)] mib: u32) {}
+//! ```
+//!
+//! Written above a `#[case]` line (directly under `#[rstest]`, or between cases), it would
+//! guard that one case while the others ran without smolvm, so that is a compile error:
+//!
+//! ```text
+//! #[rstest]
+//! #[requires_smolvm] // error: `#[requires_smolvm]` written above a `#[case]` guards that case only …
+//! #[case::one(1)]
+//! #[case::two(2)]
+//! fn under_rstest_before_the_cases(#[case] n: u32) {}
+//! ```
+//!
+//! (rstest compiles its cases under `cfg(test)` only, so a doctest cannot show this error;
+//! `tests/skip.rs` checks it by building a small crate.)
 //!
 //! # What a skip looks like
 //!
@@ -51,11 +98,23 @@
 //! Set `SMOLVM_HARNESS_REQUIRE=1` in CI jobs that are meant to run VMs: a missing smolvm
 //! then fails every guarded test instead of passing them all silently.
 //!
-//! Under `cargo nextest run`, the output of passing tests is hidden, the skip lines with it.
-//! Show them with `cargo nextest run --success-output immediate`, or for the VM tests only
-//! with `success-output = "immediate"` in an override of `.config/nextest.toml` (this
-//! crate's own file has one). nextest runs each test in its own process, so each skipped
-//! test also prints its own one-test summary.
+//! # Seeing skips under nextest
+//!
+//! `cargo nextest run` hides the output of passing tests, the skip lines with it, and has no
+//! status a test can give itself at run time (its "skipped" counts only tests it filtered
+//! out), so by default a skipped test is one more `PASS`. The crate ships
+//! `nextest-snippet.toml`: copy it into your `.config/nextest.toml` and a plain `cargo
+//! nextest run` prints each skipped test's `SKIPPED` line after the summary:
+//!
+//! ```toml
+//! [[profile.default.overrides]]
+//! filter = 'all()'          # or where your VM tests live: 'binary(vm_tests)', 'test(/^vm::/)'
+//! success-output = "final"
+//! ```
+//!
+//! Without the file, pass `--success-output final` (or `immediate`). nextest runs each test
+//! in its own process, so each skipped test also prints its own one-test summary. In CI,
+//! `SMOLVM_HARNESS_REQUIRE=1 cargo nextest run` fails instead.
 //!
 //! # Misuse is a compile error
 //!
@@ -155,9 +214,10 @@ impl SkipDecision {
 }
 
 /// Decide, for this process, whether a test that needs smolvm runs, is skipped or fails:
-/// smolvm available ([`crate::is_available`]) → run; missing → skip, or fail when
-/// `SMOLVM_HARNESS_REQUIRE=1`. The reason names what was looked for: `smolvm not found on
-/// PATH (install it, or set SMOLVM_BIN)`, or `SMOLVM_BIN=/x is not an executable file`.
+/// smolvm available ([`crate::is_available`]) → run; `SMOLVM_BIN` set but not resolving →
+/// fail; otherwise missing → skip, or fail when `SMOLVM_HARNESS_REQUIRE=1`. The reason names
+/// what was looked for: `smolvm not found on PATH (install it, or set SMOLVM_BIN)`, or
+/// `SMOLVM_BIN=/x is not an executable file`.
 ///
 /// Nothing is printed or counted; [`SkipDecision::apply`] does that.
 #[must_use]
@@ -167,6 +227,7 @@ pub fn smolvm_check() -> SkipDecision {
     }
     decide(
         false,
+        smolvm_bin_is_set(),
         &unavailable_reason(),
         config().map(|c| c.require).map_err(|e| e.to_string()),
     )
@@ -264,27 +325,40 @@ macro_rules! require_smolvm {
     };
 }
 
-/// The decision, given availability, the reason it is missing, and the require setting
-/// (an error text when the setting could not be read).
-fn decide(available: bool, reason: &str, require: Result<bool, String>) -> SkipDecision {
-    match (available, require) {
-        (true, _) => SkipDecision::Run,
-        (false, Ok(false)) => SkipDecision::Skip(reason.to_string()),
-        (false, Ok(true)) => SkipDecision::Fail(format!(
+/// The decision, given availability, whether `SMOLVM_BIN` names the binary, the reason it
+/// is missing, and the require setting (an error text when the setting could not be read).
+fn decide(
+    available: bool,
+    bin_is_set: bool,
+    reason: &str,
+    require: Result<bool, String>,
+) -> SkipDecision {
+    match (available, bin_is_set, require) {
+        (true, _, _) => SkipDecision::Run,
+        // Whoever set SMOLVM_BIN meant "use this one": a typo there must not turn the whole
+        // suite into passing skips.
+        (false, true, _) => SkipDecision::Fail(reason.to_string()),
+        (false, false, Ok(false)) => SkipDecision::Skip(reason.to_string()),
+        (false, false, Ok(true)) => SkipDecision::Fail(format!(
             "smolvm is required (SMOLVM_HARNESS_REQUIRE=1) but {reason}"
         )),
         // A malformed setting is an error, never read as "not required": someone meant to
         // set it, most likely to make CI strict.
-        (false, Err(e)) => SkipDecision::Fail(format!(
+        (false, false, Err(e)) => SkipDecision::Fail(format!(
             "{reason}, and whether that is a failure is unknown: {e}"
         )),
     }
 }
 
+/// `SMOLVM_BIN` is set to something (empty counts as unset, as everywhere in the crate).
+fn smolvm_bin_is_set() -> bool {
+    std::env::var_os("SMOLVM_BIN").is_some_and(|v| !v.is_empty())
+}
+
 /// Why the binary from the environment does not resolve, in the words of the skip line.
 fn unavailable_reason() -> String {
     let program = smolvm_bin_from_env();
-    let from_env = std::env::var_os("SMOLVM_BIN").is_some_and(|v| !v.is_empty());
+    let from_env = smolvm_bin_is_set();
     let has_dir = program.components().count() > 1 || program.is_absolute();
     match (from_env, has_dir) {
         (false, _) => "smolvm not found on PATH (install it, or set SMOLVM_BIN)".to_string(),
@@ -346,13 +420,24 @@ mod tests {
     #[test]
     fn decisions() {
         let reason = "smolvm not found on PATH (install it, or set SMOLVM_BIN)";
-        assert_eq!(decide(true, reason, Ok(true)), SkipDecision::Run);
-        assert_eq!(decide(true, reason, Err("bad".into())), SkipDecision::Run);
+        assert_eq!(decide(true, false, reason, Ok(true)), SkipDecision::Run);
+        assert_eq!(decide(true, true, reason, Ok(false)), SkipDecision::Run);
         assert_eq!(
-            decide(false, reason, Ok(false)),
+            decide(true, false, reason, Err("bad".into())),
+            SkipDecision::Run
+        );
+        assert_eq!(
+            decide(false, false, reason, Ok(false)),
             SkipDecision::Skip(reason.to_string())
         );
-        let fail = decide(false, reason, Ok(true));
+        let bad_bin = "SMOLVM_BIN=/x is not an executable file";
+        for require in [Ok(false), Ok(true), Err("bad".to_string())] {
+            assert_eq!(
+                decide(false, true, bad_bin, require),
+                SkipDecision::Fail(bad_bin.to_string())
+            );
+        }
+        let fail = decide(false, false, reason, Ok(true));
         assert_eq!(
             fail.reason(),
             Some(
@@ -360,7 +445,12 @@ mod tests {
                  (install it, or set SMOLVM_BIN)"
             )
         );
-        let malformed = decide(false, reason, Err("invalid SMOLVM_HARNESS_REQUIRE".into()));
+        let malformed = decide(
+            false,
+            false,
+            reason,
+            Err("invalid SMOLVM_HARNESS_REQUIRE".into()),
+        );
         assert!(
             matches!(malformed, SkipDecision::Fail(ref m) if m.contains("invalid SMOLVM_HARNESS_REQUIRE"))
         );

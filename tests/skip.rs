@@ -9,6 +9,10 @@
 //! Every subject writes a marker file from its body, and the rstest subjects take a fixture
 //! that writes one too, so "the body never ran" and "no fixture was built" are both checked
 //! on disk.
+//!
+//! What only a real build shows (a misplaced attribute is a compile error; `cargo nextest
+//! run` with the shipped snippet shows the skips) is checked on a small crate that depends
+//! on this one, built offline under `CARGO_TARGET_TMPDIR`.
 
 use std::fs;
 use std::io::Read;
@@ -100,6 +104,11 @@ fn subject_rstest(tracked: Tracked) {
     mark("body");
 }
 
+// The placements of `#[requires_smolvm]` in an rstest test that src/skip.rs documents
+// (directly above a `#[case]` line is a compile error, checked by a doctest there). Every
+// generated test must be guarded: each case, each `#[values]` combination.
+
+// After the last `#[case]`.
 #[rstest]
 #[case::one(1)]
 #[case::two(2)]
@@ -111,8 +120,7 @@ fn subject_rstest_cases(tracked: Tracked, #[case] n: u32) -> Result<(), String> 
     Ok(())
 }
 
-// Written above `#[rstest]`: the attribute moves itself below it, so the order does not
-// matter. The fixture marker proves it.
+// Above `#[rstest]`, no cases: the attribute moves itself below the other attributes.
 #[requires_smolvm]
 #[rstest]
 #[ignore = "run in a child process by the tests of tests/skip.rs"]
@@ -121,17 +129,69 @@ fn subject_attr_above_rstest(tracked: Tracked) {
     mark("body");
 }
 
-/// Every subject as libtest names it, and whether it takes the fixture.
-const SUBJECTS: &[(&str, bool)] = &[
-    ("subject_macro", false),
-    ("subject_macro_explicit_value", false),
-    ("subject_macro_inferred_result", false),
-    ("subject_attr_plain", false),
-    ("subject_attr_result", false),
-    ("subject_rstest", true),
-    ("subject_rstest_cases::case_1_one", true),
-    ("subject_rstest_cases::case_2_two", true),
-    ("subject_attr_above_rstest", true),
+// Above `#[rstest]`, with cases: below the last `#[case]` is where it must land.
+#[requires_smolvm]
+#[rstest]
+#[case::one(1)]
+#[case::two(2)]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+fn subject_attr_above_rstest_cases(tracked: Tracked, #[case] n: u32) {
+    let Tracked = tracked;
+    mark(&format!("body{n}"));
+}
+
+// Directly under `#[rstest]`, with `#[values]`: every combination.
+#[rstest]
+#[requires_smolvm]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+fn subject_values(tracked: Tracked, #[values(1, 2)] a: u32, #[values(3, 4)] b: u32) {
+    let Tracked = tracked;
+    mark(&format!("body{a}{b}"));
+}
+
+// Above `#[rstest]`, with cases times `#[values]`.
+#[requires_smolvm]
+#[rstest]
+#[case::one(1)]
+#[case::two(2)]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+fn subject_above_matrix(tracked: Tracked, #[case] n: u32, #[values(3, 4)] b: u32) {
+    let Tracked = tracked;
+    mark(&format!("body{n}{b}"));
+}
+
+// An async test: the check runs before tokio's runtime is built (src/guide.md, "Async
+// tests").
+#[tokio::test]
+#[ignore = "run in a child process by the tests of tests/skip.rs"]
+#[requires_smolvm]
+async fn subject_tokio() {
+    mark("body");
+}
+
+/// Every subject as libtest names it, the marker its body leaves, and whether it takes the
+/// fixture.
+const SUBJECTS: &[(&str, &str, bool)] = &[
+    ("subject_macro", "body", false),
+    ("subject_macro_explicit_value", "body", false),
+    ("subject_macro_inferred_result", "body", false),
+    ("subject_attr_plain", "body", false),
+    ("subject_attr_result", "body", false),
+    ("subject_rstest", "body", true),
+    ("subject_rstest_cases::case_1_one", "body1", true),
+    ("subject_rstest_cases::case_2_two", "body2", true),
+    ("subject_attr_above_rstest", "body", true),
+    ("subject_attr_above_rstest_cases::case_1_one", "body1", true),
+    ("subject_attr_above_rstest_cases::case_2_two", "body2", true),
+    ("subject_values::a_1_1::b_1_3", "body13", true),
+    ("subject_values::a_1_1::b_2_4", "body14", true),
+    ("subject_values::a_2_2::b_1_3", "body23", true),
+    ("subject_values::a_2_2::b_2_4", "body24", true),
+    ("subject_above_matrix::case_1_one::b_1_3", "body13", true),
+    ("subject_above_matrix::case_1_one::b_2_4", "body14", true),
+    ("subject_above_matrix::case_2_two::b_1_3", "body23", true),
+    ("subject_above_matrix::case_2_two::b_2_4", "body24", true),
+    ("subject_tokio", "body", false),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -283,7 +343,7 @@ fn without_smolvm_every_guard_skips_before_body_and_fixtures() {
             .contains(&format!("test result: ok. {} passed", SUBJECTS.len())),
         "every subject ran and passed: {ctx}"
     );
-    for (name, _) in SUBJECTS {
+    for (name, _, _) in SUBJECTS {
         let line = format!("SKIPPED {name}: {NOT_FOUND}");
         assert!(
             child.stderr.lines().any(|l| l == line),
@@ -305,32 +365,57 @@ fn without_smolvm_every_guard_skips_before_body_and_fixtures() {
     );
 }
 
-/// The brief's form of the check: one test, `--exact`, `--nocapture`, and a `SMOLVM_BIN`
-/// that does not exist, named as such in the reason. `SMOLVM_HARNESS_REQUIRE=0` is "not
-/// required".
+/// A `SMOLVM_BIN` that is set but does not resolve means "use this one" went wrong: every
+/// guarded test fails, naming the value, even with `SMOLVM_HARNESS_REQUIRE=0`, and still
+/// without building fixtures. (Unset, with no smolvm on `PATH`, keeps skipping: the first
+/// test above.)
 #[test]
-fn a_bad_smolvm_bin_is_named_in_the_reason() {
+fn a_bad_smolvm_bin_fails_every_guarded_test() {
     let child = run_child(
-        &["--exact", "subject_rstest", "--nocapture"],
+        &["subject_"],
         Smolvm::BadBin,
         &[("SMOLVM_HARNESS_REQUIRE", "0")],
     );
     let ctx = child.describe();
     let reason = "SMOLVM_BIN=/nonexistent/smolvm is not an executable file";
-    assert_eq!(child.code, Some(0), "{ctx}");
-    assert!(child.stdout.contains("1 passed"), "{ctx}");
-    assert_eq!(
-        child.skipped_lines(),
-        [format!("SKIPPED subject_rstest: {reason}")],
+    assert_ne!(child.code, Some(0), "{ctx}");
+    assert!(
+        child
+            .stdout
+            .contains(&format!("0 passed; {} failed", SUBJECTS.len())),
         "{ctx}"
     );
-    assert_eq!(
-        child.summaries(),
-        [format!(
-            "smolvm-harness: 1 test(s) skipped: {reason}{SUMMARY_TAIL}"
-        )],
+    for (name, _, _) in SUBJECTS {
+        assert!(
+            child.stdout.contains(&format!("{name}: {reason}")),
+            "{name}'s reason: {ctx}"
+        );
+    }
+    assert!(child.skipped_lines().is_empty(), "{ctx}");
+    assert!(child.summaries().is_empty(), "{ctx}");
+    assert!(child.markers.is_empty(), "{ctx}");
+}
+
+/// The same with a bare name that is not on `PATH`, in the one-test form (`--exact`,
+/// `--nocapture`).
+#[test]
+fn a_smolvm_bin_name_not_on_path_fails() {
+    let child = run_child(
+        &["--exact", "subject_rstest", "--nocapture"],
+        Smolvm::Absent,
+        &[("SMOLVM_BIN", "smolvm-typo")],
+    );
+    let ctx = child.describe();
+    assert_ne!(child.code, Some(0), "{ctx}");
+    assert!(child.stdout.contains("1 failed"), "{ctx}");
+    assert!(
+        child.stderr.contains(
+            "subject_rstest: SMOLVM_BIN=smolvm-typo is not on PATH (set it to the path of the \
+             smolvm binary)"
+        ),
         "{ctx}"
     );
+    assert!(child.skipped_lines().is_empty(), "{ctx}");
     assert!(child.markers.is_empty(), "{ctx}");
 }
 
@@ -345,7 +430,7 @@ fn require_turns_every_skip_into_a_failure() {
     );
     let ctx = child.describe();
     assert_ne!(child.code, Some(0), "{ctx}");
-    for (name, _) in SUBJECTS {
+    for (name, _, _) in SUBJECTS {
         assert!(
             child.stdout.contains(&format!("test {name} ... FAILED")),
             "{name} should fail: {ctx}"
@@ -405,13 +490,8 @@ fn with_smolvm_every_body_and_fixture_runs() {
     let ctx = child.describe();
     assert_eq!(child.code, Some(0), "{ctx}");
     let mut expected = Vec::new();
-    for (name, fixture) in SUBJECTS {
+    for (name, body, fixture) in SUBJECTS {
         let test = name.replace("::", ".");
-        let body = match *name {
-            "subject_rstest_cases::case_1_one" => "body1",
-            "subject_rstest_cases::case_2_two" => "body2",
-            _ => "body",
-        };
         expected.push(format!("{body}@{test}"));
         if *fixture {
             expected.push(format!("fixture@{test}"));
@@ -421,4 +501,211 @@ fn with_smolvm_every_body_and_fixture_runs() {
     assert_eq!(child.markers, expected, "{ctx}");
     assert!(child.skipped_lines().is_empty(), "{ctx}");
     assert!(child.summaries().is_empty(), "{ctx}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A crate that depends on this one, built with cargo: for what only a real build or a real
+// `cargo nextest run` shows.
+
+/// What `tests/misplaced.rs` of the downstream crate must fail with.
+const MISPLACED: &str = "`#[requires_smolvm]` written above a `#[case]` guards that case only";
+
+/// The placement the docs forbid: directly under `#[rstest]`, before the first `#[case]`
+/// (and, for good measure, between two cases). Each is a compile error at the attribute's
+/// line, with the message saying where to put it. (A doctest cannot show this: rstest
+/// generates its cases under `cfg(test)`, which doctests are not built with.)
+const MISPLACED_RS: &str = r#"use rstest::rstest;
+use smolvm_harness::requires_smolvm;
+
+#[rstest]
+#[requires_smolvm]
+#[case::one(1)]
+#[case::two(2)]
+fn under_rstest_before_the_cases(#[case] n: u32) {
+    let _ = n;
+}
+
+#[rstest]
+#[case::one(1)]
+#[requires_smolvm]
+#[case::two(2)]
+fn between_the_cases(#[case] n: u32) {
+    let _ = n;
+}
+"#;
+
+/// Skipping tests for nextest: an rstest case test and a plain one.
+const VM_RS: &str = r#"use rstest::rstest;
+use smolvm_harness::{require_smolvm, requires_smolvm};
+
+#[requires_smolvm]
+#[rstest]
+#[case::one(1)]
+#[case::two(2)]
+fn boots(#[case] n: u32) {
+    let _ = n;
+}
+
+#[test]
+fn lists() {
+    require_smolvm!();
+}
+"#;
+
+/// The downstream crate, in a directory kept between runs (so that rebuilds are
+/// incremental), with this package's lock file so that it builds offline.
+fn downstream_crate() -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skip-downstream");
+    let manifest = format!(
+        r#"[package]
+name = "downstream"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+# Not a member of the workspace this directory sits in.
+[workspace]
+
+[dev-dependencies]
+smolvm-harness = {{ path = {:?} }}
+rstest = {{ version = "0.26", default-features = false }}
+"#,
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let lock = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"))
+        .expect("read Cargo.lock");
+    for (path, text) in [
+        ("Cargo.toml", manifest.as_str()),
+        ("tests/misplaced.rs", MISPLACED_RS),
+        ("tests/vm.rs", VM_RS),
+        (
+            ".config/nextest.toml",
+            include_str!("../nextest-snippet.toml"),
+        ),
+        // Rewritten every time (cargo prunes it to what this crate uses) so that it never
+        // names versions the offline build does not have.
+        ("Cargo.lock", lock.as_str()),
+    ] {
+        write_if_changed(&dir.join(path), text);
+    }
+    dir
+}
+
+fn write_if_changed(path: &Path, text: &str) {
+    if fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return;
+    }
+    fs::create_dir_all(path.parent().expect("a parent")).expect("create dir");
+    fs::write(path, text).expect("write file");
+}
+
+/// `cargo <args>` in the downstream crate, without smolvm: no directory of `PATH` has one,
+/// and nothing of this run's own smolvm, harness, libtest or nextest settings
+/// leaks in.
+fn cargo_downstream(args: &[&str]) -> Child {
+    let dir = downstream_crate();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(args).current_dir(&dir);
+    // What cargo or nextest set for this test process describes this package, not the
+    // downstream one; the user's own cargo settings (CARGO_HOME, registries) stay.
+    let removed = [
+        "SMOLVM_",
+        "RUST_TEST_",
+        "NEXTEST",
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if removed.iter().any(|p| key_text.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
+    // cargo, rustc and cargo-nextest stay on PATH; a smolvm there is taken off.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let kept: Vec<_> = std::env::split_paths(&path)
+        .filter(|d| !d.join("smolvm").exists())
+        .collect();
+    cmd.env("PATH", std::env::join_paths(kept).expect("PATH"));
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let out = cmd
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TERM_COLOR", "never")
+        .env("SMOLVM_HARNESS_STATE_DIR", scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo");
+    Child {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        markers: Vec::new(),
+    }
+}
+
+/// `#[requires_smolvm]` written above a `#[case]` does not compile, pointing at itself.
+#[test]
+fn above_a_case_is_a_compile_error() {
+    let child = cargo_downstream(&["test", "--offline", "--no-run", "--test", "misplaced"]);
+    let ctx = child.describe();
+    assert_ne!(child.code, Some(0), "{ctx}");
+    assert_eq!(child.stderr.matches(MISPLACED).count(), 2, "{ctx}");
+    assert!(
+        child
+            .stderr
+            .contains("write it after the last `#[case]`, or above `#[rstest]`"),
+        "{ctx}"
+    );
+    for line in [5, 14] {
+        assert!(
+            child
+                .stderr
+                .contains(&format!("tests/misplaced.rs:{line}:1")),
+            "the error points at the attribute on line {line}: {ctx}"
+        );
+    }
+}
+
+/// Under `cargo nextest run` with the shipped snippet as `.config/nextest.toml`, every
+/// skipped test's `SKIPPED` line shows; without it (an empty config), none does.
+#[test]
+fn nextest_shows_skips_with_the_shipped_snippet() {
+    let tests = ["boots::case_1_one", "boots::case_2_two", "lists"];
+    let with = cargo_downstream(&["nextest", "run", "--offline", "--test", "vm"]);
+    if with.stderr.contains("no such command") {
+        eprintln!("cargo-nextest is not installed: not checked");
+        return;
+    }
+    let ctx = with.describe();
+    assert_eq!(with.code, Some(0), "{ctx}");
+    let all = format!("{}{}", with.stdout, with.stderr);
+    for test in tests {
+        assert!(
+            all.contains(&format!("SKIPPED {test}: {NOT_FOUND}")),
+            "{test}: {ctx}"
+        );
+    }
+
+    let empty = tempfile::NamedTempFile::new().expect("temp file");
+    let config = empty.path().to_string_lossy().into_owned();
+    let without = cargo_downstream(&[
+        "nextest",
+        "run",
+        "--offline",
+        "--test",
+        "vm",
+        "--config-file",
+        &config,
+    ]);
+    let ctx = without.describe();
+    assert_eq!(without.code, Some(0), "{ctx}");
+    assert!(
+        !format!("{}{}", without.stdout, without.stderr).contains("SKIPPED "),
+        "nextest's default hides them, which is why the snippet exists: {ctx}"
+    );
 }
