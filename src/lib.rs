@@ -38,3 +38,8 @@ pub use transcript::{transcript, TranscriptEntry, TRANSCRIPT_LEN};
 pub use validate::{
     format_timeout, validate_cidr, validate_env_key, validate_machine_name, MAX_NAME_LEN,
 };
+
+// README.md's Rust blocks run as doctests, so the front page cannot drift from the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
