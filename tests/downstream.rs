@@ -85,9 +85,13 @@ fn path_without_smolvm() -> OsString {
 /// A cargo command in the downstream crate, in a clean environment with `TMPDIR` at `tmp`
 /// (so the fake's and the harness's default state directories are fresh ones).
 fn cargo(tmp: &Path, args: &[&str]) -> Command {
+    cargo_in(&crate_dir(), tmp, args)
+}
+
+fn cargo_in(dir: &Path, tmp: &Path, args: &[&str]) -> Command {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(crate_dir());
+    cmd.args(args).current_dir(dir);
     for (key, _) in std::env::vars_os() {
         if key.to_str().is_some_and(is_ours) {
             cmd.env_remove(&key);
@@ -244,4 +248,65 @@ fn readme_blocks_are_the_downstream_crates() {
         vm.contains(headline),
         "README's headline differs from tests/downstream/tests/vm.rs:\n{headline}"
     );
+}
+
+/// What `cargo package` would publish of `package`, as RELEASING.md lists it.
+fn packaged_files(package: &str) -> Vec<String> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // --allow-dirty: a working tree under edit packages what it holds.
+    let args = [
+        "package",
+        "-p",
+        package,
+        "--list",
+        "--offline",
+        "--allow-dirty",
+    ];
+    let (out, text) = run(cargo_in(root, tmp.path(), &args));
+    assert!(out.status.success(), "{text}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The published crates hold what a user needs (library, fake CLI, examples, docs, licenses)
+/// and none of the repository's own tests, benches, CI or scripts.
+#[test]
+fn published_packages_hold_only_what_users_need() {
+    let main = packaged_files("smolvm-harness");
+    for needed in [
+        "src/lib.rs",
+        "src/guide.md",
+        "src/sim/fake.rs",
+        "fixtures/smolvm-fake.rs",
+        "examples/quickstart.rs",
+        "README.md",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+        "Cargo.toml",
+    ] {
+        assert!(
+            main.iter().any(|f| f == needed),
+            "{needed} missing: {main:?}"
+        );
+    }
+    for file in &main {
+        assert!(
+            !["tests/", "benches/", "scripts/", ".ci/", ".config/"]
+                .iter()
+                .any(|dir| file.starts_with(dir))
+                && file != "BENCHMARKS.md"
+                && file != ".gitignore",
+            "{file} is the repository's, not the user's: {main:?}"
+        );
+    }
+    let macros = packaged_files("smolvm-harness-macros");
+    for needed in ["src/lib.rs", "README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        assert!(
+            macros.iter().any(|f| f == needed),
+            "{needed} missing from the macros crate: {macros:?}"
+        );
+    }
 }
