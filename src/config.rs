@@ -247,11 +247,19 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
             format!("{v:?}: expected a duration like 90s, 5m or 1500ms"),
         )
     };
-    let n: u64 = num.parse().map_err(|_| bad())?;
+    let too_large = || Error::invalid(var, format!("{v:?}: too large"));
+    let n: u64 = num.parse().map_err(|_| {
+        if num.is_empty() {
+            bad()
+        } else {
+            // All digits, yet not a u64: it overflowed.
+            too_large()
+        }
+    })?;
     let secs = |factor: u64| {
         n.checked_mul(factor)
             .map(Duration::from_secs)
-            .ok_or_else(bad)
+            .ok_or_else(too_large)
     };
     let d = match unit.trim() {
         "" | "s" | "sec" | "secs" => Duration::from_secs(n),
@@ -261,7 +269,10 @@ pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
         _ => return Err(bad()),
     };
     if d.is_zero() {
-        return Err(bad());
+        return Err(Error::invalid(
+            var,
+            format!("{v:?}: must be above zero (every call would time out at once)"),
+        ));
     }
     Ok(d)
 }
@@ -429,9 +440,24 @@ mod tests {
             parse_duration("X", "250ms").unwrap(),
             Duration::from_millis(250)
         );
-        assert!(parse_duration("X", "0s").is_err());
+        // Zero is a well-formed duration: the message must say what is wrong with it.
+        for zero in ["0s", "0", "0ms", "0m"] {
+            let err = parse_duration("SMOLVM_HARNESS_TIMEOUT", zero)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SMOLVM_HARNESS_TIMEOUT"), "{err}");
+            assert!(err.contains("must be above zero"), "{err}");
+            assert!(!err.contains("expected a duration"), "{err}");
+        }
+        let err = parse_duration("X", "soon").unwrap_err().to_string();
+        assert!(
+            err.contains("expected a duration like 90s, 5m or 1500ms"),
+            "{err}"
+        );
         assert!(parse_duration("X", "-1s").is_err());
-        assert!(parse_duration("X", "307445734561825861m").is_err());
-        assert!(parse_duration("X", "18446744073709551616").is_err());
+        for huge in ["307445734561825861m", "18446744073709551616"] {
+            let err = parse_duration("X", huge).unwrap_err().to_string();
+            assert!(err.contains("too large"), "{err}");
+        }
     }
 }

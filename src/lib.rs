@@ -41,3 +41,8 @@ pub use validate::{
     format_timeout, validate_cidr, validate_env_key, validate_machine_name, MAX_NAME_LEN,
     MAX_TIMEOUT,
 };
+
+// README.md's Rust blocks run as doctests, so the front page cannot drift from the crate.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

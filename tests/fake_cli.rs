@@ -221,19 +221,63 @@ fn lifecycle_on_1_9_2() {
     );
 }
 
+/// Without `SMOLVM_FAKE_STATE` the fake keeps machines in `$TMPDIR/smolvm-fake-<uid>`,
+/// created 0700, across invocations: `SMOLVM_BIN` alone is enough for a downstream crate.
 #[test]
-fn missing_state_dir_is_a_clear_error() {
+fn missing_state_dir_defaults_to_a_private_dir_under_tmpdir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(FAKE)
+            .args(args)
+            .env_remove(STATE_ENV)
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        out
+    };
+    run(&[
+        "machine", "create", "--name", "web", "--image", "alpine", "--net",
+    ]);
+    let ls = run(&["machine", "ls", "--json"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("\"web\""));
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let dir = tmp
+        .path()
+        .join(format!("smolvm-fake-{}", unsafe { libc::getuid() }));
+    let names: Vec<String> = read_fake_state(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["web"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+}
+
+/// A default directory that someone else could control is refused, naming the way out.
+#[test]
+fn unusable_default_state_dir_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let dir = tmp
+        .path()
+        .join(format!("smolvm-fake-{}", unsafe { libc::getuid() }));
+    std::os::unix::fs::symlink(tmp.path(), &dir).unwrap();
     let out = Command::new(FAKE)
         .arg("--version")
         .env_remove(STATE_ENV)
+        .env("TMPDIR", tmp.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = stderr(&out);
     assert!(
-        text.starts_with("Error: smolvm-fake: SMOLVM_FAKE_STATE is not set"),
+        text.starts_with("Error: smolvm-fake: SMOLVM_FAKE_STATE is not set and the default"),
         "{text}"
     );
+    assert!(text.contains("not a directory"), "{text}");
 }
 
 #[test]

@@ -15,7 +15,8 @@ use super::{check_knob_key, drive, Backend, Call, Knobs, Outcome, SimOutput};
 use crate::error::{Error, Result, REDACTED};
 use crate::Version;
 
-/// `SMOLVM_FAKE_STATE=DIR`: where the fake keeps its machines (required).
+/// `SMOLVM_FAKE_STATE=DIR`: where the fake keeps its machines; when unset, a directory of
+/// this user's under the temp dir (see [`default_fake_state_dir`]).
 pub const STATE_ENV: &str = "SMOLVM_FAKE_STATE";
 /// `SMOLVM_FAKE_VERSION=X.Y.Z`: the smolvm version to behave as (default 1.9.2).
 pub const VERSION_ENV: &str = "SMOLVM_FAKE_VERSION";
@@ -148,12 +149,10 @@ fn latency_list(var: &str) -> std::result::Result<Vec<(String, Duration)>, Strin
 
 impl Config {
     fn from_env() -> std::result::Result<Config, String> {
-        let dir = env_nonempty(STATE_ENV).ok_or_else(|| {
-            format!(
-                "{STATE_ENV} is not set; set it to a directory where the simulated machines are \
-                 kept (created if missing)"
-            )
-        })?;
+        let dir = match env_nonempty(STATE_ENV) {
+            Some(dir) => PathBuf::from(dir),
+            None => private_default_dir()?,
+        };
         let version = match env_nonempty(VERSION_ENV) {
             Some(v) => v.parse().map_err(|e| format!("{VERSION_ENV}={v:?}: {e}"))?,
             None => Version::NEWEST_KNOWN,
@@ -164,7 +163,7 @@ impl Config {
             hang: key_list(HANG_ENV)?.into_iter().collect(),
         };
         Ok(Config {
-            dir: PathBuf::from(dir),
+            dir,
             version,
             knobs,
             log: env_nonempty(LOG_ENV).map(PathBuf::from),
@@ -284,6 +283,66 @@ pub fn read_fake_state(dir: impl AsRef<Path>) -> Result<Vec<SimMachine>> {
         .map_err(|e| Error::io("read fake state", dir.join(STATE_FILE), io::Error::other(e)))?;
     drop(lock);
     Ok(state.machines)
+}
+
+/// Where the fake keeps its machines when `SMOLVM_FAKE_STATE` is unset:
+/// `smolvm-fake-<uid>` in the temp dir (`$TMPDIR`, else `/tmp`), so that a downstream crate
+/// can point `SMOLVM_BIN` at the fake and nothing else. The fake creates it readable only by
+/// its user (0700) and refuses one that is a symlink or belongs to another user, since the
+/// temp dir is shared.
+pub fn default_fake_state_dir() -> PathBuf {
+    std::env::temp_dir().join(default_dir_name())
+}
+
+#[cfg(unix)]
+fn default_dir_name() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    format!("smolvm-fake-{}", unsafe { libc::getuid() })
+}
+
+#[cfg(not(unix))]
+fn default_dir_name() -> String {
+    "smolvm-fake".to_string()
+}
+
+/// [`default_fake_state_dir`], created 0700 if missing and checked to be this user's own.
+fn private_default_dir() -> std::result::Result<PathBuf, String> {
+    let dir = default_fake_state_dir();
+    ensure_private_dir(&dir).map_err(|e| {
+        format!(
+            "{STATE_ENV} is not set and the default state directory {} is unusable: {e}; set \
+             {STATE_ENV} to a directory of your own",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
+fn ensure_private_dir(dir: &Path) -> std::result::Result<(), String> {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create it: {e}")),
+    }
+    // Another user could have made it first in a shared /tmp: their machines, or a symlink
+    // into their files, must not become ours.
+    let meta = fs::symlink_metadata(dir).map_err(|e| format!("cannot inspect it: {e}"))?;
+    if !meta.is_dir() {
+        return Err("it exists and is not a directory".to_string());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        if meta.uid() != uid {
+            return Err(format!("it belongs to uid {}, not to you", meta.uid()));
+        }
+    }
+    Ok(())
 }
 
 /// Replace every `-e`/`--env` value with `<redacted>`, in all of clap's forms (`-e K=V`,
@@ -406,6 +465,28 @@ mod tests {
             redact_argv(&argv(&["machine", "create", "-w/e=x", "-nweb", "-Ialpine"])),
             argv(&["machine", "create", "-w/e=x", "-nweb", "-Ialpine"])
         );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn default_dir_is_created_private_and_must_be_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fresh");
+        ensure_private_dir(&dir).unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        // Existing and ours: reused as it is.
+        ensure_private_dir(&dir).unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let err = ensure_private_dir(&file).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = ensure_private_dir(&link).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+        assert!(default_fake_state_dir().starts_with(std::env::temp_dir()));
     }
 
     #[test]

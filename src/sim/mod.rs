@@ -5,7 +5,9 @@
 //! - [`SimulatedRunner`], a [`crate::Runner`] that answers in-process from shared state;
 //! - the `smolvm-fake` binary (`fixtures/smolvm-fake.rs`, a thin `main` over
 //!   [`fake_cli_main`]), a real process that keeps its state in a directory, so that the
-//!   process runner, timeouts, kills and parallel processes are exercised for real.
+//!   process runner, timeouts, kills and parallel processes are exercised for real. A crate
+//!   that depends on this one builds its own copy from three lines (README, "Running your
+//!   real-mode tests without smolvm").
 //!
 //! Both parse argv exactly as the chosen smolvm version does (0.8.0 through 1.9.2: the
 //! positional-name dialect before 1.0.2, `--name` after, `--label` from 1.8.0, …) and answer
@@ -16,7 +18,8 @@
 //!
 //! `--version`; `pack create --image IMG -o OUT`; `machine` (alias `vm`) `create`, `start`,
 //! `stop`, `delete` (alias `rm`), `exec`, `cp`, `ls` (alias `list`) and `status`, with the
-//! flags the harness uses (see `smolvm-cli.md` §2). Any other flag is clap's
+//! flags the harness uses (those [`crate::Smolvm`]'s methods send; the full grammar, per
+//! version, is in this module's `grammar.rs`). Any other flag is clap's
 //! `unexpected argument` error; other real subcommands (`serve`, `machine run`, …) fail with
 //! exit 1 `Error: sim: subcommand not simulated: …`.
 //!
@@ -43,14 +46,14 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `SMOLVM_FAKE_STATE=DIR` | **required**; state is kept in `DIR/state.json`, guarded by an exclusive lock on `DIR/lock` held only for each read-modify-write |
+//! | `SMOLVM_FAKE_STATE=DIR` | state is kept in `DIR/state.json`, guarded by an exclusive lock on `DIR/lock` held only for each read-modify-write; unset: [`default_fake_state_dir`] (`$TMPDIR/smolvm-fake-<uid>`, created 0700), shared by every fake of this user that is not given a directory |
 //! | `SMOLVM_FAKE_VERSION=X.Y.Z` | the smolvm version to behave as (default 1.9.2) |
 //! | `SMOLVM_FAKE_FAIL=start,exec` | subcommands that fail |
 //! | `SMOLVM_FAKE_LATENCY=create=50ms,exec=20ms` | per-subcommand latency (humantime units) |
 //! | `SMOLVM_FAKE_HANG=exec` | subcommands that sleep forever |
 //! | `SMOLVM_FAKE_LOG=FILE` | append one JSON line per invocation (below) |
 //!
-//! A missing `SMOLVM_FAKE_STATE`, an unknown knob key or a bad value is exit 1 with an
+//! An unusable state directory, an unknown knob key or a bad value is exit 1 with an
 //! `Error: smolvm-fake: …` line. `delete` without `-f` reads its `[y/N]` answer from stdin
 //! (EOF means no, so it prints `Cancelled`).
 //!
@@ -87,7 +90,8 @@
 //! printed; `exec -d`, `--secret-*`, `cp --mode/--uid/--gid` and every flag not listed
 //! above are not simulated.
 //!
-//! Texts smolvm-cli.md gives exactly are reproduced exactly (the fidelity tests check them).
+//! Messages and exit codes read from smolvm's own source (`smol-machines/smolvm` at v0.8.0,
+//! v0.8.2 and 1.9.2) are reproduced word for word; `tests/fidelity.rs` pins them.
 //! Where it gives none, the wording is the simulation's own: the `clap` message for an
 //! empty `--image`, an empty or path-separator or trailing-hyphen name, `cp` of a guest
 //! path with `.`/`..` or of a missing file, the 1.0.0+ output-cap error, `pack` write
@@ -125,8 +129,8 @@ mod runner;
 mod state;
 
 pub use fake::{
-    fake_cli_main, read_fake_state, FAIL_ENV, HANG_ENV, LATENCY_ENV, LOG_ENV, STATE_ENV,
-    VERSION_ENV,
+    default_fake_state_dir, fake_cli_main, read_fake_state, FAIL_ENV, HANG_ENV, LATENCY_ENV,
+    LOG_ENV, STATE_ENV, VERSION_ENV,
 };
 pub use runner::SimulatedRunner;
 pub use state::{SimMachine, SimState};

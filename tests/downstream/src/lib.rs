@@ -1,0 +1,1 @@
+//! Nothing but tests: see `tests/vm.rs` and `examples/smolvm-fake.rs`.
