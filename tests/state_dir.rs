@@ -406,3 +406,49 @@ fn the_default_state_dir_is_in_temp_with_the_uid() {
     assert_eq!(listing(&tmp), vec!["smolvm-harness-0".to_string()]);
     assert!(listing(&xdg).is_empty());
 }
+
+/// The crash watcher's files: a planted `watcher.log` or `watcher.lock` symlink is replaced,
+/// never written through (it would append to any file the victim can write), and a ledger
+/// directory planted as a symlink is refused with a clear error.
+#[test]
+fn planted_watcher_files_and_ledger_are_not_followed() {
+    let base = base();
+    let state = base.path.join("state");
+    fs::create_dir(&state).expect("mkdir");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let victim = base.path.join("victim");
+    fs::write(&victim, "victim's file\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, state.join("watcher.log")).expect("plant log");
+    std::os::unix::fs::symlink(&victim, state.join("watcher.lock")).expect("plant lock");
+    let watcher_on = PathBuf::from("on");
+    let out = child(
+        &base,
+        "machine",
+        &[
+            ("SMOLVM_HARNESS_STATE_DIR", &state),
+            ("SMOLVM_HARNESS_WATCHER", &watcher_on),
+        ],
+        &[],
+    );
+    assert_eq!(
+        fs::read_to_string(&victim).expect("victim"),
+        "victim's file\n",
+        "written through a planted symlink:\n{out}"
+    );
+    for planted in ["watcher.log", "watcher.lock"] {
+        let meta = fs::symlink_metadata(state.join(planted)).expect("stat");
+        assert!(meta.is_file(), "{planted} was not replaced:\n{out}");
+    }
+
+    let elsewhere = base.path.join("elsewhere");
+    fs::create_dir(&elsewhere).expect("mkdir");
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let state = base.path.join("state2");
+    fs::create_dir(&state).expect("mkdir");
+    fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).expect("chmod");
+    std::os::unix::fs::symlink(&elsewhere, state.join("ledger")).expect("plant ledger");
+    let (ok, out) = run_child(&base, "machine", &state_env(&state), &[]);
+    assert!(!ok, "a machine was made with a planted ledger:\n{out}");
+    assert!(out.contains("it is a symbolic link"), "{out}");
+    assert!(listing(&elsewhere).is_empty(), "{out}");
+}
