@@ -271,7 +271,7 @@ fn a_watcher_settles_owners_already_dead_when_it_starts() {
     let w = World::new();
     let (mut child, name) = w.holder(false);
     sigkill_group(&mut child);
-    assert_eq!(w.machines(), [name.clone()]);
+    assert_eq!(w.machines(), std::slice::from_ref(&name));
     assert_eq!(w.ledger_files().len(), 1);
     let mut watcher = w.watcher();
     wait_until(LIMIT, "the dead owner's machine to be deleted", || {
