@@ -617,14 +617,10 @@ fn name_flag(smolvm: &Smolvm) -> bool {
 /// ledger's): they are paths, and the command is wrong without them. Any other process env is
 /// left out, since it might be a secret.
 fn command_text(smolvm: &Smolvm, args: &[&str]) -> String {
-    let mut words = Vec::new();
-    if let Some((_, env)) = smolvm.process_target() {
-        for (k, v) in env {
-            if cleanup::STATE_ENV.contains(&k.as_str()) {
-                words.push(shell_word(&format!("{k}={v}")));
-            }
-        }
-    }
+    let mut words: Vec<String> = cleanup::state_env_to_show(smolvm)
+        .into_iter()
+        .map(|(k, v)| shell_word(&format!("{k}={v}")))
+        .collect();
     words.push(shell_word(&smolvm.program().display().to_string()));
     words.extend(args.iter().map(|a| shell_word(a)));
     words.join(" ")
@@ -766,6 +762,14 @@ mod tests {
             "SMOLVM_DATA_DIR=/tmp/state '/opt/smol vm/smolvm' machine delete -f --name m1"
         );
         assert!(!cmd.contains("hunter22"));
+        // The fake CLI's state is what locates its machines: shown too.
+        let fake = Smolvm::new("/t/smolvm-fake")
+            .with_version(crate::Version::new(1, 9, 2))
+            .with_process_env("SMOLVM_FAKE_STATE", "/tmp/fake state");
+        assert_eq!(
+            delete_command(&fake, "m1"),
+            "'SMOLVM_FAKE_STATE=/tmp/fake state' /t/smolvm-fake machine delete -f --name m1"
+        );
     }
 
     #[test]

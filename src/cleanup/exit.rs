@@ -34,16 +34,23 @@ pub(crate) fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         std::hint::black_box(exit_hook as fn());
-        observe_panics();
         install_signal_thread();
     });
+    // `set_hook` panics when called on a panicking thread (a machine made in a `Drop` during
+    // unwinding): then the observer is installed by a later registration.
+    static OBSERVER: Once = Once::new();
+    if !std::thread::panicking() {
+        OBSERVER.call_once(observe_panics);
+    }
 }
 
 /// Set by the first panic anywhere in the process: at exit, `on-failure` then keeps.
 static PANICKED: AtomicBool = AtomicBool::new(false);
 
 /// Chain a panic hook that notes that something failed, then does what the previous hook
-/// did (libtest's output capture and messages are untouched).
+/// did (libtest's output capture and messages are untouched). Any panic counts, also one a
+/// test expected (`#[should_panic]`, `catch_unwind`): `on-failure` then keeps at exit, which
+/// errs towards keeping. A hook set later by the user replaces this one.
 fn observe_panics() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

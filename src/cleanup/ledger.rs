@@ -39,6 +39,28 @@ pub(crate) const STATE_ENV: &[&str] = &[
     "SMOLVM_FAKE_VERSION",
 ];
 
+/// What a printed smolvm command needs in front of it to reach the same machines: the
+/// state-locating variables the client sets, and the smolvm ones inherited from us
+/// (`SMOLVM_DATA_DIR`, the fake's state). Inherited `HOME` and `XDG_*` are left out: any shell
+/// of the same user has them. Values are paths, never secrets (other process env is omitted).
+pub(crate) fn state_env_to_show(smolvm: &Smolvm) -> Vec<(String, String)> {
+    let Some((_, process_env)) = smolvm.process_target() else {
+        return Vec::new();
+    };
+    let mut shown: Vec<(String, String)> = process_env
+        .into_iter()
+        .filter(|(k, _)| STATE_ENV.contains(&k.as_str()))
+        .collect();
+    for key in STATE_ENV.iter().filter(|k| k.starts_with("SMOLVM_")) {
+        if shown.iter().all(|(k, _)| k != key) {
+            if let Ok(v) = std::env::var(key) {
+                shown.push((key.to_string(), v));
+            }
+        }
+    }
+    shown
+}
+
 /// Ledger format; entries of another format are left alone.
 const FORMAT: u64 = 2;
 

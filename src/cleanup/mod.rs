@@ -34,7 +34,7 @@ mod watcher {
 
 pub use sweep::sweep;
 
-pub(crate) use ledger::STATE_ENV;
+pub(crate) use ledger::state_env_to_show;
 pub(crate) use owner::{ownership_labels, Evidence, Stage};
 #[cfg(test)]
 pub(crate) use owner::{OWNER_LABEL, RUN_LABEL};
