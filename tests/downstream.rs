@@ -26,12 +26,16 @@ use std::process::{Command, Output};
 use smolvm_harness::sim::{default_fake_state_dir, read_fake_state};
 
 /// The downstream crate's tests (`tests/downstream/tests/vm.rs`), by libtest name.
-const TESTS: [&str; 5] = [
+const TESTS: [&str; 9] = [
     "hello",
     "built_by_hand",
     "exit_codes::case_1_succeeds",
     "exit_codes::case_2_fails",
     "exit_codes::case_3_exits_7",
+    "above_rstest::case_1_one",
+    "above_rstest::case_2_two",
+    "values::word_1___a__",
+    "values::word_2___b__",
 ];
 const NOT_FOUND: &str = "smolvm not found on PATH (install it, or set SMOLVM_BIN)";
 
@@ -202,8 +206,8 @@ fn three_modes(runner: &[&str], passed: &str, failed: &str) {
 fn cargo_test_in_three_modes() {
     three_modes(
         &["test"],
-        "test result: ok. 5 passed; 0 failed",
-        "test result: FAILED. 0 passed; 5 failed",
+        "test result: ok. 9 passed; 0 failed",
+        "test result: FAILED. 0 passed; 9 failed",
     );
 }
 
@@ -224,8 +228,8 @@ fn cargo_nextest_in_three_modes() {
             "immediate",
             "--no-fail-fast",
         ],
-        "5 tests run: 5 passed",
-        "5 tests run: 0 passed, 5 failed",
+        "9 tests run: 9 passed",
+        "9 tests run: 0 passed, 9 failed",
     );
 }
 

@@ -36,9 +36,24 @@ fn built_by_hand() {
 #[case::succeeds("true", 0)]
 #[case::fails("false", 1)]
 #[case::exits_7("exit 7", 7)]
-// After the last `#[case]`: here `#[requires_smolvm]` guards every case. (Above `#[rstest]`
-// or before the cases it does not today; smolvm-harness is fixing that.)
+// After the last `#[case]`: `#[requires_smolvm]` guards every case.
 #[requires_smolvm]
 fn exit_codes(machine: Machine, #[case] script: &str, #[case] code: i32) {
     machine.sh(script).unwrap().expect_code(code);
+}
+
+// Above `#[rstest]`: also guards every case (above a `#[case]` it is a compile error).
+#[requires_smolvm]
+#[rstest]
+#[case::one("echo one", "one\n")]
+#[case::two("echo two", "two\n")]
+fn above_rstest(machine: Machine, #[case] script: &str, #[case] expected: &str) {
+    assert_eq!(machine.sh(script).unwrap().stdout_str(), expected);
+}
+
+// With `#[values]`, directly under `#[rstest]`: every combination is guarded.
+#[rstest]
+#[requires_smolvm]
+fn values(machine: Machine, #[values("a", "b")] word: &str) {
+    assert_eq!(machine.exec(&["echo", word]).unwrap().stdout_str(), format!("{word}\n"));
 }
