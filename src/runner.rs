@@ -276,9 +276,9 @@ impl Runner for ProcessRunner {
         let start = Instant::now();
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
         let pid = child.id();
-        lock(in_flight()).push(pid);
+        lock(in_flight()).push((std::process::id(), pid));
         let drained = drain_and_wait(&mut child, deadline(start, timeout), cap);
-        lock(in_flight()).retain(|p| *p != pid);
+        lock(in_flight()).retain(|(_, p)| *p != pid);
         let (done, stdout, stderr) = match drained {
             Ok(result) => result,
             Err(source) => {
@@ -377,10 +377,11 @@ impl Capture {
     }
 }
 
-/// The smolvm processes this process is running right now (their pids are also their process
-/// group ids).
-fn in_flight() -> &'static Mutex<Vec<u32>> {
-    static IN_FLIGHT: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// The smolvm processes running right now, with the pid of the process that spawned each (a
+/// child forked without exec inherits this list, and must not kill its parent's calls). Their
+/// pids are also their process group ids.
+fn in_flight() -> &'static Mutex<Vec<(u32, u32)>> {
+    static IN_FLIGHT: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
     &IN_FLIGHT
 }
 
@@ -390,7 +391,12 @@ fn in_flight() -> &'static Mutex<Vec<u32>> {
 /// Returns the pids signalled. (A pid is dropped from the list right after its process is
 /// reaped; reuse of a pid within that window would need the whole pid space to wrap.)
 pub(crate) fn kill_in_flight() -> Vec<u32> {
-    let pids = lock(in_flight()).clone();
+    let me = std::process::id();
+    let pids: Vec<u32> = lock(in_flight())
+        .iter()
+        .filter(|(spawner, _)| *spawner == me)
+        .map(|(_, pid)| *pid)
+        .collect();
     #[cfg(unix)]
     for pid in &pids {
         if let Ok(pid) = libc::pid_t::try_from(*pid) {

@@ -162,8 +162,13 @@ fn spawn(dir: &Path, socket: &Path) -> io::Result<()> {
     let mut child = cmd.spawn()?;
     let mut ready = String::new();
     if let Some(out) = child.stdout.take() {
-        // Bounded by the watcher: it either listens and says so, or exits (EOF).
-        BufReader::new(out).read_line(&mut ready)?;
+        // The watcher either listens and says so, or exits (EOF); bounded all the same, so a
+        // binary that somehow lacks the entry point (and runs its `main`) cannot hang us.
+        if readable_within(&out, Duration::from_secs(10)) {
+            BufReader::new(out).read_line(&mut ready)?;
+        } else {
+            let _ = child.kill();
+        }
     }
     // Not waited for: the watcher outlives us by design.
     drop(child);
@@ -175,6 +180,18 @@ fn spawn(dir: &Path, socket: &Path) -> io::Result<()> {
             ready.trim()
         )))
     }
+}
+
+/// Whether `fd` has data (or EOF) within `limit`.
+fn readable_within(fd: &impl std::os::fd::AsRawFd, limit: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
 /// Open (creating, mode 0600) a file of the state directory without following a symlink;
