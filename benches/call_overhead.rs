@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{figure, fmt_num, median, quantile, time, us, FakeEnv, Goal};
-use smolvm_harness::{CreateOptions, ExecOptions, Invocation, ProcessRunner, Runner};
+use smolvm_harness::runner::{Invocation, ProcessRunner, Runner};
+use smolvm_harness::{CreateOptions, ExecOptions};
 
 const WARMUP: usize = 10;
 

@@ -32,7 +32,7 @@ fn main() {
     if !common::bench_mode("machine_cap") {
         return;
     }
-    let default_cap = smolvm_harness::Config::from_lookup(|_| None)
+    let default_cap = smolvm_harness::config::Config::from_lookup(|_| None)
         .expect("the defaults are valid")
         .machine_cap();
     figure(

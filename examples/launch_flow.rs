@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 fn demo(smolvm: &Smolvm, cidr: &str) -> Result<(), Box<dyn Error>> {
-    let image = smolvm_harness::config()?.image.clone();
+    let image = smolvm_harness::config::config()?.image.clone();
     let pack = Pack::create_with(smolvm, &image)?;
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("result.env");

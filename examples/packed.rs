@@ -17,7 +17,8 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use smolvm_harness::{config, Machine, Pack, Smolvm};
+use smolvm_harness::config::config;
+use smolvm_harness::{Machine, Pack, Smolvm};
 
 fn main() -> ExitCode {
     let smolvm = Smolvm::from_env();
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         println!("using smolvm: {}", smolvm.program().display());
         smolvm
     } else {
-        let why = smolvm_harness::smolvm_check()
+        let why = smolvm_harness::skip::smolvm_check()
             .reason()
             .unwrap_or("smolvm is not available")
             .to_string();

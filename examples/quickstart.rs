@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use smolvm_harness::{config, Machine, MachineState, Smolvm};
+use smolvm_harness::config::config;
+use smolvm_harness::{Machine, MachineState, Smolvm};
 
 type Fallible<T = ()> = Result<T, Box<dyn Error>>;
 
@@ -62,7 +63,7 @@ impl Backend {
         let smolvm = Smolvm::from_env();
         if !smolvm.is_available() {
             // The same words a skipped test prints.
-            let reason = smolvm_harness::smolvm_check()
+            let reason = smolvm_harness::skip::smolvm_check()
                 .reason()
                 .unwrap_or("smolvm is not available")
                 .to_string();

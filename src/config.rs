@@ -13,7 +13,7 @@
 //! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live; created 0700; refused unless it is a directory of yours (see below) | `$TMPDIR/smolvm-harness-<uid>` |
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
-//! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::Truncation`] | `64MiB` |
+//! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::runner::Truncation`] | `64MiB` |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
@@ -29,6 +29,8 @@
 //! you (a directory of yours that others can access is set to 0700); anything else is an
 //! [`Error::Io`] saying why. Files in it are opened without following symlinks, and a file
 //! there that is not yours is not believed.
+//!
+//! [`config()`] returns the settings as read; [`KeepPolicy`] is also at the crate root.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -125,7 +127,7 @@ impl Config {
     /// Read the settings through `lookup` (for tests, or settings from elsewhere).
     ///
     /// ```
-    /// use smolvm_harness::{Config, KeepPolicy};
+    /// use smolvm_harness::config::{Config, KeepPolicy};
     /// let cfg = Config::from_lookup(|k| match k {
     ///     "SMOLVM_HARNESS_KEEP" => Some("on-failure".into()),
     ///     "SMOLVM_HARNESS_TIMEOUT" => Some("90s".into()),

@@ -3,6 +3,9 @@
 //! No single argv works on every smolvm: names went from positional to `--name` in 1.0.2,
 //! labels arrived in 1.8.0, and `--from` kept the egress policy only from 1.8.0. The crate
 //! reads `smolvm --version` once per binary and derives a [`Dialect`] from it.
+//!
+//! [`Version`] is also at the crate root, since choosing a simulated version
+//! ([`crate::Smolvm::simulated_version`]) is everyday test code.
 
 use std::fmt;
 use std::str::FromStr;
@@ -97,7 +100,7 @@ impl fmt::Display for Version {
 /// What a smolvm version accepts and how it behaves, as far as this crate's argv cares.
 ///
 /// ```
-/// use smolvm_harness::{Dialect, Version};
+/// use smolvm_harness::dialect::{Dialect, Version};
 /// let old = Dialect::for_version(Version::new(0, 8, 0));
 /// assert!(!old.name_flag && !old.labels && !old.delete_stops_running);
 /// let new = Dialect::for_version(Version::new(1, 9, 2));

@@ -9,6 +9,8 @@
 //! over the whole output before it is cut to its tail, also where the output and the value
 //! disagree on line endings (LF vs CRLF). Shorter values are not scrubbed from output: see
 //! [`CommandLine::redact_output`] for why.
+//!
+//! [`Error`] and [`Result`] are also at the crate root.
 
 use std::fmt;
 use std::io;
@@ -76,7 +78,7 @@ pub enum Error {
         timeout: Duration,
         /// What the process wrote to stdout before it was killed (past the output cap, the
         /// kept head and tail around a line that says how much was dropped; see
-        /// [`crate::Truncation`]).
+        /// [`crate::runner::Truncation`]).
         stdout: Vec<u8>,
         /// What the process wrote to stderr before it was killed (capped like `stdout`).
         stderr: Vec<u8>,
@@ -96,7 +98,7 @@ pub enum Error {
         /// The exit code; `None` when smolvm was killed by a signal.
         code: Option<i32>,
         /// Everything smolvm wrote to stdout (past the output cap, the kept head and tail
-        /// around a line that says how much was dropped; see [`crate::Truncation`]).
+        /// around a line that says how much was dropped; see [`crate::runner::Truncation`]).
         stdout: Vec<u8>,
         /// Everything smolvm wrote to stderr (capped like `stdout`).
         stderr: Vec<u8>,
@@ -456,7 +458,7 @@ impl CommandLine {
     /// easily than it is hidden. Give secrets four bytes or more.
     ///
     /// Where the runner dropped the middle of a stream (a drop-marker line, see
-    /// [`crate::Truncation`]), a secret cut in two by the drop is scrubbed on each side as
+    /// [`crate::runner::Truncation`]), a secret cut in two by the drop is scrubbed on each side as
     /// far as [`MIN_SCRUB_LEN`] bytes or more of it remain there.
     pub fn redact_output(&self, text: &str) -> String {
         if self.0.scrub.is_empty() {

@@ -221,7 +221,7 @@ impl MachineBuilder {
     }
 
     /// Use this exact name instead of a generated one. It must follow smolvm's rules (see
-    /// [`crate::validate_machine_name`]) and not be taken: an existing machine of that name is
+    /// [`crate::validate::validate_machine_name`]) and not be taken: an existing machine of that name is
     /// an error, and is never deleted on your behalf.
     pub fn name(mut self, name: impl Into<String>) -> MachineBuilder {
         self.name = Some(name.into());
@@ -445,7 +445,7 @@ impl Machine {
     }
 
     /// The smolvm commands run for this machine in this process, oldest first (at most
-    /// [`crate::TRANSCRIPT_LEN`]).
+    /// [`crate::transcript::TRANSCRIPT_LEN`]).
     pub fn transcript(&self) -> Vec<TranscriptEntry> {
         transcript::transcript(&self.name)
     }

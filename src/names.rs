@@ -34,12 +34,13 @@ const MAX_COUNTER_LEN: usize = 13;
 /// separates processes, also processes with the same pid in different pid namespaces. On
 /// smolvm before 1.8.0 (no labels) this is what proves a generated machine the harness's own.
 ///
-/// The result passes [`crate::validate_machine_name`] for any input. A prefix that would not
+/// The result passes [`crate::validate::validate_machine_name`] for any input. A prefix that would not
 /// (e.g. one with `.` or a leading `_`) is cleaned up the same way, keeping case and `_`; an
 /// empty one becomes `smt`.
 ///
 /// ```
-/// use smolvm_harness::{generate_name, validate_machine_name};
+/// use smolvm_harness::generate_name;
+/// use smolvm_harness::validate::validate_machine_name;
 ///
 /// let name = generate_name("smt", "tests::boots_alpine");
 /// assert!(name.starts_with("smt-tests-boots-alpine-"));

@@ -1,8 +1,13 @@
-//! The process runner: how an exact argv becomes a finished process, with no shell between.
+//! The runner seam: how an exact argv becomes a finished process, with no shell between.
+//! A [`Runner`] gets an [`Invocation`] and returns a [`RawOutput`]; a client
+//! ([`crate::Smolvm::with_runner`]) can use any of them.
 //!
 //! [`ProcessRunner`] is the real one. [`ScriptedRunner`] records every invocation and answers
 //! from rules, for unit tests of code that drives smolvm (ours and downstream crates').
-//! [`crate::SimulatedRunner`] answers from a stateful simulation instead.
+//! [`crate::sim::SimulatedRunner`] answers from a stateful simulation instead.
+//!
+//! [`ScriptedRunner`] and [`Reply`] are also at the crate root, since unit tests use them
+//! every day; the rest is for writing or inspecting runners.
 
 use std::fmt;
 use std::io::{self, Read};

@@ -189,7 +189,7 @@ impl SkipDecision {
     /// summary at exit; a panic at the caller's location when it must fail.
     ///
     /// ```should_panic
-    /// use smolvm_harness::SkipDecision;
+    /// use smolvm_harness::skip::SkipDecision;
     /// assert!(!SkipDecision::Run.apply("t"));
     /// let _ = SkipDecision::Fail("smolvm is required".into()).apply("t"); // panics: "t: smolvm is required"
     /// ```
@@ -314,12 +314,12 @@ impl SkipReturn for ExitCode {
 #[macro_export]
 macro_rules! require_smolvm {
     () => {
-        if $crate::skip_unless_smolvm() {
-            return <_ as $crate::SkipReturn>::skipped();
+        if $crate::skip::skip_unless_smolvm() {
+            return <_ as $crate::skip::SkipReturn>::skipped();
         }
     };
     ($skipped:expr) => {
-        if $crate::skip_unless_smolvm() {
+        if $crate::skip::skip_unless_smolvm() {
             return $skipped;
         }
     };

@@ -1,6 +1,10 @@
 //! The recent smolvm commands of each machine, kept so that a failing test can show what was
 //! done to its machine (Firecracker and Cloud Hypervisor dump the VMM's story on failure;
 //! this is ours).
+//!
+//! A guard gives its own machine's with [`Machine::transcript`](crate::Machine::transcript),
+//! and prints it when its test fails; [`transcript()`] is for machines driven through a bare
+//! [`Smolvm`](crate::Smolvm) client.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

@@ -1,5 +1,9 @@
 //! Input checks that run before smolvm is spawned, so bad input gets a typed error that says
 //! what is wrong instead of smolvm's exit 1 or 2 (or, worse, a silently different meaning).
+//!
+//! The client runs them on every call; they are public so that a test or a helper of yours
+//! can check input the same way (a name it builds, a CIDR it reads from a fixture), and so
+//! that the limits ([`MAX_NAME_LEN`], [`MAX_TIMEOUT`]) can be named.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -17,7 +21,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Check a machine name against smolvm's `validate_vm_name` (same in 0.8.0 and 1.9.2).
 ///
 /// ```
-/// use smolvm_harness::validate_machine_name;
+/// use smolvm_harness::validate::validate_machine_name;
 /// assert!(validate_machine_name("web-1_a").is_ok());
 /// for bad in ["", "-x", "a--b", "a-", "a.b", "a:b", &"x".repeat(129)] {
 ///     assert!(validate_machine_name(bad).is_err(), "{bad}");
@@ -121,7 +125,7 @@ pub(crate) fn validate_label(key: &str, value: &str) -> Result<()> {
 /// IPv6 address with an optional `/prefix` in range, no surrounding whitespace, no hostnames.
 ///
 /// ```
-/// use smolvm_harness::validate_cidr;
+/// use smolvm_harness::validate::validate_cidr;
 /// assert!(validate_cidr("10.0.0.0/8").is_ok());
 /// assert!(validate_cidr("1.1.1.1").is_ok());
 /// assert!(validate_cidr("2001:db8::/32").is_ok());
@@ -161,7 +165,7 @@ pub fn validate_cidr(cidr: &str) -> Result<()> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use smolvm_harness::format_timeout;
+/// use smolvm_harness::validate::format_timeout;
 /// assert_eq!(format_timeout(Duration::from_secs(30)).unwrap(), "30s");
 /// assert_eq!(format_timeout(Duration::from_millis(1500)).unwrap(), "1500ms");
 /// assert!(format_timeout(Duration::from_micros(999)).is_err());

@@ -10,10 +10,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use smolvm_harness::runner::{Invocation, ProcessRunner, Runner};
 use smolvm_harness::sim::{
     read_fake_state, SimState, FAIL_ENV, HANG_ENV, LATENCY_ENV, LOG_ENV, STATE_ENV, VERSION_ENV,
 };
-use smolvm_harness::{Error, Invocation, ProcessRunner, Runner};
+use smolvm_harness::Error;
 
 const FAKE: &str = env!("CARGO_BIN_EXE_smolvm-fake");
 

@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use smolvm_harness::runner::{Invocation, ProcessRunner, Runner};
 use smolvm_harness::sim::{SimulatedRunner, STATE_ENV, VERSION_ENV};
-use smolvm_harness::{Invocation, ProcessRunner, Runner, Version};
+use smolvm_harness::Version;
 
 const OLD: Version = Version::new(0, 8, 0);
 const NEW: Version = Version::new(1, 9, 2);

@@ -4,10 +4,11 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+use smolvm_harness::config::config;
 use smolvm_harness::diag::capture;
 use smolvm_harness::sim::SimulatedRunner;
 use smolvm_harness::{
-    config, Error, KeepPolicy, Machine, MachineState, Pack, Reply, ScriptedRunner, Smolvm,
+    Error, KeepPolicy, Machine, MachineState, Pack, Reply, ScriptedRunner, Smolvm,
 };
 
 fn client(runner: &ScriptedRunner) -> Smolvm {
@@ -330,7 +331,7 @@ fn status_and_transcript() {
     assert!(transcript.iter().all(|e| e.outcome == "exit 0"));
     drop(vm);
     // The guard is gone, so is its story.
-    assert!(smolvm_harness::transcript("m-status").is_empty());
+    assert!(smolvm_harness::transcript::transcript("m-status").is_empty());
 }
 
 #[test]
@@ -795,11 +796,11 @@ fn a_panicking_runner_in_drop_does_not_abort_a_failing_test() {
     /// Panics on the first delete only, so the exit hook's retry of the machine succeeds.
     #[derive(Debug)]
     struct PanicsOnDelete(ScriptedRunner, std::sync::atomic::AtomicBool);
-    impl smolvm_harness::Runner for PanicsOnDelete {
+    impl smolvm_harness::runner::Runner for PanicsOnDelete {
         fn run(
             &self,
-            inv: &smolvm_harness::Invocation,
-        ) -> smolvm_harness::Result<smolvm_harness::RawOutput> {
+            inv: &smolvm_harness::runner::Invocation,
+        ) -> smolvm_harness::Result<smolvm_harness::runner::RawOutput> {
             let delete = inv.args.get(1).map(String::as_str) == Some("delete");
             if delete && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 panic!("runner bug");
@@ -1124,12 +1125,12 @@ fn huge_timeouts_are_clamped_so_a_deadline_always_exists() {
     let at = exec.args.iter().position(|a| a == "--timeout").unwrap();
     assert_eq!(exec.args[at + 1], "31536000s");
     // The host deadline: clamped as well, never "none".
-    assert_eq!(exec.timeout, Some(smolvm_harness::MAX_TIMEOUT));
+    assert_eq!(exec.timeout, Some(smolvm_harness::validate::MAX_TIMEOUT));
 
     let forever = client(&runner).with_timeout(Duration::MAX);
     forever.machine_start("m-forever").unwrap();
     assert_eq!(
         runner.calls().pop().expect("a start").timeout,
-        Some(smolvm_harness::MAX_TIMEOUT)
+        Some(smolvm_harness::validate::MAX_TIMEOUT)
     );
 }

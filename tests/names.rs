@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use smolvm_harness::{current_test_name, generate_name, validate_machine_name, MAX_NAME_LEN};
+use smolvm_harness::validate::{validate_machine_name, MAX_NAME_LEN};
+use smolvm_harness::{current_test_name, generate_name};
 
 /// Set in the child processes of `names_from_two_processes_never_collide`.
 const HELPER_ENV: &str = "SMOLVM_HARNESS_TEST_NAMES_HELPER";

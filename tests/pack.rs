@@ -7,7 +7,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use smolvm_harness::{Error, Invocation, Pack, RawOutput, Reply, Runner, ScriptedRunner, Smolvm};
+use smolvm_harness::runner::{Invocation, RawOutput, Runner};
+use smolvm_harness::{Error, Pack, Reply, ScriptedRunner, Smolvm};
 
 fn client(runner: &ScriptedRunner) -> Smolvm {
     Smolvm::new("smolvm").with_runner(runner.clone())

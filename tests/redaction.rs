@@ -5,8 +5,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use smolvm_harness::error::MIN_SCRUB_LEN;
 use smolvm_harness::{
-    CreateOptions, Error, ExecOptions, ExecOutput, Reply, ScriptedRunner, Smolvm, MIN_SCRUB_LEN,
+    CreateOptions, Error, ExecOptions, ExecOutput, Reply, ScriptedRunner, Smolvm,
 };
 
 /// A PEM-like multi-line value: every line is distinctive, so a leak of any one is visible.
@@ -179,7 +180,7 @@ fn short_values_are_redacted_from_command_lines_but_not_from_output() {
     smolvm
         .machine_create("m-short", &CreateOptions::image("alpine").env("S", "abc"))
         .expect("create");
-    let recorded = smolvm_harness::transcript("m-short");
+    let recorded = smolvm_harness::transcript::transcript("m-short");
     assert!(
         recorded
             .iter()

@@ -9,10 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serial_test::serial;
-use smolvm_harness::{
-    config, CreateOptions, Error, ExecOptions, Invocation, ProcessRunner, Runner, Smolvm,
-    Truncation,
-};
+use smolvm_harness::config::config;
+use smolvm_harness::runner::{Invocation, ProcessRunner, Runner, Truncation};
+use smolvm_harness::{CreateOptions, Error, ExecOptions, Smolvm};
 
 const FAKE: &str = env!("CARGO_BIN_EXE_smolvm-fake");
 

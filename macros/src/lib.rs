@@ -51,7 +51,7 @@ use proc_macro::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenSt
 /// reported at the line of this attribute.
 ///
 /// A skipped test returns `()` or `Ok(())` (any return type implementing
-/// `smolvm_harness::SkipReturn`), found by type inference, so `-> Result<(), E>`, aliases
+/// `smolvm_harness::skip::SkipReturn`), found by type inference, so `-> Result<(), E>`, aliases
 /// of it and `-> std::process::ExitCode` all work. The attribute takes no arguments and
 /// applies only to functions with a body; anything else is a compile error.
 #[proc_macro_attribute]

@@ -2,7 +2,7 @@
 //!
 //! One implementation of smolvm's grammar and behaviour backs two front ends:
 //!
-//! - [`SimulatedRunner`], a [`crate::Runner`] that answers in-process from shared state;
+//! - [`SimulatedRunner`], a [`crate::runner::Runner`] that answers in-process from shared state;
 //! - the `smolvm-fake` binary (`fixtures/smolvm-fake.rs`, a thin `main` over
 //!   [`fake_cli_main`]), a real process that keeps its state in a directory, so that the
 //!   process runner, timeouts, kills and parallel processes are exercised for real. A crate
@@ -99,7 +99,7 @@
 //!
 //! ```
 //! use smolvm_harness::sim::SimulatedRunner;
-//! use smolvm_harness::{Invocation, Runner};
+//! use smolvm_harness::runner::{Invocation, Runner};
 //!
 //! let runner = SimulatedRunner::newest();
 //! let call = |args: &[&str]| {

@@ -29,7 +29,8 @@ struct Shared {
 /// ```
 /// use std::time::Duration;
 /// use smolvm_harness::sim::SimulatedRunner;
-/// use smolvm_harness::{Invocation, Runner, Version};
+/// use smolvm_harness::runner::{Invocation, Runner};
+/// use smolvm_harness::Version;
 ///
 /// let runner = SimulatedRunner::new(Version::new(0, 8, 0)).fail("start");
 /// let inv = |args: &[&str]| Invocation {

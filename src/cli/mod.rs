@@ -1,0 +1,583 @@
+//! The smolvm client: one method per subcommand, each checking its input, building the exact
+//! argv the installed smolvm's dialect accepts and running it without a shell.
+//!
+//! Lifecycle calls return `Result<_, Error>`. [`Smolvm::machine_exec`] returns the guest's
+//! output and exit code, and fails only when smolvm itself failed.
+//!
+//! The pieces: `options` (what a caller asks of create and exec, and its argv), `copy` (the
+//! two sides of `machine cp`), `output` (what smolvm answers), `program` (which binary) and
+//! `version_cache` (asking `--version` once per binary, across processes).
+
+mod copy;
+mod options;
+mod output;
+mod program;
+mod version_cache;
+
+pub use copy::CpPath;
+pub use options::{CreateOptions, ExecOptions, Source};
+pub use output::{ExecOutput, MachineInfo, MachineState};
+pub(crate) use program::{resolve_program, smolvm_bin_from_env};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::config::{config, config_or_default};
+use crate::dialect::{Dialect, Version};
+use crate::error::{CommandLine, Error, Result};
+use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
+use crate::sim::SimulatedRunner;
+use crate::transcript;
+use crate::validate::{validate_image, validate_machine_name, MAX_TIMEOUT};
+use options::{path_arg, strings};
+use program::describe_lookup;
+
+/// A smolvm client: which binary, which runner, which timeout. Cheap to clone (an `Arc`).
+///
+/// ```no_run
+/// use smolvm_harness::{CreateOptions, ExecOptions, Smolvm};
+///
+/// let smolvm = Smolvm::from_env();
+/// smolvm.machine_create("web", &CreateOptions::image("alpine:latest").net())?;
+/// smolvm.machine_start("web")?;
+/// let out = smolvm.machine_exec("web", &["uname", "-a"], &ExecOptions::default())?;
+/// assert!(out.success());
+/// smolvm.machine_delete("web")?;
+/// # Ok::<(), smolvm_harness::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Smolvm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// As configured: a bare name (looked up on `PATH`) or a path.
+    program: PathBuf,
+    runner: Arc<dyn Runner>,
+    /// Only the real runner's answers may be cached per binary across clients.
+    process_runner: bool,
+    timeout: Option<Duration>,
+    env: Vec<(String, String)>,
+    version_override: Option<Version>,
+    version: OnceLock<Version>,
+}
+
+// The runner behind the `Arc` is only ever called through `&self`, and every lock inside the
+// crate recovers from poisoning, so a panic cannot leave a client half-updated. Without
+// these, `catch_unwind(|| smolvm.machine_list())` and anything holding a client would not
+// compile.
+impl std::panic::UnwindSafe for Smolvm {}
+impl std::panic::RefUnwindSafe for Smolvm {}
+
+impl fmt::Debug for Smolvm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smolvm")
+            .field("program", &self.inner.program)
+            .field("runner", &self.inner.runner)
+            .field("timeout", &self.timeout())
+            .field("version", &self.inner.version.get())
+            .finish()
+    }
+}
+
+impl Smolvm {
+    /// The binary named by `SMOLVM_BIN` (a name or a path), else `smolvm` on `PATH`.
+    pub fn from_env() -> Smolvm {
+        Smolvm::new(smolvm_bin_from_env())
+    }
+
+    /// A specific binary: a name looked up on `PATH`, or a path.
+    pub fn new(program: impl Into<PathBuf>) -> Smolvm {
+        Smolvm {
+            inner: Arc::new(Inner {
+                program: program.into(),
+                runner: Arc::new(ProcessRunner),
+                process_runner: true,
+                timeout: None,
+                env: Vec::new(),
+                version_override: None,
+                version: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// A client whose runner is the in-process simulation of the newest supported smolvm.
+    /// Nothing is spawned; see [`SimulatedRunner`](crate::sim::SimulatedRunner) for what it
+    /// simulates.
+    ///
+    /// ```
+    /// use smolvm_harness::{CreateOptions, ExecOptions, Smolvm};
+    /// let smolvm = Smolvm::simulated();
+    /// smolvm.machine_create("demo", &CreateOptions::image("alpine").net()).unwrap();
+    /// smolvm.machine_start("demo").unwrap();
+    /// let out = smolvm.machine_exec("demo", &["echo", "hi"], &ExecOptions::default()).unwrap();
+    /// assert_eq!(out.stdout_str(), "hi\n");
+    /// ```
+    pub fn simulated() -> Smolvm {
+        Smolvm::simulated_version(Version::NEWEST_KNOWN)
+    }
+
+    /// A client over the simulation of a given smolvm version (e.g. `Version::new(0, 8, 0)`).
+    pub fn simulated_version(version: Version) -> Smolvm {
+        Smolvm::new("smolvm").with_runner(SimulatedRunner::new(version))
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Inner)) -> Smolvm {
+        let mut inner = Inner {
+            program: self.inner.program.clone(),
+            runner: Arc::clone(&self.inner.runner),
+            process_runner: self.inner.process_runner,
+            timeout: self.inner.timeout,
+            env: self.inner.env.clone(),
+            version_override: self.inner.version_override,
+            version: OnceLock::new(),
+        };
+        if let Some(v) = self.inner.version.get() {
+            let _ = inner.version.set(*v);
+        }
+        f(&mut inner);
+        Smolvm {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same client with another runner (a [`crate::ScriptedRunner`], a
+    /// [`SimulatedRunner`](crate::sim::SimulatedRunner), or your own). The detected version
+    /// is forgotten.
+    pub fn with_runner(&self, runner: impl Runner + 'static) -> Smolvm {
+        self.edit(|i| {
+            i.runner = Arc::new(runner);
+            i.process_runner = false;
+            i.version = OnceLock::new();
+        })
+    }
+
+    /// The same client with another default host-side timeout per call (instead of
+    /// `SMOLVM_HARNESS_TIMEOUT`, default 300 s). `pack create` uses the larger of this and
+    /// `SMOLVM_HARNESS_PACK_TIMEOUT`.
+    pub fn with_timeout(&self, timeout: Duration) -> Smolvm {
+        self.edit(|i| i.timeout = Some(timeout))
+    }
+
+    /// The same client, with `KEY=VALUE` in the environment of the smolvm process (not of the
+    /// guest): e.g. `SMOLVM_DATA_DIR` to isolate state.
+    pub fn with_process_env(&self, key: impl Into<String>, value: impl Into<String>) -> Smolvm {
+        let (key, value) = (key.into(), value.into());
+        self.edit(|i| {
+            i.env.push((key, value));
+            // The environment can change which smolvm answers (a wrapper, SMOLVM_FAKE_VERSION).
+            i.version = OnceLock::new();
+        })
+    }
+
+    /// The same client, assuming this smolvm version instead of asking `--version`: for
+    /// builds whose version string is unusual.
+    pub fn with_version(&self, version: Version) -> Smolvm {
+        self.edit(|i| {
+            i.version_override = Some(version);
+            i.version = OnceLock::new();
+        })
+    }
+
+    /// The program as configured.
+    pub fn program(&self) -> &Path {
+        &self.inner.program
+    }
+
+    /// For a client that spawns real processes: the program and the extra process env, i.e.
+    /// what another process needs to reach the same smolvm (the crash watcher and the
+    /// next run's sweep). `None` for in-process runners, whose machines die with the process.
+    pub(crate) fn process_target(&self) -> Option<(PathBuf, Vec<(String, String)>)> {
+        self.inner
+            .process_runner
+            .then(|| (self.inner.program.clone(), self.inner.env.clone()))
+    }
+
+    /// Identifies the runner behind this client (shared by its clones): for in-process
+    /// runners, one simulation or script is one smolvm state.
+    pub(crate) fn runner_id(&self) -> usize {
+        self.inner
+            .runner
+            .state_id()
+            .unwrap_or_else(|| Arc::as_ptr(&self.inner.runner).cast::<()>() as usize)
+    }
+
+    /// The default host-side timeout of each call.
+    pub fn timeout(&self) -> Duration {
+        self.inner
+            .timeout
+            .unwrap_or_else(|| config_or_default().call_timeout)
+    }
+
+    /// True when this client can run smolvm: for the real runner, the binary resolves to an
+    /// executable file (checked once per binary); for any other runner, always.
+    pub fn is_available(&self) -> bool {
+        if !self.inner.process_runner {
+            return true;
+        }
+        static CACHE: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(hit) = lock(cache).get(&self.inner.program) {
+            return *hit;
+        }
+        let found = resolve_program(&self.inner.program).is_ok();
+        lock(cache).insert(self.inner.program.clone(), found);
+        found
+    }
+
+    /// The smolvm version, from `smolvm --version` (asked once per binary and cached), or the
+    /// override given to [`Smolvm::with_version`].
+    pub fn version(&self) -> Result<Version> {
+        if let Some(v) = self.inner.version_override {
+            return Ok(v);
+        }
+        if let Some(v) = self.inner.version.get() {
+            return Ok(*v);
+        }
+        if !self.inner.process_runner {
+            let v = self.probe_version()?;
+            let _ = self.inner.version.set(v);
+            return Ok(v);
+        }
+        let v = version_cache::version_of(&self.inner.program, &self.inner.env, || {
+            self.probe_version()
+        })?;
+        let _ = self.inner.version.set(v);
+        Ok(v)
+    }
+
+    fn probe_version(&self) -> Result<Version> {
+        let args = vec!["--version".to_string()];
+        let (cmd, out) = self.run(None, args, self.timeout())?;
+        let out = check(&cmd, out)?;
+        Version::parse_version_output(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
+            Error::Parse {
+                command: cmd.clone(),
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// The dialect of [`Smolvm::version`].
+    pub fn dialect(&self) -> Result<Dialect> {
+        Ok(Dialect::for_version(self.version()?))
+    }
+
+    /// `smolvm pack create --image IMAGE -o OUTPUT`. Returns the `.smolmachine` sidecar
+    /// (`OUTPUT.smolmachine`), which is what [`CreateOptions::from_path`] needs; smolvm writes
+    /// both files.
+    pub fn pack_create(&self, image: &str, output: impl AsRef<Path>) -> Result<PathBuf> {
+        validate_image(image)?;
+        let output = output.as_ref();
+        let out_str = path_arg("pack output", output)?;
+        if out_str.is_empty() {
+            return Err(Error::invalid("pack output", "must not be empty"));
+        }
+        let args = strings(&["pack", "create", "--image", image, "-o", &out_str]);
+        let timeout = self.timeout().max(config_or_default().pack_timeout);
+        let (cmd, out) = self.run(None, args, timeout)?;
+        check(&cmd, out)?;
+        let mut sidecar = output.as_os_str().to_owned();
+        sidecar.push(".smolmachine");
+        Ok(PathBuf::from(sidecar))
+    }
+
+    /// `smolvm machine create` in this smolvm's dialect: created, not started.
+    ///
+    /// Refuses, before spawning, a [`CreateOptions::from_path`] with CIDRs on smolvm < 1.8.0:
+    /// those versions silently drop the egress policy (and 0.8.0 with `--net` would grant
+    /// unrestricted network). Labels are sent only where supported (≥ 1.8.0).
+    pub fn machine_create(&self, name: &str, options: &CreateOptions) -> Result<()> {
+        validate_machine_name(name)?;
+        options.validate()?;
+        let dialect = self.dialect()?;
+        let args = options.argv(name, dialect)?;
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out)?;
+        let values = options.env_values();
+        if !values.is_empty() {
+            lock(secrets_book()).insert(name.to_string(), values);
+        }
+        Ok(())
+    }
+
+    /// `smolvm machine start --name NAME`.
+    pub fn machine_start(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "start", "--name", name]);
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out).map(drop)
+    }
+
+    /// `smolvm machine stop --name NAME`. Stopping a machine that is not running succeeds.
+    pub fn machine_stop(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "stop", "--name", name]);
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out).map(drop)
+    }
+
+    /// `smolvm machine delete -f` in this smolvm's dialect. Idempotent: a machine that does
+    /// not exist counts as deleted. `-f` is always sent: without it smolvm prompts, and on a
+    /// closed stdin cancels and keeps the machine. On smolvm 0.8.0, whose delete leaves a
+    /// running VM orphaned, the machine is stopped first.
+    pub fn machine_delete(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let dialect = self.dialect()?;
+        if !dialect.delete_stops_running {
+            // 0.8.0's stop exits 0 for a stopped or unknown machine, so any error here is real;
+            // deleting anyway would drop the record of a VM that is still running.
+            self.machine_stop(name)?;
+        }
+        let args = if dialect.name_flag {
+            strings(&["machine", "delete", "-f", "--name", name])
+        } else {
+            strings(&["machine", "delete", "-f", name])
+        };
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        match check(&cmd, out) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        lock(secrets_book()).remove(name);
+        Ok(())
+    }
+
+    /// `smolvm machine exec --name NAME [-w DIR] [--timeout T] [--env=K=V]… -- ARGV…`.
+    ///
+    /// A non-zero guest exit is **not** an error: it is in [`ExecOutput::code`]. It is an
+    /// error when smolvm itself failed (machine not found, not running), which smolvm
+    /// reports as exit 1 with its own `Error: …` line, so exec on a dead machine never looks
+    /// like "the guest exited 1". The host-side limit is the guest timeout plus 10 s when a
+    /// guest timeout is set, and never less than the client's default (both clamped to
+    /// [`MAX_TIMEOUT`](crate::validate::MAX_TIMEOUT), 365 days, so a deadline always exists).
+    ///
+    /// Each of stdout and stderr is kept up to the output cap (`SMOLVM_HARNESS_OUTPUT_CAP`,
+    /// default 64 MiB); see [`ExecOutput::stdout_dropped`].
+    ///
+    /// Exit 2 is always the guest's: smolvm's own usage errors are exit 2 too, but this crate
+    /// validates the argv it sends, and a guest CLI printing its usage looks the same. On a
+    /// bare VM (no image), a command that cannot be spawned at all is smolvm's exit 1
+    /// `Error: agent operation failed: vm exec: failed to spawn command`, hence an error.
+    pub fn machine_exec<S: AsRef<str>>(
+        &self,
+        name: &str,
+        argv: &[S],
+        options: &ExecOptions,
+    ) -> Result<ExecOutput> {
+        validate_machine_name(name)?;
+        if argv.is_empty() {
+            return Err(Error::invalid("exec argv", "must name a command to run"));
+        }
+        if let Some(i) = argv.iter().position(|a| a.as_ref().contains('\0')) {
+            return Err(Error::invalid(
+                "exec argv",
+                format!("argument {i} contains NUL, which no argv can carry"),
+            ));
+        }
+        options.validate()?;
+        let args = options.argv(name, argv)?;
+        let mut host_timeout = self.timeout();
+        if let Some(t) = options.guest_timeout() {
+            host_timeout = host_timeout.max(t.saturating_add(Duration::from_secs(10)));
+        }
+        let (cmd, out) = self.run(Some(name), args, host_timeout)?;
+        if out.code != Some(0) && is_smolvm_error(&out) {
+            return Err(failed(&cmd, out));
+        }
+        let Some(code) = out.code else {
+            return Err(failed(&cmd, out));
+        };
+        Ok(ExecOutput::from_run(code, cmd, out))
+    }
+
+    /// `smolvm machine cp SRC DST`: one side on the host, the other `machine:path`.
+    /// An empty path on either side is [`Error::InvalidInput`] (the seed design silently
+    /// copied nothing, which hid mistakes), as is a NUL byte in any part.
+    ///
+    /// ```
+    /// use smolvm_harness::{CpPath, Smolvm, ScriptedRunner};
+    /// let runner = ScriptedRunner::new();
+    /// let smolvm = Smolvm::new("smolvm").with_runner(runner.clone());
+    /// smolvm.machine_cp(CpPath::host("out/report.txt"), CpPath::guest("web", "/tmp/r.txt")).unwrap();
+    /// assert_eq!(runner.argvs()[0], ["machine", "cp", "out/report.txt", "web:/tmp/r.txt"]);
+    /// ```
+    pub fn machine_cp(&self, src: impl Into<CpPath>, dst: impl Into<CpPath>) -> Result<()> {
+        let (machine, args) = copy::argv(&src.into(), &dst.into())?;
+        let (cmd, out) = self.run(Some(&machine), args, self.timeout())?;
+        check(&cmd, out).map(drop)
+    }
+
+    /// `smolvm machine ls --json`, sorted by name (smolvm's own order is not stable).
+    pub fn machine_list(&self) -> Result<Vec<MachineInfo>> {
+        let args = strings(&["machine", "ls", "--json"]);
+        let (cmd, out) = self.run(None, args, self.timeout())?;
+        let out = check(&cmd, out)?;
+        output::parse_list(&cmd, &out)
+    }
+
+    /// `smolvm machine status --name NAME --json`; `None` when the machine does not exist.
+    ///
+    /// smolvm (0.8.0 through 1.9.2) leaves an empty data directory with sparse disk images
+    /// behind when asked about a name it does not know; to test whether a machine exists
+    /// without that, look for it in [`Smolvm::machine_list`].
+    pub fn machine_status(&self, name: &str) -> Result<Option<MachineInfo>> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "status", "--name", name, "--json"]);
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        let out = match check(&cmd, out) {
+            Ok(out) => out,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        output::parse_status(&cmd, &out).map(Some)
+    }
+
+    /// Run one invocation through the runner, recording it in the machine's transcript.
+    /// The command it returns (and puts in errors) also knows the machine's create-time env
+    /// values, so that output quoted from a guest that printed them is scrubbed too.
+    fn run(
+        &self,
+        machine: Option<&str>,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(CommandLine, RawOutput)> {
+        // Every method checks its own input with a precise message; this is the net under
+        // them all, so that no NUL reaches a spawn (where it would be an I/O error).
+        if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+            return Err(Error::invalid(
+                "argument",
+                format!("argument {i} of the smolvm command line contains NUL"),
+            ));
+        }
+        if let Some((k, _)) =
+            self.inner.env.iter().find(|(k, v)| {
+                k.contains('\0') || v.contains('\0') || k.contains('=') || k.is_empty()
+            })
+        {
+            return Err(Error::invalid(
+                "process env",
+                format!("{k:?}: a key must be non-empty without `=` or NUL, a value without NUL (value not shown)"),
+            ));
+        }
+        if self
+            .inner
+            .program
+            .as_os_str()
+            .as_encoded_bytes()
+            .contains(&0)
+        {
+            return Err(Error::invalid("smolvm binary", "the path contains NUL"));
+        }
+        let mut env = self.inner.env.clone();
+        if self.inner.process_runner {
+            // A ledgered `machine create`: marked so that, if we die, the watcher and later
+            // sweeps can tell whether it still runs.
+            if let Some(mark) = crate::cleanup::create_mark() {
+                env.push((crate::cleanup::CREATE_MARK_ENV.to_string(), mark));
+            }
+        }
+        let inv = Invocation {
+            program: self.inner.program.clone(),
+            args,
+            env,
+            timeout: Some(timeout.min(MAX_TIMEOUT)),
+        };
+        let result = self.inner.runner.run(&inv);
+        let command = match machine {
+            Some(m) => inv.command_line().with_secrets(&machine_secrets(m)),
+            None => inv.command_line(),
+        };
+        let trace = config().map(|c| c.trace).unwrap_or(false);
+        transcript::record(machine, &command, &result, trace);
+        match result {
+            Ok(out) => Ok((command, out)),
+            Err(Error::NotFound { binary, .. }) if self.inner.process_runner => {
+                Err(Error::NotFound {
+                    looked: describe_lookup(&self.inner.program),
+                    binary,
+                })
+            }
+            Err(Error::Timeout {
+                timeout,
+                stdout,
+                stderr,
+                ..
+            }) => Err(Error::Timeout {
+                command,
+                timeout,
+                stdout,
+                stderr,
+            }),
+            Err(Error::Spawn { source, .. }) => Err(Error::Spawn { command, source }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// True if the binary from the environment (`SMOLVM_BIN`, else `smolvm` on `PATH`) resolves
+/// to an executable file. Cheap: checked once per binary.
+pub fn is_available() -> bool {
+    Smolvm::from_env().is_available()
+}
+
+/// Env values given to `machine create`, per machine name, for as long as the machine may
+/// exist: a guest can print them (`env`), and then they are in output an error quotes.
+fn secrets_book() -> &'static Mutex<HashMap<String, Vec<String>>> {
+    static BOOK: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+    BOOK.get_or_init(Default::default)
+}
+
+fn machine_secrets(machine: &str) -> Vec<String> {
+    lock(secrets_book())
+        .get(machine)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `Ok` for exit 0, else [`Error::Failed`].
+fn check(cmd: &CommandLine, out: RawOutput) -> Result<RawOutput> {
+    if out.code == Some(0) {
+        Ok(out)
+    } else {
+        Err(failed(cmd, out))
+    }
+}
+
+fn failed(cmd: &CommandLine, out: RawOutput) -> Error {
+    Error::Failed {
+        command: cmd.clone(),
+        code: out.code,
+        stdout: out.stdout_marked(),
+        stderr: out.stderr_marked(),
+    }
+}
+
+/// smolvm's own failures of `exec` are exit 1 with a last stderr line `Error: ` followed by
+/// one of its error kinds (§0.4 of the CLI notes); a guest's exit 1 has no such line.
+/// A guest that prints exactly such a line and exits 1 would be misread; that is the price of
+/// the CLI's shared exit code, and the kinds are specific enough to make it unlikely.
+fn is_smolvm_error(out: &RawOutput) -> bool {
+    if out.code != Some(1) {
+        return out.code.is_none();
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) else {
+        return false;
+    };
+    let Some(rest) = last.strip_prefix("Error: ") else {
+        return false;
+    };
+    [
+        "vm not found: ",
+        "agent operation failed: ",
+        "config operation failed: ",
+    ]
+    .iter()
+    .any(|kind| rest.starts_with(kind))
+        || rest.contains("command output exceeded")
+}
