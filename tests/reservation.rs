@@ -35,9 +35,15 @@ fn one_simulation_refuses_a_second_live_guard_with_a_name_in_use_error() {
     let first = machine(&sim, "db").unwrap();
     // A clone of the client reaches the same simulated state.
     let err = machine(&sim.clone(), "db").unwrap_err();
-    assert!(matches!(&err, Error::NameInUse { name } if name == "db"), "{err:?}");
+    assert!(
+        matches!(&err, Error::NameInUse { name } if name == "db"),
+        "{err:?}"
+    );
     let text = err.to_string();
-    assert!(text.contains("in use") && !text.contains("invalid"), "{text}");
+    assert!(
+        text.contains("in use") && !text.contains("invalid"),
+        "{text}"
+    );
     drop(first);
-    machine(&sim, "db").expect("free again once the first guard is gone");
+    drop(machine(&sim, "db").expect("free again once the first guard is gone"));
 }

@@ -118,6 +118,9 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
                 }
             },
             Verdict::NotOurs | Verdict::Gone => drop_record(&reg),
+            // In-process machines die with the process; only a ledgered one is left to the
+            // watcher and the next sweep.
+            Verdict::Pending if reg.ledger.is_none() => {}
             Verdict::Pending => tally.left += 1,
         }
     }

@@ -199,7 +199,10 @@ pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Re
 /// drop the record unless the machine may still exist and be ours.
 pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
     let key = (Scope::of(smolvm), name.to_string());
-    let Some(claim) = registry().get(&key).map(|r| r.claim.clone()) else {
+    let Some((claim, ledgered)) = registry()
+        .get(&key)
+        .map(|r| (r.claim.clone(), r.ledger.is_some()))
+    else {
         // Drained by the signal thread or the exit hook, which settle it themselves.
         return;
     };
@@ -210,6 +213,12 @@ pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
     // The create returned (a timed-out one was killed and reaped), so it is over.
     let seen = match smolvm.machine_list() {
         Ok(list) => list.into_iter().find(|m| m.name == name),
+        // An in-process runner's machines die with the process: no later layer could do
+        // better than this one.
+        Err(_) if !ledgered => {
+            forget(&key);
+            return;
+        }
         Err(e) => {
             diag::log(&format!(
                 "smolvm-harness: after a failed create, could not list machines to see whether \
