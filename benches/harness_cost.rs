@@ -68,7 +68,8 @@ fn first_machine_cost() {
             "once per test process (so once per test under nextest): the first Machine \
              create+start+drop in a fresh process took {} ms, later ones {} ms (medians of 5 \
              processes, fake without latency); the difference is `--version`, the startup \
-             sweep, the crash watcher's spawn, the signal thread and the ledger directory",
+             sweep, reaching the shared crash watcher (starting it, for the first process of a \
+             user), the signal thread and the ledger directory",
             fmt_num(f),
             fmt_num(l)
         ),
@@ -121,7 +122,7 @@ fn peak_memory() {
             "VmHWM of a process holding {LIVE} live Machine guards (create+start each through \
              the harness, fake smolvm): {} MiB at process start, {} MiB with {LIVE} live \
              (VmRSS then {} MiB); the same {LIVE} create+start with bare Command: VmHWM {} MiB \
-             (start {} MiB). The crash watcher is a separate process: VmRSS {} MiB",
+             (start {} MiB). The crash watcher is a separate process, one per user and state directory: VmRSS {} MiB",
             fmt_num(mib(kib(&h, "start_hwm_kib"))),
             fmt_num(mib(kib(&h, "hwm_kib"))),
             fmt_num(mib(kib(&h, "rss_kib"))),
@@ -189,20 +190,24 @@ fn rss_bare() {
     }
 }
 
-/// VmRSS of our child that outlives the smolvm calls: the crash watcher.
+/// VmRSS of the crash watcher serving this process: the process started with the crate's
+/// private serve variable (one per user, state directory and pid namespace, so whichever
+/// test process started it).
 fn watcher_rss_kib() -> Option<u64> {
-    let me = std::process::id().to_string();
+    let state = std::env::var("SMOLVM_HARNESS_STATE_DIR").ok()?;
+    let needle = format!("SMOLVM_HARNESS_WATCHER_SERVE_PRIVATE={state}");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let pid = entry.file_name().to_string_lossy().into_owned();
         if !pid.bytes().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        // Fields after the `(comm)`: state, ppid, …
-        let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?;
-        if ppid == me {
+        if env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(needle.as_bytes()))
+        {
             return proc_status_kib_of(&pid, "VmRSS");
         }
     }
