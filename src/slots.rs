@@ -303,7 +303,9 @@ mod tests {
         fs::create_dir(&dir).unwrap();
         let victim = tmp.path().join("victim");
         std::os::unix::fs::symlink(&victim, dir.join("slot-0.lock")).unwrap();
-        let slot = acquire_in(&dir, 1, Duration::from_secs(60)).unwrap();
+        let (slot, said) = crate::diag::capture(|| acquire_in(&dir, 1, Duration::from_secs(60)));
+        let slot = slot.unwrap();
+        assert!(said[0].contains("it is a symbolic link"), "{said:?}");
         assert_eq!(slot.index(), 0);
         assert!(!victim.exists(), "created through the planted link");
         assert!(fs::symlink_metadata(dir.join("slot-0.lock"))

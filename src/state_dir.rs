@@ -390,8 +390,13 @@ mod tests {
         let dir = tmp.path().join("state");
         fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        root_at(&dir).unwrap();
+        let (done, said) = crate::diag::capture(|| root_at(&dir));
+        done.unwrap();
         assert_eq!(mode_of(&dir), 0o700);
+        assert!(
+            said[0].contains("had mode 0777; set it to 0700"),
+            "{said:?}"
+        );
     }
 
     #[test]
@@ -403,8 +408,9 @@ mod tests {
         symlink(&victim, &link).unwrap();
         let err = open(&link, Access::Append).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
-        let mut f = open_or_replace(&link, Access::Append).unwrap();
-        f.write_all(b"line\n").unwrap();
+        let (f, said) = crate::diag::capture(|| open_or_replace(&link, Access::Append));
+        assert!(said[0].contains("it is a symbolic link"), "{said:?}");
+        f.unwrap().write_all(b"line\n").unwrap();
         assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
         assert_eq!(fs::read_to_string(&link).unwrap(), "line\n");
         assert!(is_own_file(&link));
@@ -421,12 +427,16 @@ mod tests {
         assert!(!is_own_file(&b));
         assert!(open(&b, Access::Read).is_err());
         // Replacing unlinks the second name, never truncating the shared file.
-        open_or_replace(&b, Access::Write).unwrap();
+        let (f, said) = crate::diag::capture(|| open_or_replace(&b, Access::Write));
+        f.unwrap();
+        assert!(said[0].contains("2 hard links"), "{said:?}");
         assert_eq!(fs::read_to_string(&a).unwrap(), "x");
         let d = tmp.path().join("d");
         fs::create_dir(&d).unwrap();
         assert!(open(&d, Access::Lock).is_err());
-        open_or_replace(&d, Access::Lock).unwrap();
+        let (f, said) = crate::diag::capture(|| open_or_replace(&d, Access::Lock));
+        f.unwrap();
+        assert!(said[0].contains("not a regular file"), "{said:?}");
         assert!(is_own_file(&d));
     }
 
@@ -457,7 +467,9 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert!(open(&p, Access::Read).is_err());
-        open_or_replace(&p, Access::Lock).unwrap();
+        let (f, said) = crate::diag::capture(|| open_or_replace(&p, Access::Lock));
+        f.unwrap();
+        assert!(said[0].contains("not a regular file"), "{said:?}");
         assert!(is_own_file(&p));
     }
 }
