@@ -10,7 +10,7 @@
 //! | `SMOLVM_HARNESS_IMAGE` | image of the `machine` fixture | `alpine:latest` |
 //! | `SMOLVM_HARNESS_REQUIRE` | `1`: a missing smolvm fails tests instead of skipping them | unset |
 //! | `SMOLVM_HARNESS_MAX_MACHINES` | machines alive at once across all test processes of the user that share the state directory, concurrent runs included | from CPUs and memory |
-//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live; created 0700; refused unless it is a directory of yours (see below) | `$TMPDIR/smolvm-harness-<uid>` |
+//! | `SMOLVM_HARNESS_STATE_DIR` | where the ledger, slots and pack cache live (an absolute path); created 0700; refused unless it is a directory of yours (see below) | `$TMPDIR/smolvm-harness-<uid>` |
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
 //! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::runner::Truncation`] | `64MiB` |
@@ -44,7 +44,12 @@ pub enum KeepPolicy {
     /// Always delete (the default).
     #[default]
     Never,
-    /// Keep machines of failing (panicking) tests, for inspection; delete the others.
+    /// Keep machines of failing tests, for inspection; delete the others. "Failing" is what
+    /// the harness can see: the guard drops while its thread panics (`assert!`, `unwrap`,
+    /// `expect`), the process is killed by a signal or SIGKILL, or (for machines never
+    /// dropped, at exit) a panic was seen anywhere in the process. A test that fails by
+    /// *returning* `Err` has dropped its guards before libtest sees the `Err`: use
+    /// `.unwrap()`/`.expect()` in such tests, or `Always`.
     OnFailure,
     /// Never delete; print the command that would.
     Always,
@@ -198,7 +203,16 @@ impl Config {
                     "must not be empty",
                 ));
             }
-            cfg.state_dir = PathBuf::from(v);
+            let dir = PathBuf::from(&v);
+            if dir.is_relative() {
+                // nextest runs each package in its own directory: a relative path would give
+                // each its own ledger, slots and watcher, silently.
+                return Err(Error::invalid(
+                    "SMOLVM_HARNESS_STATE_DIR",
+                    format!("{v:?}: must be an absolute path"),
+                ));
+            }
+            cfg.state_dir = dir;
         }
         Ok(cfg)
     }
@@ -372,6 +386,18 @@ mod tests {
         let cfg = Config::from_lookup(|k| (k == "SMOLVM_HARNESS_MAX_MACHINES").then(|| "3".into()))
             .unwrap();
         assert_eq!(cfg.machine_cap(), 3);
+    }
+
+    #[test]
+    fn a_relative_state_dir_is_refused() {
+        let err = Config::from_lookup(|k| {
+            (k == "SMOLVM_HARNESS_STATE_DIR").then(|| "target/state".into())
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("must be an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]

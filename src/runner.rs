@@ -282,6 +282,16 @@ impl Runner for ProcessRunner {
         let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
         let pid = child.id();
         lock(in_flight()).push((std::process::id(), pid));
+        // A create spawned while the process is being torn down could land after the cleanup
+        // looked: the cleanup marks the teardown *before* it kills what is in flight, so a
+        // create it missed sees the mark here and stops itself.
+        let is_create = inv
+            .env
+            .iter()
+            .any(|(k, _)| k == crate::cleanup::CREATE_MARK_ENV);
+        if is_create && crate::cleanup::terminating() {
+            kill_group(&mut child);
+        }
         let drained = drain_and_wait(&mut child, deadline(start, timeout), cap);
         lock(in_flight()).retain(|(_, p)| *p != pid);
         let (done, stdout, stderr) = match drained {

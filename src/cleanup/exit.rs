@@ -69,12 +69,15 @@ struct Tally {
 
 /// Stop our smolvm calls, then delete, keep or leave each machine this process registered.
 fn settle_own(how: Drain, failing: bool) -> Tally {
+    // First the mark, then the kill: a create spawned after the kill's snapshot sees the mark
+    // and stops itself (`ProcessRunner`), so none can land after we looked.
+    registry::TERMINATING.store(true, Ordering::SeqCst);
     // The signal reached only our process group; smolvm calls run in their own groups.
     let killed = crate::runner::kill_in_flight();
     process::wait_dead(&killed, Duration::from_secs(2));
     let drained = registry::drain(how);
     let mut tally = Tally::default();
-    // One `machine ls` per smolvm state, and only where a create was under way.
+    // One `machine ls` per smolvm state.
     let mut listings: HashMap<Scope, Option<Vec<crate::MachineInfo>>> = HashMap::new();
     for reg in drained {
         let client = cleanup_client(&reg);
@@ -84,23 +87,22 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             tally.kept += 1;
             continue;
         }
-        let verdict = match reg.claim.stage {
-            // Our create succeeded: the machine of that name is ours.
-            Stage::Created => Verdict::Ours,
-            Stage::Creating => {
-                let listing = listings
-                    .entry(Scope::of(&reg.smolvm))
-                    .or_insert_with(|| client.machine_list().ok());
-                match listing {
-                    // Our creates were stopped and waited for above: over.
-                    Some(list) => judge(
-                        &reg.claim,
-                        list.iter().find(|m| m.name == name),
-                        CreateState::Over,
-                    ),
-                    None => Verdict::Pending,
-                }
-            }
+        // Judged by the one rule, against one `machine ls` per smolvm state: a machine of
+        // ours replaced by someone else's (other labels) is not deleted.
+        let listing = listings
+            .entry(Scope::of(&reg.smolvm))
+            .or_insert_with(|| client.machine_list().ok());
+        let verdict = match (listing, reg.claim.stage) {
+            // Our creates were stopped and waited for above: over.
+            (Some(list), _) => judge(
+                &reg.claim,
+                list.iter().find(|m| m.name == name),
+                CreateState::Over,
+            ),
+            // Cannot list: our create succeeded, so the name is ours; delete what is there
+            // rather than leak it.
+            (None, Stage::Created) => Verdict::Ours,
+            (None, Stage::Creating) => Verdict::Pending,
         };
         match verdict {
             Verdict::Ours => match client.machine_delete(&name) {
@@ -118,6 +120,10 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
                 }
             },
             Verdict::NotOurs | Verdict::Gone => drop_record(&reg),
+            Verdict::CannotTell => {
+                diag::log(&registry::left_alone(&client, &name));
+                drop_record(&reg);
+            }
             // In-process machines die with the process; only a ledgered one is left to the
             // watcher and the next sweep.
             Verdict::Pending if reg.ledger.is_none() => {}

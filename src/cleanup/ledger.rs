@@ -81,7 +81,10 @@ impl Target {
     /// `None` for in-process runners, whose machines die with the process.
     pub(crate) fn of(smolvm: &Smolvm) -> Option<Target> {
         let (program, process_env) = smolvm.process_target()?;
-        let program = absolute_program(program);
+        // A bare name is resolved here, on our PATH: the watcher and later sweeps must run
+        // the binary that made the machine, whatever their own PATH says.
+        let program =
+            crate::cli::resolve_program(&program).unwrap_or_else(|_| absolute_program(program));
         let mut state_env = BTreeMap::new();
         for key in STATE_ENV {
             let client = process_env.iter().rev().find(|(k, _)| k == key);
@@ -100,9 +103,16 @@ impl Target {
         })
     }
 
-    /// A client that reaches this target from any process, through the process runner.
+    /// A client that reaches this target from any process, through the process runner: the
+    /// same program, the same process env, and the state-locating variables the original
+    /// smolvm inherited (another process, such as the shared watcher, may have other ones).
     pub(crate) fn client(&self, version: Option<Version>) -> Smolvm {
         let mut smolvm = Smolvm::new(self.program.clone());
+        for (k, v) in &self.state_env {
+            if self.process_env.iter().all(|(pk, _)| pk != k) {
+                smolvm = smolvm.with_process_env(k.clone(), v.clone());
+            }
+        }
         for (k, v) in &self.process_env {
             smolvm = smolvm.with_process_env(k.clone(), v.clone());
         }
@@ -110,6 +120,28 @@ impl Target {
             smolvm = smolvm.with_version(v);
         }
         smolvm
+    }
+}
+
+impl Target {
+    /// 8 hex digits naming this target in ledger file names and create marks.
+    pub(crate) fn digest(&self) -> String {
+        let mut h: u32 = 0x811c_9dc5;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes.iter().chain([&0u8]) {
+                h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+            }
+        };
+        eat(self.program.as_os_str().as_encoded_bytes());
+        for (k, v) in &self.process_env {
+            eat(k.as_bytes());
+            eat(v.as_bytes());
+        }
+        for (k, v) in &self.state_env {
+            eat(k.as_bytes());
+            eat(v.as_bytes());
+        }
+        format!("{h:08x}")
     }
 }
 
@@ -157,10 +189,16 @@ impl Entry {
         })
     }
 
-    /// The entry's file stem, `<name>.<owner nonce>`, which is also the mark its create
-    /// process carries. Machine names never contain `.`.
+    /// The entry's file stem, `<name>.<owner nonce>.<target digest>`, which is also the mark
+    /// its create process carries: one process may hold one name on two smolvm states, and
+    /// their entries (and creates) must not be confused. Machine names never contain `.`.
     pub(crate) fn key(&self) -> String {
-        key(&self.claim.name, &self.claim.owner)
+        format!(
+            "{}.{}.{}",
+            self.claim.name,
+            self.claim.owner.nonce,
+            self.target.digest()
+        )
     }
 
     pub(crate) fn to_json(&self) -> Result<String> {
@@ -293,23 +331,19 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub(crate) fn key(name: &str, owner: &Owner) -> String {
-    format!("{name}.{}", owner.nonce)
-}
-
 /// `$SMOLVM_HARNESS_STATE_DIR/ledger`.
 pub(crate) fn dir() -> PathBuf {
     config_or_default().state_dir.join("ledger")
 }
 
-pub(crate) fn path_in(dir: &Path, name: &str, owner: &Owner) -> PathBuf {
-    dir.join(format!("{}.json", key(name, owner)))
+pub(crate) fn path_in(dir: &Path, entry: &Entry) -> PathBuf {
+    dir.join(format!("{}.json", entry.key()))
 }
 
 /// Write a new entry (or replace one) in `dir`, creating the directory closed to others.
 pub(crate) fn write(dir: &Path, entry: &Entry) -> Result<PathBuf> {
     ensure_dir(dir)?;
-    let path = path_in(dir, &entry.claim.name, &entry.claim.owner);
+    let path = path_in(dir, entry);
     write_atomically(&path, &entry.to_json()?)?;
     Ok(path)
 }
@@ -488,7 +522,10 @@ mod tests {
         let ledger = dir.path().join("ledger");
         let e = entry("smt-b-1");
         let path = write(&ledger, &e).unwrap();
-        assert_eq!(path, ledger.join("smt-b-1.abcdefghij.json"));
+        assert_eq!(
+            path,
+            ledger.join(format!("smt-b-1.abcdefghij.{}.json", e.target.digest()))
+        );
         fs::write(ledger.join(".smt-c-1.x.json.1.tmp"), "{").unwrap();
         fs::write(ledger.join("garbage.json"), "{").unwrap();
         assert_eq!(read_all(&ledger), vec![(path.clone(), e)]);

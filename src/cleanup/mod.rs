@@ -40,7 +40,8 @@ pub(crate) use owner::{ownership_labels, Evidence, Stage};
 pub(crate) use owner::{OWNER_LABEL, RUN_LABEL};
 pub(crate) use process::CREATE_MARK_ENV;
 pub(crate) use registry::{
-    abandon, create, create_mark, is_already_exists, mark_kept, register, unregister, Reservation,
+    abandon, create, create_mark, is_already_exists, mark_kept, register, terminating, unregister,
+    Reservation,
 };
 
 /// The per-process random token in generated machine names (see [`crate::generate_name`]).

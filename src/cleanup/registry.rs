@@ -98,8 +98,14 @@ fn registry() -> MutexGuard<'static, HashMap<Key, Registered>> {
     lock(REGISTRY.get_or_init(Default::default))
 }
 
-/// Set once the process is ending (a signal is being handled): no new machine may start.
+/// Set once the process is ending (a signal is being handled, or the exit hook runs): no new
+/// machine may start, and a `machine create` spawned from now on stops itself.
 pub(crate) static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process is being torn down (see [`TERMINATING`]).
+pub(crate) fn terminating() -> bool {
+    TERMINATING.load(Ordering::SeqCst)
+}
 
 /// Before `machine create`: record intent in the on-disk ledger and the in-process registry.
 /// On first use per process (and smolvm target) this also runs the startup sweep and makes
@@ -234,8 +240,22 @@ pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
                 "smolvm-harness: failed to delete machine {name} left by a failed create: {e}"
             )),
         },
+        Verdict::CannotTell => {
+            diag::log(&left_alone(smolvm, name));
+            forget(&key);
+        }
         Verdict::NotOurs | Verdict::Gone | Verdict::Pending => forget(&key),
     }
+}
+
+/// What to say of a machine that may be ours but is not provably so ([`Verdict::CannotTell`]).
+pub(crate) fn left_alone(smolvm: &Smolvm, name: &str) -> String {
+    format!(
+        "smolvm-harness: machine {name} was not deleted: its create did not succeed, and on \
+         smolvm without labels a machine of that name may as well be someone else's. If it is \
+         yours, delete it with: {}",
+        crate::machine::delete_command(smolvm, name)
+    )
 }
 
 /// False when smolvm never ran (missing binary, spawn failure), refused the input before

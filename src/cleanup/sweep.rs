@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::ledger::{self, Entry, Target};
 use super::owner::{judge, CreateState, Stage, Verdict};
 use super::process::{self, Liveness};
-use super::registry::keep_entry;
+use super::registry::{keep_entry, left_alone};
 use crate::diag;
 use crate::error::Result;
 use crate::runner::lock;
@@ -145,6 +145,10 @@ pub(crate) fn settle(smolvm: &Smolvm, entries: Vec<(PathBuf, Entry)>) -> Result<
             },
             // Someone else's machine under that name, or nothing: ours is gone or never was.
             Verdict::NotOurs | Verdict::Gone => ledger::remove(&path),
+            Verdict::CannotTell => {
+                diag::log(&left_alone(smolvm, &name));
+                ledger::remove(&path);
+            }
             Verdict::Pending => settled.waiting.push((path, entry)),
         }
     }

@@ -20,7 +20,7 @@
 //! `SMOLVM_HARNESS_WATCHER=off` (or `0`, `false`, `no`) disables it; the next run's sweep still
 //! reclaims what a crashed process left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -50,18 +50,26 @@ pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(5);
 /// died; after that the entry is left for a later sweep (never dropped).
 const PENDING_LIMIT: Duration = Duration::from_secs(3600);
 
-/// Make sure a watcher watches this process: once per process; errors are reported once and
-/// leave the next run's sweep as the fallback.
+/// Make sure a watcher watches this process. Called on every ledgered registration; cheap
+/// when the connection made earlier is still up (one `poll`). A watcher that died (killed by
+/// hand) is replaced at the next registration; a failure is reported and retried at most
+/// every [`RETRY_AFTER`], the next run's sweep remaining the fallback meanwhile.
 pub(crate) fn ensure_watched() {
-    static WATCHED: Mutex<Option<(u32, Option<UnixStream>)>> = Mutex::new(None);
+    static WATCHED: Mutex<Option<Watched>> = Mutex::new(None);
     if !SUPPORTED || disabled() {
         return;
     }
     let me = std::process::id();
     let mut watched = lock(&WATCHED);
-    // A child forked without exec inherits the parent's connection, which says nothing of it.
-    if watched.as_ref().is_some_and(|(pid, _)| *pid == me) {
-        return;
+    match &*watched {
+        // A child forked without exec inherits the parent's connection, which says nothing
+        // of it: only our own connection counts.
+        Some(w) if w.pid == me => match &w.stream {
+            Some(stream) if still_open(stream) => return,
+            None if w.since.elapsed() < RETRY_AFTER => return,
+            _ => {}
+        },
+        _ => {}
     }
     let stream = match connect_or_spawn() {
         Ok(stream) => Some(stream),
@@ -73,7 +81,27 @@ pub(crate) fn ensure_watched() {
             None
         }
     };
-    *watched = Some((me, stream));
+    *watched = Some(Watched {
+        pid: me,
+        stream,
+        since: Instant::now(),
+    });
+}
+
+/// This process's connection to its watcher.
+struct Watched {
+    pid: u32,
+    stream: Option<UnixStream>,
+    since: Instant,
+}
+
+/// How long after a failure to reach a watcher the next registration tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Whether the watcher still holds its end: it never writes after `ok`, so anything readable
+/// (EOF, an error) means it has gone.
+fn still_open(stream: &UnixStream) -> bool {
+    !readable_within(stream, Duration::ZERO)
 }
 
 fn disabled() -> bool {
@@ -112,11 +140,16 @@ fn connect_or_spawn() -> io::Result<UnixStream> {
     lock_file.lock()?;
     match handshake(&socket) {
         Ok(stream) => return Ok(stream),
-        // Nobody listens: a stale socket of a watcher that is gone.
+        // Nobody listens (a stale socket of a watcher that is gone), or a watcher that does
+        // not answer (stopped, wedged): a new one takes the name. One that only hangs keeps
+        // serving the connections it has.
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut
             ) => {}
         Err(e) => return Err(e),
     }
@@ -127,9 +160,9 @@ fn connect_or_spawn() -> io::Result<UnixStream> {
 
 /// Connect, name ourselves, and wait for the watcher's `ok`.
 fn handshake(socket: &Path) -> io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream = connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let me = Owner::current();
     let start = me.start.map_or("-".to_string(), |s| s.to_string());
     writeln!(stream, "watch {} {start} {}", me.pid, me.nonce)?;
@@ -142,6 +175,38 @@ fn handshake(socket: &Path) -> io::Result<UnixStream> {
     }
     stream.set_read_timeout(None)?;
     Ok(stream)
+}
+
+/// The longest socket path `sockaddr_un` takes, with room for the terminating NUL.
+const SUN_PATH_MAX: usize = 107;
+
+/// A path by which `socket` can be bound or reached: itself when short enough, else through
+/// an open handle of its directory (`/proc/self/fd/N/NAME`, Linux), kept open while used.
+fn reachable(socket: &Path) -> io::Result<(PathBuf, Option<fs::File>)> {
+    if socket.as_os_str().len() <= SUN_PATH_MAX || !cfg!(target_os = "linux") {
+        return Ok((socket.to_path_buf(), None));
+    }
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return Ok((socket.to_path_buf(), None));
+    };
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let handle = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?;
+    let short = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd())).join(name);
+    Ok((short, Some(handle)))
+}
+
+fn connect(socket: &Path) -> io::Result<UnixStream> {
+    let (path, _dir) = reachable(socket)?;
+    UnixStream::connect(path)
+}
+
+fn bind(socket: &Path) -> io::Result<UnixListener> {
+    let (path, _dir) = reachable(socket)?;
+    UnixListener::bind(path)
 }
 
 /// Start a watcher and wait until it listens.
@@ -251,7 +316,7 @@ fn serve(socket: &Path) {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let listener = match UnixListener::bind(socket).and_then(|l| {
+    let listener = match bind(socket).and_then(|l| {
         l.set_nonblocking(true)?;
         Ok(l)
     }) {
@@ -265,14 +330,21 @@ fn serve(socket: &Path) {
         }
     };
     let dir = socket.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let bound = socket_id(socket);
     say_ready();
     let busy = Arc::new(AtomicUsize::new(0));
+    let settling: Arc<Mutex<HashSet<String>>> = Arc::default();
     // Owners that died before they could connect (or while no watcher ran).
     work(&busy, {
         let dir = dir.clone();
         move || settle_dead_owners(&dir)
     });
     let mut conns: Vec<Conn> = Vec::new();
+    // Live owners with entries in the ledger, watched whether or not they are connected: a
+    // process whose earlier watcher was killed, or whose connection a forked child holds
+    // open, is still seen to die.
+    let mut owners: HashMap<String, Owner> = HashMap::new();
+    let mut scanned = Instant::now() - LEDGER_SCAN;
     let mut idle_since = Instant::now();
     loop {
         poll_once(&listener, &conns);
@@ -290,21 +362,55 @@ fn serve(socket: &Path) {
             match read_conn(&mut conns[i]) {
                 ConnState::Open => i += 1,
                 ConnState::Closed => {
-                    let conn = conns.swap_remove(i);
-                    if let Some(owner) = conn.owner {
-                        let dir = dir.clone();
-                        work(&busy, move || settle_owner(&dir, &owner));
+                    if let Some(owner) = conns.swap_remove(i).owner {
+                        owners.insert(owner.nonce.clone(), owner);
                     }
                 }
             }
         }
-        if !conns.is_empty() || busy.load(Ordering::SeqCst) > 0 {
+        if scanned.elapsed() >= LEDGER_SCAN {
+            scanned = Instant::now();
+            for (_, entry) in ledger::read_all(&dir.join("ledger")) {
+                let owner = entry.claim.owner;
+                if !entry.kept && owner.liveness() == Liveness::Alive {
+                    owners.entry(owner.nonce.clone()).or_insert(owner);
+                }
+            }
+        }
+        let connected: HashSet<&str> = conns
+            .iter()
+            .filter_map(|c| c.owner.as_ref().map(|o| o.nonce.as_str()))
+            .collect();
+        let gone: Vec<String> = owners
+            .iter()
+            .filter(|(nonce, o)| {
+                !connected.contains(nonce.as_str()) && o.liveness() != Liveness::Alive
+            })
+            .map(|(nonce, _)| nonce.clone())
+            .collect();
+        for nonce in gone {
+            let Some(owner) = owners.remove(&nonce) else {
+                continue;
+            };
+            if !lock(&settling).insert(nonce.clone()) {
+                continue;
+            }
+            let (dir, settling) = (dir.clone(), Arc::clone(&settling));
+            work(&busy, move || {
+                settle_owner(&dir, &owner);
+                lock(&settling).remove(&owner.nonce);
+            });
+        }
+        if !conns.is_empty() || !owners.is_empty() || busy.load(Ordering::SeqCst) > 0 {
             idle_since = Instant::now();
-        } else if idle_since.elapsed() >= IDLE_EXIT && may_exit(&dir, &listener, socket) {
+        } else if idle_since.elapsed() >= IDLE_EXIT && may_exit(&dir, &listener, socket, bound) {
             return;
         }
     }
 }
+
+/// How often the watcher reads the ledger for live owners it does not know yet.
+const LEDGER_SCAN: Duration = Duration::from_secs(1);
 
 /// Tell the spawner we listen, then let go of its pipe.
 fn say_ready() {
@@ -411,7 +517,7 @@ fn parse_hello(line: &str) -> Option<Owner> {
 }
 
 /// Leave, if nobody is connecting: under the lock that connecting processes hold.
-fn may_exit(dir: &Path, listener: &UnixListener, socket: &Path) -> bool {
+fn may_exit(dir: &Path, listener: &UnixListener, socket: &Path, bound: Option<u64>) -> bool {
     use std::os::fd::AsRawFd;
     let lock_file = match open_private(&dir.join("watcher.lock"), Access::Lock) {
         Ok(f) => f,
@@ -432,8 +538,18 @@ fn may_exit(dir: &Path, listener: &UnixListener, socket: &Path) -> bool {
     if pending {
         return false;
     }
-    let _ = fs::remove_file(socket);
+    // Only our own socket: after we stopped answering (a stopped process), a newer watcher
+    // may have taken the name.
+    if bound.is_some() && socket_id(socket) == bound {
+        let _ = fs::remove_file(socket);
+    }
     true
+}
+
+/// The inode of the socket file, to tell ours from a newer watcher's.
+fn socket_id(socket: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(socket).ok().map(|m| m.ino())
 }
 
 /// An owner's connection closed: once it is really dead, settle its entries, looking again
