@@ -46,31 +46,58 @@ fn main() {
 const FIRST_ROUNDS: usize = 7;
 
 fn first_machine_cost() {
-    let mut firsts = Vec::new();
-    let mut laters = Vec::new();
-    for _ in 0..5 {
-        let fake = FakeEnv::new("first", "");
+    // Each test process pays once, before its first machine. The first process of a user and
+    // state directory also starts the shared crash watcher; later ones (every other test
+    // process of a nextest run) only connect to it. Both are measured: fresh state
+    // directories for the first, one shared state directory for the later ones.
+    let measure = |fake: &FakeEnv| {
         let out = run_ok(
             self_command("first").envs(fake.process_vars(None)),
             "first child",
         );
         let r = results(&out.stdout);
-        firsts.push(result_f64(&r, "first_ms"));
-        laters.push(result_f64(&r, "later_ms"));
+        (result_f64(&r, "first_ms"), result_f64(&r, "later_ms"))
+    };
+    let (mut starting, mut laters) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (first, later) = measure(&FakeEnv::new("first", ""));
+        starting.push(first);
+        laters.push(later);
     }
-    let (f, l) = (median(&mut firsts), median(&mut laters));
+    let shared = FakeEnv::new("first-shared", "");
+    measure(&shared);
+    let mut joining = Vec::new();
+    for _ in 0..5 {
+        let (first, later) = measure(&shared);
+        joining.push(first);
+        laters.push(later);
+    }
+    let (s, j, l) = (median(&mut starting), median(&mut joining), median(&mut laters));
     figure(
         "cost.first_machine_setup",
-        f - l,
+        j - l,
         "ms",
         Goal::None,
         &format!(
-            "once per test process (so once per test under nextest): the first Machine \
-             create+start+drop in a fresh process took {} ms, later ones {} ms (medians of 5 \
-             processes, fake without latency); the difference is `--version`, the startup \
-             sweep, reaching the shared crash watcher (starting it, for the first process of a \
-             user), the signal thread and the ledger directory",
-            fmt_num(f),
+            "once per test process (so once per test under nextest), with the user's crash \
+             watcher already running: the first Machine create+start+drop in a fresh process \
+             took {} ms, later ones {} ms (medians of 5 processes, fake without latency); the \
+             difference is `--version` (cached on disk), the startup sweep, connecting to the \
+             shared crash watcher, the signal thread and the ledger directory",
+            fmt_num(j),
+            fmt_num(l)
+        ),
+    );
+    figure(
+        "cost.first_machine_setup.starting_the_watcher",
+        s - l,
+        "ms",
+        Goal::None,
+        &format!(
+            "the same for the first test process of a user and state directory, which also \
+             starts the crash watcher and waits until it listens: first machine {} ms, later \
+             ones {} ms (medians of 5 fresh state directories)",
+            fmt_num(s),
             fmt_num(l)
         ),
     );
