@@ -8,6 +8,18 @@
 //! machines with `machine ls --json` and reads the ledger. The whole matrix runs for smolvm
 //! 1.9.2 (owner labels) and 0.8.0 (name prefix + ledger).
 //!
+//! Besides the basic ways of ending, the matrix has:
+//! * a second dimension (`web_*`): every way of ending while the child asks for
+//!   `.name("web")` and a hand-made `web` already exists, mostly with the ending landing while
+//!   that `machine create` is still in flight (`SMOLVM_FAKE_LATENCY`); `web` must come out
+//!   intact from every layer, a later sweep included;
+//! * `std::process::exit` while another thread creates, the sweep and the watcher waiting for
+//!   a create that outlives its killed owner, the keep policy in every layer, and two test
+//!   processes with one pid in two pid namespaces.
+//!
+//! A create is "in flight" once the child sees the fake's `machine create` process in `/proc`
+//! (`fake_creates`), not after a guessed delay.
+//!
 //! Every wait is bounded: a child that does not finish in time is killed and the test fails
 //! with its output.
 
