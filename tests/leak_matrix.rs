@@ -218,10 +218,33 @@ fn thread_create() {
             result.ok()
         });
     });
+    let then = std::env::var(THEN).unwrap_or_default();
+    if let Some(how) = then.strip_suffix("_at_spawn") {
+        // End the process the moment our first child (no watcher, smolvm 1.9.2: the create)
+        // exists, while the thread that spawned it may not have returned from the spawn yet.
+        // Spinning, not sleeping, so the moment is as early as it can be.
+        let me = std::process::id();
+        let deadline = Instant::now() + CHILD_LIMIT;
+        while children_of(me).is_empty() {
+            assert!(Instant::now() < deadline, "no child process");
+        }
+        match how {
+            "exit" => std::process::exit(0),
+            "sigterm" => {
+                // SAFETY: sends a signal to this process; the harness's signal thread takes it.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                hold_forever_bounded();
+            }
+            other => panic!("unknown {THEN}: {other}_at_spawn"),
+        }
+    }
     let state = PathBuf::from(std::env::var(FAKE_STATE).expect("LEAK_MATRIX_FAKE_STATE"));
     wait_until(CHILD_LIMIT, "our machine create to run", || {
         !fake_creates(&state).is_empty()
     });
+    // As the scenario has it: the process ends a while after the create started, not
+    // in the instant it is spawned (see `end_while_a_create_is_being_spawned` for that).
+    thread::sleep(Duration::from_millis(300));
     say("INFLIGHT", "");
     match std::env::var(THEN).as_deref() {
         Ok("hold") => hold_forever_bounded(),
@@ -256,6 +279,23 @@ fn fake_creates(state: &std::path::Path) -> Vec<u32> {
                 .split(|b| *b == 0)
                 .any(|kv| kv == needle.as_bytes())
                 .then_some(pid)
+        })
+        .collect()
+}
+
+/// Pids of the processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(listing) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|item| {
+            let child: u32 = item.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(item.path().join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
         })
         .collect()
 }
@@ -1229,6 +1269,32 @@ fn exit_during_create(version: &'static str) {
 
 fn exit_during_create_watched(version: &'static str) {
     exit_during_create_with(version, true);
+}
+
+/// The process ends (`std::process::exit`, SIGTERM) in the instant another thread spawns
+/// `machine create`.
+///
+/// KNOWN BUG in src/ (ignored until fixed): `runner` adds a smolvm call to the in-flight list
+/// only after `Command::spawn` has returned, so a create that has been spawned (it already
+/// runs, with its create mark) but not yet listed is not killed by `kill_in_flight`; the exit
+/// hook and the signal thread then judge its entry with `CreateState::Over`, find no machine
+/// yet, call it `Gone` and remove the ledger entry, and the create lands a moment later: a
+/// machine with no record, which no watcher or sweep will ever find. Seen here in about 8 of
+/// 20 runs for `exit`. Either listing the call under the same lock as the spawn (so
+/// `kill_in_flight` waits for it) or asking `process::create_running(mark)` before judging
+/// would close it.
+#[test]
+#[ignore = "known bug: a create being spawned at exit/signal escapes kill_in_flight (see comment)"]
+fn end_while_a_create_is_being_spawned() {
+    for then in ["exit_at_spawn", "sigterm_at_spawn"] {
+        for _ in 0..10 {
+            let w = World::new("1.9.2");
+            let out = w.run("thread_create", &[NO_WATCHER, SLOW_CREATE, (THEN, then)]);
+            w.wait_creates_over();
+            assert_eq!(w.machines(), Vec::<String>::new(), "{then}: {out:?}");
+            w.assert_clean(&out);
+        }
+    }
 }
 
 // (h) Creates in flight keep their ledger entry ---------------------------------------------
