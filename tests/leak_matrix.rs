@@ -8,6 +8,18 @@
 //! machines with `machine ls --json` and reads the ledger. The whole matrix runs for smolvm
 //! 1.9.2 (owner labels) and 0.8.0 (name prefix + ledger).
 //!
+//! Besides the basic ways of ending, the matrix has:
+//! * a second dimension (`web_*`): every way of ending while the child asks for
+//!   `.name("web")` and a hand-made `web` already exists, mostly with the ending landing while
+//!   that `machine create` is still in flight (`SMOLVM_FAKE_LATENCY`); `web` must come out
+//!   intact from every layer, a later sweep included;
+//! * `std::process::exit` while another thread creates, the sweep and the watcher waiting for
+//!   a create that outlives its killed owner, the keep policy in every layer, and two test
+//!   processes with one pid in two pid namespaces.
+//!
+//! A create is "in flight" once the child sees the fake's `machine create` process in `/proc`
+//! (`fake_creates`), not after a guessed delay.
+//!
 //! Every wait is bounded: a child that does not finish in time is killed and the test fails
 //! with its output.
 
@@ -92,6 +104,8 @@ fn leak_matrix_child() {
     let Ok(scenario) = std::env::var(SCENARIO) else {
         return;
     };
+    // In a new pid namespace, the premise of the scenario (two children, one pid).
+    say("PID", &std::process::id().to_string());
     match scenario.as_str() {
         "drop" => drop(child_machine()),
         "panic" => {
@@ -148,7 +162,153 @@ fn leak_matrix_child() {
             let deleted = smolvm_harness::sweep(&child_client()).expect("sweep");
             say("SWEPT", &deleted.join(","));
         }
+        "web_try" => {
+            // A chosen name that is taken: the create fails (at once, or after the latency the
+            // parent set), or times out when the parent gives a short timeout.
+            let mut smolvm = child_client();
+            if let Ok(ms) = std::env::var(TIMEOUT_MS) {
+                smolvm = smolvm.with_timeout(Duration::from_millis(ms.parse().expect("ms")));
+            }
+            let err = Machine::builder()
+                .smolvm(smolvm)
+                .name(WEB)
+                .image("alpine")
+                .net()
+                .start()
+                .expect_err("web is taken");
+            say("FAILED", &err.to_string());
+        }
+        "thread_create" => thread_create(),
         other => panic!("unknown scenario {other}"),
+    }
+}
+
+/// The name of the hand-made machine that the children try to take.
+const WEB: &str = "web";
+/// `.name(..)` for `thread_create`; a generated name when unset.
+const NAME: &str = "LEAK_MATRIX_NAME";
+/// What the main thread of `thread_create` does once the create runs.
+const THEN: &str = "LEAK_MATRIX_THEN";
+/// A client timeout for `web_try`, in milliseconds.
+const TIMEOUT_MS: &str = "LEAK_MATRIX_TIMEOUT_MS";
+
+/// Filled by another thread while the main thread ends the process: a machine in a `static`
+/// whose create is still running at exit.
+static THREAD_STATIC: OnceLock<Option<Machine>> = OnceLock::new();
+
+/// A thread creates a machine (the parent gives `create` a latency); once its `machine create`
+/// runs, the main thread does what `LEAK_MATRIX_THEN` says: `hold` (until a signal), `exit`
+/// (`std::process::exit(0)`), `panic`, `return` (the test passes and the process exits
+/// normally), or `abort`.
+fn thread_create() {
+    let name = std::env::var(NAME).ok();
+    thread::spawn(move || {
+        THREAD_STATIC.get_or_init(|| {
+            let mut builder = Machine::builder()
+                .smolvm(child_client())
+                .image("alpine")
+                .net();
+            if let Some(name) = name {
+                builder = builder.name(name);
+            }
+            let result = builder.create();
+            // Seen only when the process outlives the create.
+            say(
+                "CREATED",
+                &format!("{:?}", result.as_ref().map(Machine::name)),
+            );
+            result.ok()
+        });
+    });
+    let then = std::env::var(THEN).unwrap_or_default();
+    if let Some(how) = then.strip_suffix("_at_spawn") {
+        // End the process the moment our first child (no watcher, smolvm 1.9.2: the create)
+        // exists, while the thread that spawned it may not have returned from the spawn yet.
+        // Spinning, not sleeping, so the moment is as early as it can be.
+        let me = std::process::id();
+        let deadline = Instant::now() + CHILD_LIMIT;
+        while children_of(me).is_empty() {
+            assert!(Instant::now() < deadline, "no child process");
+        }
+        match how {
+            "exit" => std::process::exit(0),
+            "sigterm" => {
+                // SAFETY: sends a signal to this process; the harness's signal thread takes it.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                hold_forever_bounded();
+            }
+            other => panic!("unknown {THEN}: {other}_at_spawn"),
+        }
+    }
+    let state = PathBuf::from(std::env::var(FAKE_STATE).expect("LEAK_MATRIX_FAKE_STATE"));
+    wait_until(CHILD_LIMIT, "our machine create to run", || {
+        !fake_creates(&state).is_empty()
+    });
+    // As the scenario has it: the process ends a while after the create started, not
+    // in the instant it is spawned (see `end_while_a_create_is_being_spawned` for that).
+    thread::sleep(Duration::from_millis(300));
+    say("INFLIGHT", "");
+    match std::env::var(THEN).as_deref() {
+        Ok("hold") => hold_forever_bounded(),
+        Ok("exit") => std::process::exit(0),
+        Ok("panic") => panic!("the test fails while another thread creates a machine"),
+        Ok("return") => {}
+        Ok("abort") => std::process::abort(),
+        other => panic!("unknown {THEN}: {other:?}"),
+    }
+}
+
+/// Pids of the fake's `machine create` processes running on fake state `state`, found in
+/// `/proc` (so the tests see them whatever the harness records about them).
+fn fake_creates(state: &std::path::Path) -> Vec<u32> {
+    let needle = format!("SMOLVM_FAKE_STATE={}", state.display());
+    let Ok(listing) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|item| {
+            let pid: u32 = item.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
+            let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_fake = argv.first().is_some_and(|a0| a0.ends_with(b"smolvm-fake"));
+            let is_create = argv.iter().any(|a| *a == b"create");
+            if !is_fake || !is_create {
+                return None;
+            }
+            let environ = std::fs::read(item.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Pids of the processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(listing) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|item| {
+            let child: u32 = item.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(item.path().join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Poll `done` until it holds; fail (naming `what`) after `limit`.
+#[track_caller]
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -163,6 +323,52 @@ fn once_machine() -> Option<Machine> {
 fn leak_matrix_once_child(once_machine: &Option<Machine>) {
     if let Some(vm) = once_machine {
         say("HOLDING", vm.name());
+    }
+}
+
+/// A `#[once]` fixture asking for the taken name `web`: its create fails.
+#[fixture]
+#[once]
+fn once_web() -> Option<Machine> {
+    if std::env::var(SCENARIO).as_deref() != Ok("once_web") {
+        return None;
+    }
+    match Machine::builder()
+        .smolvm(child_client())
+        .name(WEB)
+        .image("alpine")
+        .net()
+        .create()
+    {
+        Ok(vm) => Some(vm),
+        Err(e) => {
+            say("FAILED", &e.to_string());
+            None
+        }
+    }
+}
+
+#[rstest]
+fn leak_matrix_once_web_child(once_web: &Option<Machine>) {
+    if let Some(vm) = once_web {
+        say("HOLDING", vm.name());
+    }
+}
+
+/// Run together (in name order, one thread) by `static_then_panic`: a static machine, then a
+/// failing test of the same process, so `on-failure` must keep the machine at exit.
+#[test]
+fn leak_matrix_two_tests_child_a_static() {
+    if std::env::var(SCENARIO).as_deref() == Ok("static_then_panic") {
+        let vm = STATIC_MACHINE.get_or_init(child_machine);
+        say("HOLDING", vm.name());
+    }
+}
+
+#[test]
+fn leak_matrix_two_tests_child_b_panics() {
+    if std::env::var(SCENARIO).as_deref() == Ok("static_then_panic") {
+        panic!("another test of the process fails");
     }
 }
 
@@ -224,13 +430,15 @@ impl World {
     }
 
     fn command(&self, scenario: &str, extra_env: &[(&str, &str)]) -> Command {
-        let test = if scenario == "once" {
-            "leak_matrix_once_child"
-        } else {
-            "leak_matrix_child"
-        };
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        match scenario {
+            "once" => cmd.args(["--exact", "leak_matrix_once_child"]),
+            "once_web" => cmd.args(["--exact", "leak_matrix_once_web_child"]),
+            // A filter, not --exact: both tests of the pair run, in name order.
+            "static_then_panic" => cmd.arg("leak_matrix_two_tests_child_"),
+            _ => cmd.args(["--exact", "leak_matrix_child"]),
+        };
+        cmd.args(["--nocapture", "--test-threads=1"])
             .env(SCENARIO, scenario)
             .env(FAKE_STATE, self.fake_state.path())
             .env(FAKE_VERSION, self.version)
@@ -251,7 +459,26 @@ impl World {
     }
 
     fn spawn(&self, scenario: &str, extra_env: &[(&str, &str)]) -> Running {
-        let mut child = self.command(scenario, extra_env).spawn().unwrap();
+        Running::start(self.command(scenario, extra_env))
+    }
+
+    /// The `machine create` calls still running on this world's fake state.
+    fn creates(&self) -> Vec<u32> {
+        fake_creates(self.fake_state.path())
+    }
+
+    /// Wait (bounded) until no `machine create` runs on this world's fake state any more:
+    /// whatever a create was going to add is there now.
+    fn wait_creates_over(&self) {
+        wait_until(Duration::from_secs(60), "the creates to end", || {
+            self.creates().is_empty()
+        });
+    }
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Running {
+        let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -275,7 +502,9 @@ impl World {
             stderr,
         }
     }
+}
 
+impl World {
     fn run(&self, scenario: &str, extra_env: &[(&str, &str)]) -> Finished {
         self.spawn(scenario, extra_env).finish()
     }
@@ -450,6 +679,30 @@ matrix!(
     sweep_and_a_same_named_machine_made_by_hand,
     sigterm_during_create,
     sigkill_during_create,
+    // A chosen name that a hand-made machine already has, for every way of ending.
+    web_normal_error_return,
+    web_panic_during_create,
+    web_static_at_exit_during_create,
+    web_once_fixture,
+    web_process_exit_during_create,
+    web_sigint_during_create,
+    web_sigterm_during_create,
+    web_sigkill_watcher,
+    web_sigkill_next_run_sweeps,
+    web_abort_explicit_sweep,
+    web_create_fails,
+    web_start_fails,
+    web_start_hangs,
+    // Another thread's create at `std::process::exit`.
+    exit_during_create,
+    exit_during_create_watched,
+    // A create outliving its dead owner keeps its ledger entry.
+    sweep_waits_for_a_create_in_flight,
+    // SMOLVM_HARNESS_KEEP in every layer.
+    keep_sigterm,
+    keep_sigkill_watcher,
+    keep_sigkill_sweep,
+    keep_static_at_exit,
 );
 
 // (a) Drop -------------------------------------------------------------------------------
@@ -714,6 +967,584 @@ fn sweep_and_a_same_named_machine_made_by_hand(version: &'static str) {
     }
     // Either way the dead owner's entry is gone.
     w.assert_clean(&out);
+}
+
+// (f) A chosen name that is already taken -------------------------------------------------
+//
+// `web` is made by hand before the child runs; the child asks for `.name("web")`. smolvm
+// refuses the create ("already exists"), at once or, with a create latency, only after it has
+// run for a while, and meanwhile the process ends in every way there is. Whatever ends it,
+// no cleanup layer (the builder, drop, exit hook, signal thread, watcher, sweep) may delete
+// the hand-made `web`, and no ledger entry may stay behind.
+
+/// Long enough that the child ends while its `machine create` of `web` still runs.
+const SLOW_WEB: (&str, &str) = ("SMOLVM_FAKE_LATENCY", "create=1500ms");
+const NO_WATCHER: (&str, &str) = ("SMOLVM_HARNESS_WATCHER", "off");
+const WEB_NAME: (&str, &str) = (NAME, WEB);
+
+/// Make `web` by hand, with marks a harness create would not give it; return it as the fake
+/// stores it.
+fn make_web(w: &World) -> smolvm_harness::sim::SimMachine {
+    let mut options = CreateOptions::image("alpine").net().env("MADE_BY", "hand");
+    if w.version != "0.8.0" {
+        options = options.label("made-by", "hand");
+    }
+    w.client().machine_create(WEB, &options).unwrap();
+    web_now(w).expect("web was just made")
+}
+
+fn web_now(w: &World) -> Option<smolvm_harness::sim::SimMachine> {
+    smolvm_harness::sim::read_fake_state(w.fake_state.path())
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == WEB)
+}
+
+/// `web` is the only machine, it is the very one made by hand (same creation, same env, no
+/// owner label), and the ledger holds nothing but kept entries.
+#[track_caller]
+fn assert_web_intact(
+    w: &World,
+    made: &smolvm_harness::sim::SimMachine,
+    context: &dyn std::fmt::Debug,
+) {
+    let now = web_now(w);
+    assert!(
+        now.is_some(),
+        "smolvm {}: the hand-made web was deleted\n{context:?}\nwatcher log:\n{}",
+        w.version,
+        w.watcher_log()
+    );
+    let now = now.unwrap();
+    assert_eq!(
+        (&now.created_at, &now.env, &now.labels),
+        (&made.created_at, &made.env, &made.labels),
+        "smolvm {}: web is not the hand-made machine any more\n{context:?}",
+        w.version
+    );
+    assert!(
+        !now.labels.contains_key("smolvm-harness.owner"),
+        "{:?}",
+        now.labels
+    );
+    assert_eq!(
+        w.machines(),
+        [WEB],
+        "smolvm {}: something else was left\n{context:?}",
+        w.version
+    );
+    let ledger = w.ledger();
+    assert!(
+        ledger.iter().all(|(_, kept)| *kept),
+        "smolvm {}: ledger not empty: {ledger:?}\n{context:?}\nwatcher log:\n{}",
+        w.version,
+        w.watcher_log()
+    );
+}
+
+/// Give the watcher (or a create still in flight) time, bounded, then [`assert_web_intact`].
+#[track_caller]
+fn assert_web_intact_within(
+    w: &World,
+    made: &smolvm_harness::sim::SimMachine,
+    limit: Duration,
+    context: &dyn std::fmt::Debug,
+) {
+    w.wait_creates_over();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !w.ledger().iter().all(|(_, kept)| *kept) {
+        thread::sleep(Duration::from_millis(25));
+    }
+    assert_web_intact(w, made, context);
+}
+
+/// The last layer: a later run's sweep leaves `web` alone too. Then tidy up by hand.
+#[track_caller]
+fn later_sweep_spares_web(w: &World, made: &smolvm_harness::sim::SimMachine) {
+    let out = w.run("sweep", &[NO_WATCHER]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.line("SWEPT").as_deref(), Some(""), "{out:?}");
+    assert_web_intact(w, made, &out);
+    w.client().machine_delete(WEB).unwrap();
+    w.assert_clean(&out);
+}
+
+/// Run `scenario` against a hand-made `web` and expect the child to have ended with `status`
+/// (None: do not check), then check every layer spared `web`.
+fn web_run(
+    version: &'static str,
+    scenario: &str,
+    env: &[(&str, &str)],
+    check: impl FnOnce(&Finished),
+) {
+    let w = World::new(version);
+    let made = make_web(&w);
+    let out = w.run(scenario, env);
+    check(&out);
+    assert_web_intact_within(&w, &made, WATCHER_LIMIT, &out);
+    later_sweep_spares_web(&w, &made);
+}
+
+fn refused_as_taken(out: &Finished) {
+    let failed = out.line("FAILED").unwrap_or_default();
+    assert!(failed.contains("already exists"), "{out:?}");
+}
+
+fn web_normal_error_return(version: &'static str) {
+    web_run(version, "web_try", &[], |out| {
+        assert!(out.status.success(), "{out:?}");
+        refused_as_taken(out);
+    });
+}
+
+fn web_panic_during_create(version: &'static str) {
+    let env = [NO_WATCHER, SLOW_WEB, WEB_NAME, (THEN, "panic")];
+    web_run(version, "thread_create", &env, |out| {
+        assert_eq!(out.status.code(), Some(101), "{out:?}");
+    });
+}
+
+fn web_static_at_exit_during_create(version: &'static str) {
+    let env = [NO_WATCHER, SLOW_WEB, WEB_NAME, (THEN, "return")];
+    web_run(version, "thread_create", &env, |out| {
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.line("INFLIGHT").is_some(), "{out:?}");
+    });
+}
+
+fn web_once_fixture(version: &'static str) {
+    web_run(version, "once_web", &[NO_WATCHER], |out| {
+        assert!(out.status.success(), "{out:?}");
+        refused_as_taken(out);
+    });
+}
+
+fn web_process_exit_during_create(version: &'static str) {
+    let env = [NO_WATCHER, SLOW_WEB, WEB_NAME, (THEN, "exit")];
+    web_run(version, "thread_create", &env, |out| {
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.line("INFLIGHT").is_some(), "{out:?}");
+    });
+}
+
+/// The child holds while its create of `web` runs; the parent ends it with `signal`.
+fn web_polite_signal(version: &'static str, signal: i32) {
+    let w = World::new(version);
+    let made = make_web(&w);
+    let mut child = w.spawn(
+        "thread_create",
+        &[NO_WATCHER, SLOW_WEB, WEB_NAME, (THEN, "hold")],
+    );
+    child.wait_for("INFLIGHT");
+    child.signal_group(signal);
+    let out = child.finish();
+    assert_eq!(out.status.signal(), Some(signal), "{out:?}");
+    assert_web_intact_within(&w, &made, WATCHER_LIMIT, &out);
+    later_sweep_spares_web(&w, &made);
+}
+
+fn web_sigint_during_create(version: &'static str) {
+    web_polite_signal(version, libc::SIGINT);
+}
+
+fn web_sigterm_during_create(version: &'static str) {
+    web_polite_signal(version, libc::SIGTERM);
+}
+
+fn web_sigkill_watcher(version: &'static str) {
+    let w = World::new(version);
+    let made = make_web(&w);
+    let mut child = w.spawn("thread_create", &[SLOW_WEB, WEB_NAME, (THEN, "hold")]);
+    child.wait_for("INFLIGHT");
+    child.signal_group(libc::SIGKILL);
+    let out = child.finish();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    // The create outlives the child (its own process group) and is refused when it lands;
+    // the watcher waits for it, then judges.
+    assert_web_intact_within(&w, &made, WATCHER_LIMIT, &out);
+    later_sweep_spares_web(&w, &made);
+}
+
+fn web_sigkill_next_run_sweeps(version: &'static str) {
+    let w = World::new(version);
+    let made = make_web(&w);
+    let mut child = w.spawn(
+        "thread_create",
+        &[NO_WATCHER, SLOW_WEB, WEB_NAME, (THEN, "hold")],
+    );
+    child.wait_for("INFLIGHT");
+    child.signal_group(libc::SIGKILL);
+    let killed = child.finish();
+    assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{killed:?}");
+    // The next run sweeps at once, while the dead child's create may still run, and again
+    // once it is over.
+    for _ in 0..2 {
+        let out = w.run("drop", &[NO_WATCHER]);
+        assert!(out.status.success(), "{out:?}\nkilled child:\n{killed:?}");
+        assert!(web_now(&w).is_some(), "{out:?}\nkilled child:\n{killed:?}");
+        w.wait_creates_over();
+    }
+    assert_web_intact_within(&w, &made, WATCHER_LIMIT, &killed);
+    later_sweep_spares_web(&w, &made);
+}
+
+fn web_abort_explicit_sweep(version: &'static str) {
+    let w = World::new(version);
+    let made = make_web(&w);
+    let out = w.run(
+        "thread_create",
+        &[NO_WATCHER, SLOW_WEB, WEB_NAME, (THEN, "abort")],
+    );
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+    w.wait_creates_over();
+    // Nothing could act yet (no watcher): the aborted child's entry is there for the sweep.
+    assert_eq!(w.ledger().len(), 1, "{out:?}");
+    let swept = w.run("sweep", &[NO_WATCHER]);
+    assert!(swept.status.success(), "{swept:?}");
+    assert_eq!(swept.line("SWEPT").as_deref(), Some(""), "{swept:?}");
+    assert_web_intact(&w, &made, &swept);
+    later_sweep_spares_web(&w, &made);
+}
+
+fn web_create_fails(version: &'static str) {
+    // The create fails for another reason than the name: the builder must not take the
+    // existing `web` for what its failed create left.
+    web_run(
+        version,
+        "web_try",
+        &[("SMOLVM_FAKE_FAIL", "create")],
+        |out| {
+            assert!(out.status.success(), "{out:?}");
+            assert!(out.line("FAILED").is_some(), "{out:?}");
+        },
+    );
+}
+
+fn web_start_fails(version: &'static str) {
+    // Start never runs: the create of the taken name fails, after running for a while.
+    web_run(
+        version,
+        "web_try",
+        &[("SMOLVM_FAKE_FAIL", "start"), SLOW_WEB],
+        |out| {
+            assert!(out.status.success(), "{out:?}");
+            refused_as_taken(out);
+        },
+    );
+}
+
+fn web_start_hangs(version: &'static str) {
+    // Start never runs: the create of the taken name is still running at the client's
+    // 500 ms timeout and is killed.
+    web_run(
+        version,
+        "web_try",
+        &[("SMOLVM_FAKE_HANG", "start"), SLOW_WEB, (TIMEOUT_MS, "500")],
+        |out| {
+            assert!(out.status.success(), "{out:?}");
+            assert!(out.line("FAILED").is_some(), "{out:?}");
+        },
+    );
+}
+
+// (g) `std::process::exit` while another thread creates -------------------------------------
+
+fn exit_during_create_with(version: &'static str, watcher: bool) {
+    let w = World::new(version);
+    let mut env = vec![SLOW_CREATE, (THEN, "exit")];
+    if !watcher {
+        // Only the exit hook can act.
+        env.push(NO_WATCHER);
+    }
+    let out = w.run("thread_create", &env);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.line("INFLIGHT").is_some(), "{out:?}");
+    // A create that was not stopped has landed by now.
+    w.wait_creates_over();
+    thread::sleep(Duration::from_millis(1600));
+    w.assert_clean_within(WATCHER_LIMIT, &out);
+}
+
+fn exit_during_create(version: &'static str) {
+    exit_during_create_with(version, false);
+}
+
+fn exit_during_create_watched(version: &'static str) {
+    exit_during_create_with(version, true);
+}
+
+/// The process ends (`std::process::exit`, SIGTERM) in the instant another thread spawns
+/// `machine create`.
+///
+/// KNOWN BUG in src/ (ignored until fixed): `runner` adds a smolvm call to the in-flight list
+/// only after `Command::spawn` has returned, so a create that has been spawned (it already
+/// runs, with its create mark) but not yet listed is not killed by `kill_in_flight`; the exit
+/// hook and the signal thread then judge its entry with `CreateState::Over`, find no machine
+/// yet, call it `Gone` and remove the ledger entry, and the create lands a moment later: a
+/// machine with no record, which no watcher or sweep will ever find. Seen here in about 8 of
+/// 20 runs for `exit`. Either listing the call under the same lock as the spawn (so
+/// `kill_in_flight` waits for it) or asking `process::create_running(mark)` before judging
+/// would close it.
+#[test]
+#[ignore = "known bug: a create being spawned at exit/signal escapes kill_in_flight (see comment)"]
+fn end_while_a_create_is_being_spawned() {
+    for then in ["exit_at_spawn", "sigterm_at_spawn"] {
+        for _ in 0..10 {
+            let w = World::new("1.9.2");
+            let out = w.run("thread_create", &[NO_WATCHER, SLOW_CREATE, (THEN, then)]);
+            w.wait_creates_over();
+            assert_eq!(w.machines(), Vec::<String>::new(), "{then}: {out:?}");
+            w.assert_clean(&out);
+        }
+    }
+}
+
+// (h) Creates in flight keep their ledger entry ---------------------------------------------
+
+/// SIGKILL while a slow create runs, no watcher: a sweep right away must keep the entry (the
+/// machine is not there yet, but will be); a sweep after the create landed deletes it.
+fn sweep_waits_for_a_create_in_flight(version: &'static str) {
+    let w = World::new(version);
+    let mut child = w.spawn(
+        "thread_create",
+        &[
+            NO_WATCHER,
+            ("SMOLVM_FAKE_LATENCY", "create=4s"),
+            (THEN, "hold"),
+        ],
+    );
+    child.wait_for("INFLIGHT");
+    child.signal_group(libc::SIGKILL);
+    let killed = child.finish();
+    assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{killed:?}");
+    let entries = w.ledger();
+    assert_eq!(entries.len(), 1, "{killed:?}");
+    let name = entries[0].0.clone();
+
+    let first = w.run("sweep", &[NO_WATCHER]);
+    let still_running = !w.creates().is_empty();
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(first.line("SWEPT").as_deref(), Some(""), "{first:?}");
+    if still_running {
+        // The sweep ran entirely while the create was in flight.
+        assert_eq!(
+            w.ledger(),
+            [(name.clone(), false)],
+            "smolvm {version}: the sweep dropped the entry of a create still running\n{first:?}"
+        );
+    } else {
+        eprintln!("NOTE: the create landed before the first sweep ended; its check is moot");
+    }
+
+    w.wait_creates_over();
+    assert_eq!(w.machines(), std::slice::from_ref(&name), "{killed:?}");
+    let second = w.run("sweep", &[NO_WATCHER]);
+    assert!(second.status.success(), "{second:?}");
+    assert_eq!(second.line("SWEPT"), Some(name), "{second:?}");
+    w.assert_clean(&second);
+}
+
+/// The watcher waits as long as a create runs, even one slower than any fixed limit.
+#[test]
+fn watcher_waits_for_a_slow_create() {
+    let w = World::new("1.9.2");
+    let mut child = w.spawn(
+        "thread_create",
+        &[("SMOLVM_FAKE_LATENCY", "create=25s"), (THEN, "hold")],
+    );
+    child.wait_for("INFLIGHT");
+    child.signal_group(libc::SIGKILL);
+    let killed = child.finish();
+    assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{killed:?}");
+    // Bounded: the latency, plus margin.
+    wait_until(Duration::from_secs(40), "the slow create to end", || {
+        w.creates().is_empty()
+    });
+    w.assert_clean_within(WATCHER_LIMIT, &killed);
+}
+
+// (i) Keep policy in every layer ----------------------------------------------------------------
+
+const KEEP_POLICIES: [&str; 2] = ["always", "on-failure"];
+
+/// `name` is kept: still listed, its ledger entry marked kept, and `text` says how to delete it.
+#[track_caller]
+fn assert_kept(w: &World, name: &str, text: &str, context: &dyn std::fmt::Debug) {
+    assert!(
+        w.machines().iter().any(|m| m == name),
+        "smolvm {}: kept machine {name} is gone\n{context:?}\nwatcher log:\n{}",
+        w.version,
+        w.watcher_log()
+    );
+    assert_eq!(
+        w.ledger(),
+        [(name.to_string(), true)],
+        "smolvm {}\n{context:?}\nwatcher log:\n{}",
+        w.version,
+        w.watcher_log()
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("machine delete -f") && l.contains(name)),
+        "smolvm {}: no delete command for {name} in:\n{text}\n{context:?}",
+        w.version
+    );
+}
+
+/// SIGTERM (nextest's timeout): the signal thread keeps, for `always` and (a killed test
+/// counts as failed) for `on-failure`.
+fn keep_sigterm(version: &'static str) {
+    for policy in KEEP_POLICIES {
+        let w = World::new(version);
+        let mut child = w.spawn("hold", &[NO_WATCHER, ("SMOLVM_HARNESS_KEEP", policy)]);
+        let name = child.wait_for("READY");
+        child.signal_group(libc::SIGTERM);
+        let out = child.finish();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGTERM),
+            "{policy}: {out:?}"
+        );
+        assert_kept(&w, &name, &out.stderr, &out);
+    }
+}
+
+fn keep_sigkill_watcher(version: &'static str) {
+    for policy in KEEP_POLICIES {
+        let w = World::new(version);
+        let mut child = w.spawn("hold", &[("SMOLVM_HARNESS_KEEP", policy)]);
+        let name = child.wait_for("READY");
+        child.signal_group(libc::SIGKILL);
+        let out = child.finish();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{policy}: {out:?}"
+        );
+        // Done when the watcher has marked it kept, or (wrongly) deleted it.
+        let deadline = Instant::now() + WATCHER_LIMIT;
+        while Instant::now() < deadline
+            && w.ledger() != [(name.clone(), true)]
+            && w.machines().contains(&name)
+        {
+            thread::sleep(Duration::from_millis(25));
+        }
+        assert_kept(&w, &name, &w.watcher_log(), &out);
+    }
+}
+
+/// SIGKILL with no watcher, then a sweep of another process (which has no keep setting of
+/// its own: the policy recorded in the ledger decides).
+fn keep_sigkill_sweep(version: &'static str) {
+    for policy in KEEP_POLICIES {
+        let w = World::new(version);
+        let mut child = w.spawn("hold", &[NO_WATCHER, ("SMOLVM_HARNESS_KEEP", policy)]);
+        let name = child.wait_for("READY");
+        child.signal_group(libc::SIGKILL);
+        let killed = child.finish();
+        assert_eq!(killed.status.signal(), Some(libc::SIGKILL), "{killed:?}");
+        let out = w.run("sweep", &[NO_WATCHER]);
+        assert!(out.status.success(), "{policy}: {out:?}");
+        assert_eq!(out.line("SWEPT").as_deref(), Some(""), "{policy}: {out:?}");
+        assert_kept(&w, &name, &out.stderr, &out);
+    }
+}
+
+/// Normal exit with a machine in a static: the exit hook keeps it for `always`, deletes it for
+/// `on-failure` when nothing failed, and keeps it when another test of the process panicked.
+fn keep_static_at_exit(version: &'static str) {
+    let keep = |policy| [NO_WATCHER, ("SMOLVM_HARNESS_KEEP", policy)];
+
+    let w = World::new(version);
+    let out = w.run("static", &keep("always"));
+    assert!(out.status.success(), "{out:?}");
+    assert_kept(&w, &out.line("HOLDING").unwrap(), &out.stderr, &out);
+
+    let w = World::new(version);
+    let out = w.run("static", &keep("on-failure"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("at exit deleted 1 machine"), "{out:?}");
+    w.assert_clean(&out);
+
+    let w = World::new(version);
+    let out = w.run("static_then_panic", &keep("on-failure"));
+    assert_eq!(out.status.code(), Some(101), "{out:?}");
+    assert_kept(&w, &out.line("HOLDING").unwrap(), &out.stderr, &out);
+}
+
+// (j) PID namespaces ------------------------------------------------------------------------------
+
+/// Two test processes in two new pid namespaces have the same pid, the same test name, and
+/// share the harness state dir and the smolvm state (as two containers sharing a volume do).
+/// Neither may take the other's name or ledger entry, and a sweep from the host namespace may
+/// not take a live process of another namespace for dead.
+#[test]
+fn two_pid_namespaces_one_pid() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        println!("SKIPPED: two_pid_namespaces_one_pid: `unshare --pid --fork --mount-proc` is not available here");
+        return;
+    }
+    for version in ["1.9.2", "0.8.0"] {
+        let w = World::new(version);
+        let mut a = w.spawn_in_new_pid_namespace("hold", &[NO_WATCHER]);
+        let a_pid = a.wait_for("PID");
+        let a_name = a.wait_for("READY");
+        let b = w.spawn_in_new_pid_namespace("drop", &[NO_WATCHER]).finish();
+        assert!(b.status.success(), "{b:?}");
+        assert_eq!(
+            b.line("PID"),
+            Some(a_pid.clone()),
+            "the premise: one pid\n{b:?}"
+        );
+        assert_eq!(
+            w.machines(),
+            std::slice::from_ref(&a_name),
+            "smolvm {version}: B took A's machine\n{b:?}"
+        );
+        assert_eq!(
+            w.ledger(),
+            [(a_name.clone(), false)],
+            "smolvm {version}: B took A's ledger entry\n{b:?}"
+        );
+
+        let swept = w.run("sweep", &[NO_WATCHER]);
+        assert!(swept.status.success(), "{swept:?}");
+        assert_eq!(swept.line("SWEPT").as_deref(), Some(""), "{swept:?}");
+        assert_eq!(w.machines(), std::slice::from_ref(&a_name), "{swept:?}");
+        assert_eq!(w.ledger(), [(a_name.clone(), false)], "{swept:?}");
+
+        a.signal_group(libc::SIGTERM);
+        let out = a.finish();
+        assert!(!out.status.success(), "{out:?}");
+        w.assert_clean(&out);
+    }
+}
+
+impl World {
+    /// The child as pid 1 of a new pid namespace (with its own `/proc`).
+    fn spawn_in_new_pid_namespace(&self, scenario: &str, extra_env: &[(&str, &str)]) -> Running {
+        let inner = self.command(scenario, extra_env);
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--"])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        Running::start(cmd)
+    }
 }
 
 /// `SMOLVM_HARNESS_WATCHER` is the user's on/off switch; whatever it holds, with stdin a pipe
