@@ -72,7 +72,11 @@ fn first_machine_cost() {
         joining.push(first);
         laters.push(later);
     }
-    let (s, j, l) = (median(&mut starting), median(&mut joining), median(&mut laters));
+    let (s, j, l) = (
+        median(&mut starting),
+        median(&mut joining),
+        median(&mut laters),
+    );
     figure(
         "cost.first_machine_setup",
         j - l,
