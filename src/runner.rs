@@ -278,20 +278,29 @@ impl Runner for ProcessRunner {
         }
         let cap = crate::config::config_or_default().output_cap;
         let timeout = inv.timeout.map(|t| t.min(crate::validate::MAX_TIMEOUT));
-        let start = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
-        let pid = child.id();
-        lock(in_flight()).push((std::process::id(), pid));
-        // A create spawned while the process is being torn down could land after the cleanup
-        // looked: the cleanup marks the teardown *before* it kills what is in flight, so a
-        // create it missed sees the mark here and stops itself.
         let is_create = inv
             .env
             .iter()
             .any(|(k, _)| k == crate::cleanup::CREATE_MARK_ENV);
+        // A create spawned while the process is being torn down could land after the cleanup
+        // looked. The cleanup marks the teardown, waits until no create is between spawn and
+        // the in-flight list, then kills what is listed; a create that gets here after the
+        // mark is refused, one spawned in between stops itself.
+        let _spawning = is_create.then(CreateSpawn::begin);
+        if is_create && crate::cleanup::terminating() {
+            return Err(spawn_error(
+                inv,
+                io::Error::other("the process is ending; no new machine is created"),
+            ));
+        }
+        let start = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| spawn_error(inv, source))?;
+        let pid = child.id();
+        lock(in_flight()).push((std::process::id(), pid));
         if is_create && crate::cleanup::terminating() {
             kill_group(&mut child);
         }
+        drop(_spawning);
         let drained = drain_and_wait(&mut child, deadline(start, timeout), cap);
         lock(in_flight()).retain(|(_, p)| *p != pid);
         let (done, stdout, stderr) = match drained {
@@ -398,6 +407,36 @@ impl Capture {
 fn in_flight() -> &'static Mutex<Vec<(u32, u32)>> {
     static IN_FLIGHT: Mutex<Vec<(u32, u32)>> = Mutex::new(Vec::new());
     &IN_FLIGHT
+}
+
+/// Creates between "about to spawn" and "in the in-flight list": the teardown waits for none.
+static SPAWNING_CREATES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one create in [`SPAWNING_CREATES`] while it lives.
+struct CreateSpawn;
+
+impl CreateSpawn {
+    fn begin() -> CreateSpawn {
+        SPAWNING_CREATES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CreateSpawn
+    }
+}
+
+impl Drop for CreateSpawn {
+    fn drop(&mut self) {
+        SPAWNING_CREATES.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// After the teardown mark is set: wait (bounded) until no create is between spawn and the
+/// in-flight list, so that [`kill_in_flight`] sees every create that will ever run.
+pub(crate) fn quiesce_creates(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while SPAWNING_CREATES.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Kill every smolvm call still running, with its process group. For the signal cleanup: a

@@ -69,9 +69,11 @@ struct Tally {
 
 /// Stop our smolvm calls, then delete, keep or leave each machine this process registered.
 fn settle_own(how: Drain, failing: bool) -> Tally {
-    // First the mark, then the kill: a create spawned after the kill's snapshot sees the mark
-    // and stops itself (`ProcessRunner`), so none can land after we looked.
+    // First the mark, then the kill: a create about to spawn is refused, one being spawned is
+    // waited for until it is in the in-flight list (`ProcessRunner`), so the kill reaches
+    // every create that will ever run, and none can land after we looked.
     registry::TERMINATING.store(true, Ordering::SeqCst);
+    crate::runner::quiesce_creates(Duration::from_secs(2));
     // The signal reached only our process group; smolvm calls run in their own groups.
     let killed = crate::runner::kill_in_flight();
     process::wait_dead(&killed, Duration::from_secs(2));
