@@ -62,11 +62,16 @@ impl Backend {
     pub fn detect() -> Fallible<Backend> {
         let smolvm = Smolvm::from_env();
         if !smolvm.is_available() {
-            // The same words a skipped test prints.
-            let reason = smolvm_harness::skip::smolvm_check()
+            // The same words a skipped test prints; and like a guarded test, a SMOLVM_BIN
+            // that is set but wrong is an error, not a reason to fall back.
+            let check = smolvm_harness::skip::smolvm_check();
+            let reason = check
                 .reason()
                 .unwrap_or("smolvm is not available")
                 .to_string();
+            if std::env::var_os("SMOLVM_BIN").is_some_and(|v| !v.is_empty()) {
+                return Err(format!("{reason} (unset SMOLVM_BIN to use the simulation)").into());
+            }
             return Ok(Backend::simulated(&reason));
         }
         if is_fake(smolvm.program()) {

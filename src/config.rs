@@ -144,7 +144,7 @@ impl Config {
     /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let mut cfg = Config {
-            state_dir: state_dir_default(&std::env::temp_dir(), &uid_string()),
+            state_dir: state_dir_default(&absolute_temp_dir(), &uid_string()),
             ..Config::default()
         };
         if let Some(v) = lookup("SMOLVM_HARNESS_TIMEOUT") {
@@ -322,7 +322,18 @@ pub(crate) fn parse_size(var: &'static str, v: &str) -> Result<u64> {
 }
 
 fn default_state_dir() -> PathBuf {
-    state_dir_default(&std::env::temp_dir(), &uid_string())
+    state_dir_default(&absolute_temp_dir(), &uid_string())
+}
+
+/// `std::env::temp_dir()`, but never relative (a relative `TMPDIR` would give each package's
+/// working directory its own ledger and watcher under nextest): `/tmp` then.
+fn absolute_temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir();
+    if dir.is_absolute() {
+        dir
+    } else {
+        PathBuf::from("/tmp")
+    }
 }
 
 /// `<temp dir>/smolvm-harness-<uid>`. The uid, not `$USER`: it is always there, so there is

@@ -934,6 +934,11 @@ impl ScriptedRunner {
     ///     .image("alpine")
     ///     .net()
     ///     .create()?;
+    /// vm.command(&["make", "test"])
+    ///     .env("CI", "1")
+    ///     .workdir("/src")
+    ///     .timeout(std::time::Duration::from_secs(60))
+    ///     .run()?;
     /// vm.delete()?;
     /// let sent: Vec<Vec<String>> = runner
     ///     .user_argvs()
@@ -944,6 +949,10 @@ impl ScriptedRunner {
     ///     sent,
     ///     [
     ///         &["machine", "create", "--name", "web", "--image", "alpine", "--net"][..],
+    ///         &[
+    ///             "machine", "exec", "--name", "web", "-w", "/src", "--timeout", "60s",
+    ///             "--env=CI=1", "--", "make", "test",
+    ///         ][..],
     ///         &["machine", "delete", "-f", "--name", "web"][..],
     ///     ]
     /// );

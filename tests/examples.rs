@@ -99,3 +99,33 @@ fn quickstart_on_the_fake_cli_with_a_state_dir_of_its_own() {
 fn packed_on_the_simulation() {
     packed::run(&Smolvm::simulated()).expect("packed example");
 }
+
+/// Like a guarded test, the quickstart treats a `SMOLVM_BIN` that is set but does not resolve
+/// as an error, not as a reason to fall back to the simulation (run in a child, since it reads
+/// the process environment).
+#[test]
+fn quickstart_refuses_a_wrong_smolvm_bin() {
+    if std::env::var_os("EXAMPLES_TEST_CHILD").is_some() {
+        match quickstart::Backend::detect() {
+            Ok(_) => println!("\nFELL BACK"),
+            Err(e) => println!("\nERR {e}"),
+        }
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "quickstart_refuses_a_wrong_smolvm_bin",
+            "--nocapture",
+        ])
+        .env("EXAMPLES_TEST_CHILD", "1")
+        .env("SMOLVM_BIN", "/nonexistent/smolvm")
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("ERR SMOLVM_BIN=/nonexistent/smolvm is not an executable file"),
+        "{stdout}"
+    );
+}

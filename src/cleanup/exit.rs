@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
-use super::owner::{judge, CreateState, Stage, Verdict};
+use super::owner::{judge, CreateState, Evidence, Stage, Verdict};
 use super::process;
 use super::registry::{self, Drain, Registered, Scope};
 use crate::diag;
@@ -101,10 +101,11 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
                 list.iter().find(|m| m.name == name),
                 CreateState::Over,
             ),
-            // Cannot list: our create succeeded, so the name is ours; delete what is there
-            // rather than leak it.
-            (None, Stage::Created) => Verdict::Ours,
-            (None, Stage::Creating) => Verdict::Pending,
+            // Cannot list. Where labels would decide, nothing is deleted unproven: the
+            // watcher or the next sweep looks again. Without labels our succeeded create is
+            // all the proof there is: delete what is there rather than leak it.
+            (None, Stage::Created) if reg.claim.evidence != Evidence::OwnerLabel => Verdict::Ours,
+            (None, _) => Verdict::Pending,
         };
         match verdict {
             Verdict::Ours => match client.machine_delete(&name) {

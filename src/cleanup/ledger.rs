@@ -37,12 +37,14 @@ pub(crate) const STATE_ENV: &[&str] = &[
     "SMOLVM_AGENT_ROOTFS",
     "SMOLVM_FAKE_STATE",
     "SMOLVM_FAKE_VERSION",
+    // Where the fake keeps its state when `SMOLVM_FAKE_STATE` is unset.
+    "TMPDIR",
 ];
 
 /// What a printed smolvm command needs in front of it to reach the same machines: the
 /// state-locating variables the client sets, and the smolvm ones inherited from us
-/// (`SMOLVM_DATA_DIR`, the fake's state). Inherited `HOME` and `XDG_*` are left out: any shell
-/// of the same user has them. Values are paths, never secrets (other process env is omitted).
+/// (`SMOLVM_DATA_DIR`, the fake's state). Inherited `HOME`, `XDG_*` and `TMPDIR` are left out:
+/// any shell of the same user has them. Values are paths, never secrets (other process env is omitted).
 pub(crate) fn state_env_to_show(smolvm: &Smolvm) -> Vec<(String, String)> {
     let Some((_, process_env)) = smolvm.process_target() else {
         return Vec::new();
@@ -230,6 +232,10 @@ impl Entry {
         o.insert("evidence".into(), c.evidence.as_str().into());
         o.insert("stage".into(), c.stage.as_str().into());
         o.insert("keep".into(), keep_word(c.keep).into());
+        o.insert("registered_at".into(), c.registered_at.into());
+        if let Some(t) = c.created_by {
+            o.insert("created_by".into(), t.into());
+        }
         o.insert("program".into(), program.into());
         let env: Vec<serde_json::Value> = self
             .target
@@ -295,6 +301,8 @@ impl Entry {
                 evidence: Evidence::parse(&str_of("evidence")?)?,
                 stage: Stage::parse(&str_of("stage")?)?,
                 keep: parse_keep(&str_of("keep")?)?,
+                registered_at: v.get("registered_at")?.as_u64()?,
+                created_by: v.get("created_by").and_then(|x| x.as_u64()),
             },
             target: Target {
                 program: PathBuf::from(str_of("program")?),
@@ -485,6 +493,8 @@ mod tests {
                 evidence: Evidence::OwnerLabel,
                 stage: Stage::Creating,
                 keep: KeepPolicy::OnFailure,
+                registered_at: 1_700_000_000,
+                created_by: None,
             },
             target: target("/usr/bin/smolvm"),
             smolvm_version: Some(Version::new(1, 9, 2)),
@@ -511,6 +521,7 @@ mod tests {
         minimal.claim.evidence = Evidence::None;
         minimal.claim.stage = Stage::Created;
         minimal.claim.keep = KeepPolicy::Always;
+        minimal.claim.created_by = Some(1_700_000_002);
         assert_eq!(Entry::from_json(&minimal.to_json().unwrap()), Some(minimal));
         assert_eq!(Entry::from_json(r#"{"format": 1, "name": "x"}"#), None);
         assert_eq!(Entry::from_json("not json"), None);

@@ -205,6 +205,11 @@ pub(crate) struct Claim {
     pub(crate) evidence: Evidence,
     pub(crate) stage: Stage,
     pub(crate) keep: KeepPolicy,
+    /// Unix seconds: registered (just before `machine create`), and, once the create
+    /// succeeded, when it returned. Without labels, a machine of that name made outside this
+    /// window is not the one we made (someone deleted and re-made it, or made it before).
+    pub(crate) registered_at: u64,
+    pub(crate) created_by: Option<u64>,
 }
 
 /// Whether the create a claim was registered for is still running.
@@ -259,6 +264,12 @@ pub(crate) fn judge(claim: &Claim, seen: Option<&MachineInfo>, create: CreateSta
         // A machine with a harness owner label is some harness process's: ours only by it.
         _ if labels.contains_key(OWNER_LABEL) => Verdict::NotOurs,
         Evidence::OwnerLabel | Evidence::None => Verdict::NotOurs,
+        // Made outside the window of our create: not the machine we made.
+        Evidence::GeneratedName | Evidence::AbsentBeforeCreate
+            if !made_in_window(claim, machine.created_at) =>
+        {
+            Verdict::NotOurs
+        }
         // Our random token is in the name: no one else makes it.
         Evidence::GeneratedName => Verdict::Ours,
         // Free just before our create, and our create made it.
@@ -267,6 +278,18 @@ pub(crate) fn judge(claim: &Claim, seen: Option<&MachineInfo>, create: CreateSta
         // be told from ours.
         Evidence::AbsentBeforeCreate => Verdict::CannotTell,
     }
+}
+
+/// Whether a machine created at `made` (as `machine ls` says; unknown counts as yes) could be
+/// the one our create made: not before we registered it, not after our create returned. A
+/// second of slack each way, for clocks read in whole seconds.
+fn made_in_window(claim: &Claim, made: Option<u64>) -> bool {
+    let Some(made) = made else {
+        return true;
+    };
+    let after_start = made + 1 >= claim.registered_at;
+    let before_end = claim.created_by.is_none_or(|end| made <= end + 1);
+    after_start && before_end
 }
 
 #[cfg(test)]
@@ -292,6 +315,8 @@ mod tests {
             evidence,
             stage,
             keep: KeepPolicy::Never,
+            registered_at: 1_000,
+            created_by: (stage == Stage::Created).then_some(1_002),
         }
     }
 
@@ -300,7 +325,7 @@ mod tests {
             name: "web".into(),
             state: MachineState::Stopped,
             pid: None,
-            created_at: None,
+            created_at: Some(1_001),
             image: None,
             network: None,
             labels: labels
@@ -354,6 +379,39 @@ mod tests {
         assert_eq!(
             judge(&c, Some(&machine(&[])), CreateState::Over),
             Verdict::NotOurs
+        );
+    }
+
+    #[test]
+    fn without_labels_a_machine_made_outside_our_create_is_not_ours() {
+        let c = claim(Evidence::GeneratedName, Stage::Created);
+        let made_at = |t: Option<u64>| MachineInfo {
+            created_at: t,
+            ..machine(&[])
+        };
+        // Re-made by hand after our create (and our owner's death).
+        assert_eq!(
+            judge(&c, Some(&made_at(Some(5_000))), CreateState::Over),
+            Verdict::NotOurs
+        );
+        // Made before we registered.
+        assert_eq!(
+            judge(&c, Some(&made_at(Some(10))), CreateState::Over),
+            Verdict::NotOurs
+        );
+        // Within the window, or unknown: ours.
+        for t in [Some(999), Some(1_003), None] {
+            assert_eq!(
+                judge(&c, Some(&made_at(t)), CreateState::Over),
+                Verdict::Ours,
+                "{t:?}"
+            );
+        }
+        // A create that never returned has no end to its window.
+        let c = claim(Evidence::GeneratedName, Stage::Creating);
+        assert_eq!(
+            judge(&c, Some(&made_at(Some(5_000))), CreateState::Over),
+            Verdict::Ours
         );
     }
 

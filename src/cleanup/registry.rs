@@ -132,6 +132,8 @@ pub(crate) fn register(
         evidence,
         stage,
         keep,
+        registered_at: ledger::now(),
+        created_by: (stage == Stage::Created).then(ledger::now),
     };
     let scope = Scope::of(smolvm);
     let (version, ledger) = match &scope {
@@ -183,9 +185,12 @@ pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Re
     result?;
     let mut reg = registry();
     if let Some(r) = reg.get_mut(&key) {
+        let done = ledger::now();
         r.claim.stage = Stage::Created;
+        r.claim.created_by = Some(done);
         if let Some((path, entry)) = &mut r.ledger {
             entry.claim.stage = Stage::Created;
+            entry.claim.created_by = Some(done);
             // If this fails the entry still says "creating": later layers then wait for the
             // create to be over and judge by the evidence, which is as safe, only slower.
             if let Err(e) = entry

@@ -288,10 +288,31 @@ fn watcher_entry() {
     // watchers. Sound here: this runs before `main`, with no other thread.
     // SAFETY: single-threaded, before main.
     unsafe { std::env::remove_var(SERVE_ENV) };
+    forget_inherited_smolvm_env();
     let _ = std::panic::catch_unwind(|| serve(Path::new(&socket)));
     // Never the program it was built as: no `main`, no destructors, no exit hooks.
     // SAFETY: _exit ends the process at once; nothing runs after it.
     unsafe { libc::_exit(0) }
+}
+
+/// The watcher serves processes with other environments than the one that started it: every
+/// smolvm call it makes must see exactly the state variables its ledger entry recorded (set
+/// or unset), and none of the spawner's knobs (`SMOLVM_FAKE_FAIL`, a trace switch). So it
+/// drops every `SMOLVM_*` variable and every state-locating one it inherited; the entry's
+/// recorded values are given to each call (`Target::client`).
+fn forget_inherited_smolvm_env() {
+    let names: Vec<std::ffi::OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            (k.starts_with("SMOLVM_") && k != "SMOLVM_HARNESS_STATE_DIR")
+                || ledger::STATE_ENV.contains(&k.as_ref())
+        })
+        .collect();
+    for k in names {
+        // SAFETY: single-threaded, before main (see `watcher_entry`).
+        unsafe { std::env::remove_var(k) };
+    }
 }
 
 /// Referenced from the code that starts a watcher, so a binary that can start one also keeps
@@ -333,7 +354,7 @@ fn serve(socket: &Path) {
     let bound = socket_id(socket);
     say_ready();
     let busy = Arc::new(AtomicUsize::new(0));
-    let settling: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut settled: HashSet<String> = HashSet::new();
     // Owners that died before they could connect (or while no watcher ran).
     work(&busy, {
         let dir = dir.clone();
@@ -363,7 +384,9 @@ fn serve(socket: &Path) {
                 ConnState::Open => i += 1,
                 ConnState::Closed => {
                     if let Some(owner) = conns.swap_remove(i).owner {
-                        owners.insert(owner.nonce.clone(), owner);
+                        if !settled.contains(&owner.nonce) {
+                            owners.insert(owner.nonce.clone(), owner);
+                        }
                     }
                 }
             }
@@ -372,36 +395,42 @@ fn serve(socket: &Path) {
             scanned = Instant::now();
             for (_, entry) in ledger::read_all(&dir.join("ledger")) {
                 let owner = entry.claim.owner;
-                if !entry.kept && owner.liveness() == Liveness::Alive {
+                if !entry.kept
+                    && !settled.contains(&owner.nonce)
+                    && owner.liveness() == Liveness::Alive
+                {
                     owners.entry(owner.nonce.clone()).or_insert(owner);
                 }
             }
         }
-        let connected: HashSet<&str> = conns
-            .iter()
-            .filter_map(|c| c.owner.as_ref().map(|o| o.nonce.as_str()))
-            .collect();
+        // Connected owners are checked too: a forked child may hold a dead owner's
+        // connection open for as long as it lives.
+        for owner in conns.iter().filter_map(|c| c.owner.as_ref()) {
+            owners
+                .entry(owner.nonce.clone())
+                .or_insert_with(|| owner.clone());
+        }
         let gone: Vec<String> = owners
             .iter()
-            .filter(|(nonce, o)| {
-                !connected.contains(nonce.as_str()) && o.liveness() != Liveness::Alive
-            })
+            .filter(|(_, o)| o.liveness() != Liveness::Alive)
             .map(|(nonce, _)| nonce.clone())
             .collect();
         for nonce in gone {
             let Some(owner) = owners.remove(&nonce) else {
                 continue;
             };
-            if !lock(&settling).insert(nonce.clone()) {
+            // Settled once: its connection, still open in a fork child, or a later ledger
+            // scan must not start it again.
+            if !settled.insert(nonce.clone()) {
                 continue;
             }
-            let (dir, settling) = (dir.clone(), Arc::clone(&settling));
-            work(&busy, move || {
-                settle_owner(&dir, &owner);
-                lock(&settling).remove(&owner.nonce);
-            });
+            let dir = dir.clone();
+            work(&busy, move || settle_owner(&dir, &owner));
         }
-        if !conns.is_empty() || !owners.is_empty() || busy.load(Ordering::SeqCst) > 0 {
+        let waiting_for_conns = conns
+            .iter()
+            .any(|c| c.owner.as_ref().is_none_or(|o| !settled.contains(&o.nonce)));
+        if waiting_for_conns || !owners.is_empty() || busy.load(Ordering::SeqCst) > 0 {
             idle_since = Instant::now();
         } else if idle_since.elapsed() >= IDLE_EXIT && may_exit(&dir, &listener, socket, bound) {
             return;
@@ -578,6 +607,10 @@ fn settle_dead_owners(dir: &Path) {
 fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
     let ledger_dir = dir.join("ledger");
     let until = Instant::now() + PENDING_LIMIT;
+    // Quick at first (a create in flight lands within seconds), then every 5 s, so that a
+    // state that stays unreachable costs little (and is reported once).
+    let mut pause = Duration::from_millis(250);
+    let mut reported: HashSet<ledger::Target> = HashSet::new();
     loop {
         let mut groups: HashMap<ledger::Target, Vec<(PathBuf, Entry)>> = HashMap::new();
         for (path, entry) in ledger::read_all(&ledger_dir) {
@@ -602,19 +635,25 @@ fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
                     }
                     waiting += settled.waiting.len();
                 }
+                // One smolvm state that cannot be listed (gone, broken) must not keep the
+                // others from being settled; it is tried again with the waiting ones.
                 Err(e) => {
-                    diag::log(&format!(
-                        "smolvm-harness watcher: cannot list machines ({e}); left for the next \
-                         sweep"
-                    ));
-                    return;
+                    if reported.insert(target.clone()) {
+                        diag::log(&format!(
+                            "smolvm-harness watcher: cannot list machines of {} ({e}); trying \
+                             again",
+                            target.program.display()
+                        ));
+                    }
+                    waiting += 1;
                 }
             }
         }
         if waiting == 0 || Instant::now() >= until {
             return;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
