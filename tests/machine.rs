@@ -396,8 +396,7 @@ fn on_0_8_a_chosen_name_is_never_deleted_after_a_failed_create() {
 
     // Free before the create, there after it failed: it may be ours, or someone else's made
     // meanwhile; without labels nothing tells, so it is left alone, and said so.
-    let after =
-        r#"[{"name":"m-new","state":"stopped","pid":null,"created_at":1,"image":"alpine"}]"#;
+    let after = r#"[{"name":"m-new","state":"stopped","pid":null,"image":"alpine"}]"#;
     let runner = ScriptedRunner::new()
         .version("0.8.0")
         .on(&["machine", "create"], Reply::fail(1, DISK_FULL))

@@ -104,7 +104,12 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             // Cannot list. Where labels would decide, nothing is deleted unproven: the
             // watcher or the next sweep looks again. Without labels our succeeded create is
             // all the proof there is: delete what is there rather than leak it.
-            (None, Stage::Created) if reg.claim.evidence != Evidence::OwnerLabel => Verdict::Ours,
+            // (In-process clients have no one to defer to: their machines go by name.)
+            (None, Stage::Created)
+                if reg.claim.evidence != Evidence::OwnerLabel || reg.ledger.is_none() =>
+            {
+                Verdict::Ours
+            }
             (None, _) => Verdict::Pending,
         };
         match verdict {
