@@ -401,7 +401,7 @@ fn record_skip(test_name: &str, reason: &str) {
 fn summarise_skips() {
     let count = SKIPPED.load(Ordering::Relaxed);
     // Under nextest a process runs one test, whose own SKIPPED line already says it all.
-    if count == 0 || std::env::var_os("NEXTEST_RUN_ID").is_some() {
+    if count == 0 || (count == 1 && std::env::var_os("NEXTEST_RUN_ID").is_some()) {
         return;
     }
     let reason = REASON
