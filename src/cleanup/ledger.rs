@@ -37,6 +37,8 @@ pub(crate) const STATE_ENV: &[&str] = &[
     "SMOLVM_AGENT_ROOTFS",
     "SMOLVM_FAKE_STATE",
     "SMOLVM_FAKE_VERSION",
+    // The fake's call log: the watcher's calls for an entry go where its process logged.
+    "SMOLVM_FAKE_LOG",
     // Where the fake keeps its state when `SMOLVM_FAKE_STATE` is unset.
     "TMPDIR",
 ];
