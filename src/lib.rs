@@ -40,7 +40,9 @@ pub use pack::Pack;
 pub use runner::{Reply, ScriptedRunner};
 pub use smolvm_harness_macros::requires_smolvm;
 
-// README.md's Rust blocks run as doctests, so the front page cannot drift from the crate.
+// README.md's Rust blocks compile as doctests, so the front page cannot drift from the crate;
+// the headline test and the fake bin also run, word for word, in the dependent crate of
+// tests/downstream (tests/downstream.rs checks that they are the same text).
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
