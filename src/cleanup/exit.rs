@@ -274,6 +274,7 @@ fn is_ignored(signal: i32) -> bool {
 
 #[cfg(unix)]
 fn terminate(signal: i32) -> ! {
+    registry::SIGNALLED.store(true, Ordering::SeqCst);
     registry::TERMINATING.store(true, Ordering::SeqCst);
     second_signal().store(true, Ordering::SeqCst);
     // A killed test counts as failed, for `on-failure`.

@@ -208,6 +208,12 @@ mod tests {
             .env(CREATE_MARK_ENV, &mark)
             .spawn()
             .unwrap();
+        // Seen once the child's environment is readable (right after exec; under load the
+        // first read can come before it).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while create_running(&mark) != Some(true) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(create_running(&mark), Some(true));
         // Another mark is not this one.
         assert_eq!(create_running(&format!("{mark}x")), Some(false));

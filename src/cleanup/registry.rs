@@ -102,6 +102,9 @@ fn registry() -> MutexGuard<'static, HashMap<Key, Registered>> {
 /// machine may start, and a `machine create` spawned from now on stops itself.
 pub(crate) static TERMINATING: AtomicBool = AtomicBool::new(false);
 
+/// Set, with [`TERMINATING`], when the teardown is a signal's (not the exit hook's).
+pub(crate) static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
 /// Whether the process is being torn down (see [`TERMINATING`]).
 pub(crate) fn terminating() -> bool {
     TERMINATING.load(Ordering::SeqCst)
@@ -118,11 +121,19 @@ pub(crate) fn register(
     stage: Stage,
 ) -> Result<()> {
     if TERMINATING.load(Ordering::SeqCst) {
-        // A signal is being handled and the process will end in a moment; a machine created
-        // now could be missed by the cleanup already under way.
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
+        if SIGNALLED.load(Ordering::SeqCst) {
+            // A signal is being handled and the process ends in a moment; a machine created
+            // now could be missed by the cleanup already under way.
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
+        // At exit (a destructor that runs after the exit hook): refused, never a hang.
+        return Err(Error::invalid(
+            "machine",
+            "the process is exiting and its machines were already cleaned up; no new machine \
+             is created",
+        ));
     }
     exit::install();
     let claim = Claim {
