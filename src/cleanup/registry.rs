@@ -190,9 +190,18 @@ pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Re
     let mark = registry()
         .get(&key)
         .and_then(|r| r.ledger.as_ref().map(|(_, e)| e.key()));
+    /// Clears the mark however `machine_create` returns (a runner may panic), so no later
+    /// call on this thread is taken for a create.
+    struct Marked;
+    impl Drop for Marked {
+        fn drop(&mut self) {
+            let _ = CREATE_MARK.try_with(|m| m.borrow_mut().take());
+        }
+    }
     CREATE_MARK.with(|m| *m.borrow_mut() = mark);
+    let marked = Marked;
     let result = smolvm.machine_create(name, options);
-    CREATE_MARK.with(|m| *m.borrow_mut() = None);
+    drop(marked);
     result?;
     let mut reg = registry();
     if let Some(r) = reg.get_mut(&key) {
