@@ -7,30 +7,23 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use smolvm_harness::{CreateOptions, Machine, Smolvm};
+use smolvm_harness::{CreateOptions, Machine};
 
-const FAKE: &str = env!("CARGO_BIN_EXE_smolvm-fake");
 const SCENARIO: &str = "REVIEW1_SCENARIO";
+
+#[allow(dead_code)]
+#[path = "common/attack_harness.rs"]
+mod harness;
+use harness::*;
+
+/// This binary re-run as the child scenario `scenario`.
+fn child(state_dir: &Path, scenario: &str, envs: &[(&str, &str)]) -> Command {
+    child_of("review1_child", SCENARIO, state_dir, scenario, envs)
+}
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A client of the fake that takes its state from the *process* env (`SMOLVM_FAKE_STATE`,
-/// `SMOLVM_FAKE_VERSION` as the child inherited them), as `Smolvm::from_env()` would.
-fn plain() -> Smolvm {
-    Smolvm::new(FAKE)
-}
-
-fn fake_at(state: &Path, version: &str) -> Smolvm {
-    Smolvm::new(FAKE)
-        .with_process_env("SMOLVM_FAKE_STATE", state.to_str().unwrap())
-        .with_process_env("SMOLVM_FAKE_VERSION", version)
-}
-
-fn ready(names: &[&str]) {
-    println!("\nREADY {}", names.join(" "));
-}
 
 /// Child scenarios (run by the attacks below through this same binary).
 #[test]
@@ -135,72 +128,6 @@ fn review1_child() -> Result<(), String> {
         other => panic!("unknown scenario {other}"),
     }
     Ok(())
-}
-
-fn child(state_dir: &Path, scenario: &str, envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "review1_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SMOLVM_HARNESS_STATE_DIR", state_dir)
-    .env_remove("SMOLVM_HARNESS_WATCHER")
-    .env_remove("SMOLVM_HARNESS_KEEP")
-    .env("SMOLVM_HARNESS_MAX_MACHINES", "8")
-    .env(SCENARIO, scenario)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd
-}
-
-/// Spawn and wait for READY; returns the child and the names it printed.
-fn holder(mut cmd: Command) -> (Child, Vec<String>) {
-    let mut c = cmd.spawn().unwrap();
-    let out = BufReader::new(c.stdout.take().unwrap());
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("READY ") {
-            return (c, rest.split_whitespace().map(str::to_string).collect());
-        }
-    }
-    let out = c.wait_with_output().unwrap();
-    panic!("child never got ready: {out:?}");
-}
-
-fn sigkill_group(c: &mut Child) {
-    let pgid = libc::pid_t::try_from(c.id()).unwrap();
-    // SAFETY: signals the group our unreaped child leads.
-    unsafe { libc::killpg(pgid, libc::SIGKILL) };
-    let _ = c.wait();
-}
-
-fn names(smolvm: &Smolvm) -> Vec<String> {
-    let mut v: Vec<String> = smolvm
-        .machine_list()
-        .unwrap()
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    v.sort();
-    v
-}
-
-fn ledger_files(state_dir: &Path) -> Vec<String> {
-    std::fs::read_dir(state_dir.join("ledger"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn settle_for(d: Duration) {

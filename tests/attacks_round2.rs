@@ -8,29 +8,23 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use smolvm_harness::{CreateOptions, Machine, Smolvm};
+use smolvm_harness::{CreateOptions, Machine};
 
-const FAKE: &str = env!("CARGO_BIN_EXE_smolvm-fake");
 const SCENARIO: &str = "REVIEW2_SCENARIO";
+
+#[allow(dead_code)]
+#[path = "common/attack_harness.rs"]
+mod harness;
+use harness::*;
+
+/// This binary re-run as the child scenario `scenario`.
+fn child(state_dir: &Path, scenario: &str, envs: &[(&str, &str)]) -> Command {
+    child_of("review2_child", SCENARIO, state_dir, scenario, envs)
+}
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// A client of the fake whose state comes from the *process* env, as `Smolvm::from_env()`.
-fn plain() -> Smolvm {
-    Smolvm::new(FAKE)
-}
-
-fn fake_at(state: &Path, version: &str) -> Smolvm {
-    Smolvm::new(FAKE)
-        .with_process_env("SMOLVM_FAKE_STATE", state.to_str().unwrap())
-        .with_process_env("SMOLVM_FAKE_VERSION", version)
-}
-
-fn ready(words: &[&str]) {
-    println!("\nREADY {}", words.join(" "));
-}
 
 fn create_web() -> Machine {
     Machine::builder()
@@ -176,91 +170,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn child(state_dir: &Path, scenario: &str, envs: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "review2_child",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SMOLVM_HARNESS_STATE_DIR", state_dir)
-    .env_remove("SMOLVM_HARNESS_WATCHER")
-    .env_remove("SMOLVM_HARNESS_KEEP")
-    .env_remove("SMOLVM_FAKE_STATE")
-    .env_remove("SMOLVM_FAKE_FAIL")
-    .env("SMOLVM_HARNESS_MAX_MACHINES", "32")
-    .env(SCENARIO, scenario)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd
-}
-
-/// Spawn and wait for READY; returns the child and the words it printed.
-fn holder(mut cmd: Command) -> (Child, Vec<String>) {
-    let mut c = cmd.spawn().unwrap();
-    let out = BufReader::new(c.stdout.take().unwrap());
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("READY ") {
-            return (c, rest.split_whitespace().map(str::to_string).collect());
-        }
-    }
-    let out = c.wait_with_output().unwrap();
-    panic!("child never got ready: {out:?}");
-}
-
-fn run_to_end(mut cmd: Command) -> std::process::Output {
-    cmd.output().unwrap()
-}
-
-fn sigkill_group(c: &mut Child) {
-    let pgid = libc::pid_t::try_from(c.id()).unwrap();
-    // SAFETY: signals the group our unreaped child leads.
-    unsafe { libc::killpg(pgid, libc::SIGKILL) };
-    let _ = c.wait();
-}
-
-fn names(smolvm: &Smolvm) -> Vec<String> {
-    let mut v: Vec<String> = smolvm
-        .machine_list()
-        .unwrap()
-        .into_iter()
-        .map(|m| m.name)
-        .collect();
-    v.sort();
-    v
-}
-
-fn labels_of(smolvm: &Smolvm, name: &str) -> Option<Vec<(String, String)>> {
-    smolvm
-        .machine_list()
-        .unwrap()
-        .into_iter()
-        .find(|m| m.name == name)
-        .map(|m| m.labels.into_iter().collect())
-}
-
-fn ledger_files(state_dir: &Path) -> Vec<String> {
-    std::fs::read_dir(state_dir.join("ledger"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn watcher_log(state_dir: &Path) -> String {
-    std::fs::read_to_string(state_dir.join("watcher.log")).unwrap_or_default()
-}
-
 /// Watcher processes serving `state_dir` (found by their environment).
 fn watchers(state_dir: &Path) -> Vec<i32> {
     let needle = format!("SMOLVM_HARNESS_STATE_DIR={}", state_dir.to_str().unwrap());
@@ -286,17 +195,6 @@ fn watchers(state_dir: &Path) -> Vec<i32> {
         }
     }
     found
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
 }
 
 fn default_fake_dir(tmp: &Path) -> PathBuf {
