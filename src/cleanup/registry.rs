@@ -143,7 +143,13 @@ pub(crate) fn register(
         evidence,
         stage,
         keep,
-        registered_at: ledger::now(),
+        // A machine registered again after its create (cleanup switched back on) was made
+        // earlier: its window starts at the beginning of time, and ends now.
+        registered_at: if stage == Stage::Created {
+            0
+        } else {
+            ledger::now()
+        },
         created_by: (stage == Stage::Created).then(ledger::now),
     };
     let scope = Scope::of(smolvm);
@@ -387,4 +393,41 @@ pub(crate) fn drain(how: Drain) -> Vec<Registered> {
         .map(|(k, _)| k.clone())
         .collect();
     keys.into_iter().filter_map(|k| guard.remove(&k)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::MachineInfo;
+
+    /// Cleanup switched back on for a machine made long ago (smolvm without labels): the
+    /// machine is still provably ours, whatever its creation time says.
+    #[test]
+    fn a_machine_registered_again_after_its_create_stays_ours() {
+        let smolvm = Smolvm::simulated_version(Version::new(0, 8, 0));
+        register(
+            &smolvm,
+            "smt-rearmed-x-0",
+            Evidence::GeneratedName,
+            KeepPolicy::Never,
+            Stage::Created,
+        )
+        .unwrap();
+        let key = (Scope::of(&smolvm), "smt-rearmed-x-0".to_string());
+        let claim = registry().get(&key).map(|r| r.claim.clone()).unwrap();
+        forget(&key);
+        let made_long_ago = MachineInfo {
+            name: "smt-rearmed-x-0".into(),
+            state: crate::cli::MachineState::Stopped,
+            pid: None,
+            created_at: Some(1000),
+            image: None,
+            labels: Default::default(),
+            network: None,
+        };
+        assert_eq!(
+            judge(&claim, Some(&made_long_ago), CreateState::Over),
+            Verdict::Ours
+        );
+    }
 }
