@@ -118,6 +118,12 @@ pub struct Dialect {
     pub delete_stops_running: bool,
     /// `create --from` keeps `--allow-cidr` (from 1.8.0); before, it silently drops it.
     pub from_keeps_egress: bool,
+    /// `--secret-env GUEST=HOSTVAR` on `create` and `exec` (from 1.0.0); before, only
+    /// `exec -e KEY` (no `=`), which copies KEY from smolvm's own environment (from 0.8.1).
+    pub secret_env: bool,
+    /// `--allow-cidr`/`--allow-host` are enforced (from 1.1.3); before, the TSI backend
+    /// ignored them (upstream's fix note in `f8f7d148`).
+    pub enforces_egress: bool,
 }
 
 impl Dialect {
@@ -129,6 +135,8 @@ impl Dialect {
             labels: version >= Version::new(1, 8, 0),
             delete_stops_running: version >= Version::new(0, 8, 1),
             from_keeps_egress: version >= Version::new(1, 8, 0),
+            secret_env: version >= Version::new(1, 0, 0),
+            enforces_egress: version >= Version::new(1, 1, 3),
         }
     }
 }
@@ -146,6 +154,8 @@ mod tests {
         assert!(d("1.8.0").labels && d("1.8.0").from_keeps_egress);
         assert!(!d("0.8.0").delete_stops_running);
         assert!(d("0.8.1").delete_stops_running);
+        assert!(!d("0.9.9").secret_env && d("1.0.0").secret_env);
+        assert!(!d("1.1.2").enforces_egress && d("1.1.3").enforces_egress);
     }
 
     #[test]

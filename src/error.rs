@@ -144,6 +144,17 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A readiness wait ([`crate::Machine::wait_until`] and its siblings) ran out of time.
+    #[error("timed out after {waited:?} waiting for {what}; last probe: {last}")]
+    NotReady {
+        /// What was awaited, e.g. `guest port 8080 (host 127.0.0.1:41234)`.
+        what: String,
+        /// How long the wait lasted.
+        waited: Duration,
+        /// What the last probe saw (its output or error, secrets scrubbed).
+        last: String,
+    },
+
     /// A file operation of the harness itself (temp dirs, ledger, locks) failed.
     #[error("failed to {action} `{}`: {source}", path.display())]
     Io {

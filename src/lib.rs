@@ -29,7 +29,7 @@ pub mod validate;
 pub use cleanup::sweep;
 pub use cli::{
     is_available, CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, MachineState,
-    Smolvm, Source,
+    PortMapping, Smolvm, Source,
 };
 pub use config::KeepPolicy;
 pub use dialect::Version;

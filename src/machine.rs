@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cleanup;
-use crate::cli::{CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, Smolvm};
+use crate::cli::{
+    CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, PortMapping, Smolvm,
+};
 use crate::config::{config, config_or_default, KeepPolicy};
 use crate::diag;
 use crate::error::{Error, Result};
@@ -80,6 +82,8 @@ pub struct Machine {
     keep_policy: Option<KeepPolicy>,
     /// Why the machine is provably ours, should it have to be registered again.
     evidence: cleanup::Evidence,
+    /// The published ports, as sent to `machine create`.
+    ports: Vec<PortMapping>,
     /// The name, reserved on this smolvm state; released after `Drop::drop` has run.
     _reservation: cleanup::Reservation,
     /// Last field: released after `Drop::drop` has deleted the machine.
@@ -290,6 +294,7 @@ impl MachineBuilder {
                         armed: true,
                         keep_policy: self.keep_policy,
                         evidence,
+                        ports: Vec::new(),
                         _reservation: reservation,
                         _slot: slot,
                     })
@@ -374,6 +379,17 @@ impl Machine {
     /// The client the machine was created with.
     pub fn smolvm(&self) -> &Smolvm {
         &self.smolvm
+    }
+
+    /// Every published port (`port` and `publish` on the builder), in the order given.
+    pub fn ports(&self) -> &[PortMapping] {
+        &self.ports
+    }
+
+    /// The host port that reaches `guest` (the first, if several do); `None` when that guest
+    /// port is not published.
+    pub fn host_port(&self, guest: u16) -> Option<u16> {
+        self.ports.iter().find(|p| p.guest == guest).map(|p| p.host)
     }
 
     /// Run `argv` in the machine. A non-zero guest exit is in [`ExecOutput::code`], not an

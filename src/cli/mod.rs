@@ -15,7 +15,7 @@ mod program;
 mod version_cache;
 
 pub use copy::CpPath;
-pub use options::{CreateOptions, ExecOptions, Source};
+pub use options::{CreateOptions, ExecOptions, PortMapping, Source};
 pub use output::{ExecOutput, MachineInfo, MachineState};
 pub(crate) use program::{resolve_program, smolvm_bin_from_env};
 
@@ -435,6 +435,29 @@ impl Smolvm {
             Err(e) => return Err(e),
         };
         output::parse_status(&cmd, &out).map(Some)
+    }
+
+    /// `smolvm machine data-dir --name NAME` (positional NAME before 1.0.2): the host
+    /// directory that holds the machine's disks and its guest console log
+    /// (`agent-console.log`). An unknown machine is an error ([`Error::is_not_found`]).
+    pub fn machine_data_dir(&self, name: &str) -> Result<PathBuf> {
+        validate_machine_name(name)?;
+        let args = if self.dialect()?.name_flag {
+            strings(&["machine", "data-dir", "--name", name])
+        } else {
+            strings(&["machine", "data-dir", name])
+        };
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        let out = check(&cmd, out)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+        match line {
+            Some(dir) if Path::new(dir).is_absolute() => Ok(PathBuf::from(dir)),
+            _ => Err(Error::Parse {
+                command: cmd,
+                reason: format!("expected an absolute directory, got {text:?}"),
+            }),
+        }
     }
 
     /// Run one invocation through the runner, recording it in the machine's transcript.

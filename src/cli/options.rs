@@ -24,6 +24,16 @@ pub enum Source {
     FromPath(PathBuf),
 }
 
+/// One published port: connections to `127.0.0.1:host` on the host reach `guest` in the
+/// machine (`-p HOST:GUEST`, TCP only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortMapping {
+    /// The host port.
+    pub host: u16,
+    /// The guest port.
+    pub guest: u16,
+}
+
 /// Options of `machine create`, built by value.
 ///
 /// ```
