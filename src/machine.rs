@@ -84,6 +84,9 @@ pub struct Machine {
     evidence: cleanup::Evidence,
     /// The published ports, as sent to `machine create`.
     ports: Vec<PortMapping>,
+    /// The test that made it (for failure artifacts): the builder's `test_name`, else
+    /// [`current_test_name`] at create.
+    test: String,
     /// The name, reserved on this smolvm state; released after `Drop::drop` has run.
     _reservation: cleanup::Reservation,
     /// Last field: released after `Drop::drop` has deleted the machine.
@@ -295,6 +298,7 @@ impl MachineBuilder {
                         keep_policy: self.keep_policy,
                         evidence,
                         ports: Vec::new(),
+                        test: self.test_name.clone().unwrap_or_else(current_test_name),
                         _reservation: reservation,
                         _slot: slot,
                     })

@@ -562,6 +562,14 @@ fn machine_secrets(machine: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `text` (guest output, a console log) with every secret known for `machine` scrubbed out,
+/// as errors scrub the output they quote.
+pub(crate) fn scrub_machine_output(machine: &str, text: &str) -> String {
+    CommandLine::new("smolvm", &[])
+        .with_secrets(&machine_secrets(machine))
+        .redact_output(text)
+}
+
 /// `Ok` for exit 0, else [`Error::Failed`].
 fn check(cmd: &CommandLine, out: RawOutput) -> Result<RawOutput> {
     if out.code == Some(0) {
