@@ -14,6 +14,7 @@
 //! | `SMOLVM_HARNESS_TRACE` | `1`: print every smolvm command, exit code and duration to stderr | unset |
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
 //! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::runner::Truncation`] | `64MiB` |
+//! | `SMOLVM_HARNESS_STRICT_EGRESS` | `1`: an egress policy (`allow_cidr`, `allow_host`) on a smolvm that does not enforce it (before 1.1.3) is [`Error::Unsupported`] instead of a warning | unset |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
@@ -101,6 +102,8 @@ pub struct Config {
     pub trace: bool,
     /// `SMOLVM_HARNESS_OUTPUT_CAP`: bytes kept of each of stdout and stderr per call.
     pub output_cap: u64,
+    /// `SMOLVM_HARNESS_STRICT_EGRESS`: refuse egress policies smolvm would not enforce.
+    pub strict_egress: bool,
 }
 
 /// The default of `SMOLVM_HARNESS_OUTPUT_CAP`: 64 MiB per stream.
@@ -119,6 +122,7 @@ impl Default for Config {
             state_dir: default_state_dir(),
             trace: false,
             output_cap: DEFAULT_OUTPUT_CAP,
+            strict_egress: false,
         }
     }
 }
@@ -178,6 +182,9 @@ impl Config {
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_REQUIRE") {
             cfg.require = parse_bool("SMOLVM_HARNESS_REQUIRE", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_STRICT_EGRESS") {
+            cfg.strict_egress = parse_bool("SMOLVM_HARNESS_STRICT_EGRESS", &v)?;
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_TRACE") {
             cfg.trace = parse_bool("SMOLVM_HARNESS_TRACE", &v)?;

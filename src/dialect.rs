@@ -124,6 +124,12 @@ pub struct Dialect {
     /// `--allow-cidr`/`--allow-host` are enforced (from 1.1.3); before, the TSI backend
     /// ignored them (upstream's fix note in `f8f7d148`).
     pub enforces_egress: bool,
+    /// `exec -e KEY` (no `=`) copies KEY from smolvm's own environment (from 0.8.1); before,
+    /// it is dropped.
+    pub env_from_host: bool,
+    /// `--volume` splits `HOST:GUEST[:MODE]` from the right, so a host path may hold `:`
+    /// (from 1.4.0); before, at every `:`.
+    pub volume_split_right: bool,
 }
 
 impl Dialect {
@@ -137,6 +143,8 @@ impl Dialect {
             from_keeps_egress: version >= Version::new(1, 8, 0),
             secret_env: version >= Version::new(1, 0, 0),
             enforces_egress: version >= Version::new(1, 1, 3),
+            env_from_host: version >= Version::new(0, 8, 1),
+            volume_split_right: version >= Version::new(1, 4, 0),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::cleanup;
 use crate::cli::{
-    CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, PortMapping, Smolvm,
+    CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, PortMapping, Smolvm, Source,
 };
 use crate::config::{config, config_or_default, KeepPolicy};
 use crate::diag;
@@ -109,8 +109,8 @@ enum BuilderSource {
     Path(PathBuf),
 }
 
-/// Builds a [`Machine`]: source, network, env, labels, name, client. By value, so a
-/// partly set up builder can be cloned and reused.
+/// Builds a [`Machine`]: source, network, sizing, ports, volumes, env and secrets, labels,
+/// name, client. By value, so a partly set up builder can be cloned and reused.
 ///
 /// Without a source, the machine uses the image of `SMOLVM_HARNESS_IMAGE` (default
 /// `alpine:latest`) with networking on, which smolvm ≥ 1.7.3 needs to pull it. With an
@@ -118,26 +118,32 @@ enum BuilderSource {
 /// image.
 ///
 /// ```
-/// use smolvm_harness::{Machine, ScriptedRunner, Smolvm};
+/// use smolvm_harness::{Machine, Smolvm};
 ///
-/// let runner = ScriptedRunner::new();
 /// let vm = Machine::builder()
-///     .smolvm(Smolvm::new("smolvm").with_runner(runner.clone()))
+///     .smolvm(Smolvm::simulated())
 ///     .image("alpine:3.20")
+///     .net()
+///     .cpus(2)
+///     .mem_mib(512)
+///     .publish(8080)
 ///     .allow_cidr("10.0.0.0/8")
 ///     .env("MODE", "test")
-///     .name("builder-doc")
-///     .create()
+///     .secret_env("API_TOKEN", "tok-1234")
+///     .start()
 ///     .unwrap();
-/// assert_eq!(vm.name(), "builder-doc");
+/// let host = vm.host_port(8080).unwrap();
+/// assert_ne!(host, 0);
+/// assert_eq!(vm.sh("echo $API_TOKEN").unwrap().stdout_str(), "<redacted>\n");
 /// ```
 #[derive(Clone)]
 #[must_use]
 pub struct MachineBuilder {
     source: Option<BuilderSource>,
-    net: bool,
-    allow_cidrs: Vec<String>,
-    env: Vec<(String, String)>,
+    /// Everything but the source and the labels (ownership labels go first).
+    options: CreateOptions,
+    /// Guest ports to publish on host ports picked at create.
+    publish: Vec<u16>,
     labels: Vec<(String, String)>,
     name: Option<String>,
     smolvm: Option<Smolvm>,
@@ -147,13 +153,11 @@ pub struct MachineBuilder {
 
 impl fmt::Debug for MachineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Env values may be secrets: keys only.
-        let env_keys: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        // CreateOptions' Debug shows env keys only: values may be secrets.
         f.debug_struct("MachineBuilder")
             .field("source", &self.source)
-            .field("net", &self.net)
-            .field("allow_cidrs", &self.allow_cidrs)
-            .field("env_keys", &env_keys)
+            .field("options", &self.options)
+            .field("publish", &self.publish)
             .field("labels", &self.labels)
             .field("name", &self.name)
             .field("smolvm", &self.smolvm)
@@ -168,9 +172,8 @@ impl Machine {
     pub fn builder() -> MachineBuilder {
         MachineBuilder {
             source: None,
-            net: false,
-            allow_cidrs: Vec::new(),
-            env: Vec::new(),
+            options: CreateOptions::image(String::new()),
+            publish: Vec::new(),
             labels: Vec::new(),
             name: None,
             smolvm: None,
@@ -179,6 +182,10 @@ impl Machine {
         }
     }
 }
+
+/// How many machines [`MachineBuilder::start`] makes when a picked host port turns out to be
+/// taken at start (another process bound it between the pick and the start).
+const PUBLISH_ATTEMPTS: u32 = 5;
 
 impl MachineBuilder {
     /// Create from an image (`--image`): a registry reference, or on smolvm ≥ 1.x a local
@@ -202,21 +209,116 @@ impl MachineBuilder {
 
     /// Turn networking on (`--net`).
     pub fn net(mut self) -> MachineBuilder {
-        self.net = true;
+        self.options = self.options.net();
         self
     }
 
     /// Set a guest environment variable for every command of the machine. Values are
-    /// redacted as [`crate::CreateOptions::env`] says (output scrubbing from 4 bytes).
+    /// redacted as [`crate::CreateOptions::env`] says (output scrubbing from 4 bytes), but
+    /// they are on smolvm's command line and in its record: for anything secret use
+    /// [`MachineBuilder::secret_env`].
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> MachineBuilder {
-        self.env.push((key.into(), value.into()));
+        self.options = self.options.env(key, value);
+        self
+    }
+
+    /// Give every command of the machine a secret environment variable whose value never
+    /// appears on a command line, in smolvm's record, the ledger, transcripts or `Debug`;
+    /// how it travels per smolvm version is in [`CreateOptions::secret_env`].
+    pub fn secret_env(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> MachineBuilder {
+        self.options = self.options.secret_env(key, value);
         self
     }
 
     /// Allow egress to this CIDR (`--allow-cidr`; networking is then on). Refused for a
-    /// pack source on smolvm < 1.8.0, which would silently drop the policy.
+    /// pack source on smolvm < 1.8.0, which would silently drop the policy; not enforced
+    /// before smolvm 1.1.3 (see [`Smolvm::enforces_egress`]).
     pub fn allow_cidr(mut self, cidr: impl Into<String>) -> MachineBuilder {
-        self.allow_cidrs.push(cidr.into());
+        self.options = self.options.allow_cidr(cidr);
+        self
+    }
+
+    /// Allow egress to a host by name (`--allow-host`; networking is then on): smolvm
+    /// resolves it **on the host at create** (and again at each start); see
+    /// [`CreateOptions::allow_host`].
+    pub fn allow_host(mut self, host: impl Into<String>) -> MachineBuilder {
+        self.options = self.options.allow_host(host);
+        self
+    }
+
+    /// vCPUs (`--cpus`, 1–255; smolvm runs at most 16).
+    pub fn cpus(mut self, cpus: u32) -> MachineBuilder {
+        self.options = self.options.cpus(cpus);
+        self
+    }
+
+    /// Memory ceiling in MiB (`--mem`, at least 64).
+    pub fn mem_mib(mut self, mib: u32) -> MachineBuilder {
+        self.options = self.options.mem_mib(mib);
+        self
+    }
+
+    /// Storage disk size in GiB (`--storage`).
+    pub fn storage_gib(mut self, gib: u32) -> MachineBuilder {
+        self.options = self.options.storage_gib(gib);
+        self
+    }
+
+    /// Overlay disk size in GiB (`--overlay`).
+    pub fn overlay_gib(mut self, gib: u32) -> MachineBuilder {
+        self.options = self.options.overlay_gib(gib);
+        self
+    }
+
+    /// Publish guest port `guest` on host port `host` (`--port HOST:GUEST`); see
+    /// [`CreateOptions::port`]. To have a free host port picked, use
+    /// [`MachineBuilder::publish`].
+    pub fn port(mut self, host: u16, guest: u16) -> MachineBuilder {
+        self.options = self.options.port(host, guest);
+        self
+    }
+
+    /// Publish guest port `guest` on a free host port picked at create (smolvm has no
+    /// ephemeral host port: it refuses 0). Read it with [`Machine::host_port`]. If another
+    /// process takes the picked port before the machine starts, [`MachineBuilder::start`]
+    /// deletes the machine and makes it again with other ports (up to 5 machines); smolvm
+    /// 0.8.x binds host ports only when the guest listens, so there a taken port shows up
+    /// in the guest server instead, and a machine made with [`MachineBuilder::create`] and
+    /// started later is not remade.
+    pub fn publish(mut self, guest: u16) -> MachineBuilder {
+        self.publish.push(guest);
+        self
+    }
+
+    /// Mount host directory `host` read-write at `guest` (`--volume`); the host directory
+    /// must exist (it is sent absolute and canonical), the guest path must be absolute.
+    pub fn volume(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> MachineBuilder {
+        self.options = self.options.volume(host, guest);
+        self
+    }
+
+    /// Mount host directory `host` read-only at `guest` (`--volume HOST:GUEST:ro`).
+    pub fn volume_ro(
+        mut self,
+        host: impl Into<PathBuf>,
+        guest: impl Into<String>,
+    ) -> MachineBuilder {
+        self.options = self.options.volume_ro(host, guest);
+        self
+    }
+
+    /// `machine create` flags this crate does not model, with every guarantee kept; the
+    /// flags it owns are refused. See [`CreateOptions::extra_args`].
+    pub fn extra_args<I, S>(mut self, args: I) -> MachineBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.options = self.options.extra_args(args);
         self
     }
 
@@ -268,6 +370,14 @@ impl MachineBuilder {
             None => Smolvm::from_env(),
         };
         let options = self.options()?;
+        if let Some(&guest) = self.publish.iter().find(|&&g| g == 0) {
+            return Err(Error::invalid(
+                "publish",
+                format!("guest port {guest} is not a port"),
+            ));
+        }
+        options.validate()?;
+        let options = pick_host_ports(options, &self.publish)?;
         options.validate()?;
         // `Some(test name)` when the name is generated, so that a retry can make another.
         let (mut name, test_name) = match &self.name {
@@ -297,7 +407,7 @@ impl MachineBuilder {
                         armed: true,
                         keep_policy: self.keep_policy,
                         evidence,
-                        ports: Vec::new(),
+                        ports: options.ports().to_vec(),
                         test: self.test_name.clone().unwrap_or_else(current_test_name),
                         _reservation: reservation,
                         _slot: slot,
@@ -322,38 +432,61 @@ impl MachineBuilder {
     }
 
     /// Create the machine and start it. If starting fails, the machine is deleted and the
-    /// start error returned.
+    /// start error returned; when it failed because a host port picked by
+    /// [`MachineBuilder::publish`] was taken meanwhile, it is made again with other ports
+    /// first.
     pub fn start(self) -> Result<Machine> {
-        let mut machine = self.create()?;
-        if let Err(err) = machine.smolvm.machine_start(&machine.name) {
+        let attempts = if self.publish.is_empty() {
+            1
+        } else {
+            PUBLISH_ATTEMPTS
+        };
+        let mut attempt = 1;
+        loop {
+            let mut machine = self.clone().create()?;
+            let Err(err) = machine.smolvm.machine_start(&machine.name) else {
+                return Ok(machine);
+            };
             machine.armed = false;
             match machine.smolvm.machine_delete(&machine.name) {
                 Ok(()) => {
                     cleanup::unregister(&machine.smolvm, &machine.name);
                     transcript::forget(&machine.name);
                 }
-                Err(e) => log_delete_failure(&machine.name, &e),
+                Err(e) => {
+                    log_delete_failure(&machine.name, &e);
+                    return Err(err);
+                }
+            }
+            if attempt < attempts && is_port_taken(&err) {
+                attempt += 1;
+                diag::log(&format!(
+                    "smolvm-harness: a published host port of machine {} was taken before it \
+                     started; making it again with other ports (attempt {attempt} of {attempts})",
+                    machine.name
+                ));
+                continue;
             }
             return Err(err);
         }
-        Ok(machine)
     }
 
     fn options(&self) -> Result<CreateOptions> {
         let mut options = match &self.source {
-            Some(BuilderSource::Image(image)) => CreateOptions::image(image.clone()),
-            Some(BuilderSource::Path(path)) => CreateOptions::from_path(path.clone()),
-            None => CreateOptions::image(config()?.image.clone()).net(),
+            Some(BuilderSource::Image(image)) => self
+                .options
+                .clone()
+                .replace_source(Source::Image(image.clone())),
+            Some(BuilderSource::Path(path)) => self
+                .options
+                .clone()
+                .replace_source(Source::FromPath(path.clone())),
+            None => self
+                .options
+                .clone()
+                .replace_source(Source::Image(config()?.image.clone()))
+                .net(),
         };
-        if self.net {
-            options = options.net();
-        }
-        for cidr in &self.allow_cidrs {
-            options = options.allow_cidr(cidr.clone());
-        }
-        for (k, v) in &self.env {
-            options = options.env(k.clone(), v.clone());
-        }
         let own = cleanup::ownership_labels();
         for (k, _) in &self.labels {
             // A user label with the same key would hide whose machine it is from the sweep.
@@ -685,6 +818,52 @@ fn evidence(smolvm: &Smolvm, name: &str, labels: bool, generated: bool) -> clean
     }
 }
 
+/// `options` with a free host port for each of `guests`: one the kernel hands out for
+/// `127.0.0.1:0` (where smolvm ≥ 1.1 binds), not already asked for, released at once so
+/// smolvm can bind it. Another process may take it before the start; `start` retries then.
+fn pick_host_ports(mut options: CreateOptions, guests: &[u16]) -> Result<CreateOptions> {
+    let mut taken: Vec<u16> = options.ports().iter().map(|p| p.host).collect();
+    for &guest in guests {
+        let mut picked = None;
+        for _ in 0..16 {
+            let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|source| Error::Io {
+                    action: "pick a free host port",
+                    path: PathBuf::from("127.0.0.1:0"),
+                    source,
+                })?
+                .port();
+            if !taken.contains(&port) {
+                picked = Some(port);
+                break;
+            }
+        }
+        let Some(port) = picked else {
+            return Err(Error::invalid(
+                "publish",
+                "the kernel kept handing out host ports already in use by this machine",
+            ));
+        };
+        taken.push(port);
+        options = options.port(port, guest);
+    }
+    Ok(options)
+}
+
+/// smolvm's words for a host port that is taken at start: by another of its machines, or by
+/// any other process (virtio-net's bind, 1.1+).
+fn is_port_taken(err: &Error) -> bool {
+    match err {
+        Error::Failed { stderr, .. } => {
+            let text = String::from_utf8_lossy(stderr);
+            text.contains("is already in use by running machine")
+                || text.contains("Address already in use")
+        }
+        _ => false,
+    }
+}
+
 /// A command to run in a [`Machine`], built like `std::process::Command` (`&mut self`
 /// setters, then [`MachineCommand::run`]). Made by [`Machine::command`].
 #[derive(Debug)]
@@ -717,6 +896,13 @@ impl MachineCommand<'_> {
     /// redacted as [`crate::ExecOptions::env`] says (output scrubbing from 4 bytes).
     pub fn env(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
         self.options = std::mem::take(&mut self.options).env(key, value);
+        self
+    }
+
+    /// Set a secret guest environment variable for this command, off every command line
+    /// (see [`crate::ExecOptions::secret_env`]).
+    pub fn secret_env(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.options = std::mem::take(&mut self.options).secret_env(key, value);
         self
     }
 

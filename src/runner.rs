@@ -212,13 +212,38 @@ pub(crate) fn marked(kept: &[u8], truncation: Option<Truncation>, stream: &str) 
     }
 }
 
-/// Runs smolvm invocations. Implement it to put something else between the crate and smolvm.
+/// Runs smolvm invocations. Implement it to put something else between the crate and smolvm
+/// (a wrapper that logs, retries or adds a flag), and give it to
+/// [`Smolvm::with_runner`](crate::Smolvm::with_runner).
 ///
 /// Contract: return `Ok` for any process that ran to completion, whatever its exit code;
-/// return [`Error::NotFound`], [`Error::Spawn`] or [`Error::Timeout`] otherwise.
+/// return [`Error::NotFound`], [`Error::Spawn`] or [`Error::Timeout`] otherwise. Run
+/// [`Invocation::program`] with [`Invocation::args`] and **with [`Invocation::env`] in its
+/// environment**: the env carries secrets (see
+/// [`CreateOptions::secret_env`](crate::CreateOptions::secret_env)) and the mark by which the
+/// crash watcher tells a `machine create` still running.
+///
+/// A runner that runs smolvm as real processes (the default, [`Runner::in_process`] is
+/// `false`) keeps every guarantee of the crate: its machines are in the cleanup ledger (the
+/// crash watcher and the next run's sweep delete them if the process dies), count against
+/// `SMOLVM_HARNESS_MAX_MACHINES`, and share [`Pack::shared`](crate::Pack::shared) packs
+/// across processes. One thing it cannot carry over: those other processes reach smolvm by
+/// running the same program with the client's process env
+/// ([`Smolvm::with_process_env`](crate::Smolvm::with_process_env)) through
+/// [`ProcessRunner`], not through your runner, so a runner must not be the only way to reach
+/// that smolvm (the client prints a one-line notice saying so, once per process).
 pub trait Runner: Send + Sync + fmt::Debug {
     /// Run one invocation to completion.
     fn run(&self, invocation: &Invocation) -> Result<RawOutput>;
+
+    /// `true` for a runner that answers without starting any VM (a script, a simulation,
+    /// a mock of yours): nothing it "creates" can outlive the process, so its machines are
+    /// not ledgered for crash cleanup, not counted against the machine cap, and packs are
+    /// shared within the process only. The default, `false`, means real smolvm processes,
+    /// with every guarantee (see the trait docs).
+    fn in_process(&self) -> bool {
+        false
+    }
 
     /// For in-process runners whose clones share one smolvm state (a simulation, a script):
     /// an id of that state. Machine names are reserved per state, so independent simulations
@@ -233,6 +258,10 @@ pub trait Runner: Send + Sync + fmt::Debug {
 impl<R: Runner + ?Sized> Runner for Arc<R> {
     fn run(&self, invocation: &Invocation) -> Result<RawOutput> {
         (**self).run(invocation)
+    }
+
+    fn in_process(&self) -> bool {
+        (**self).in_process()
     }
 
     fn state_id(&self) -> Option<usize> {
@@ -973,6 +1002,10 @@ impl ScriptedRunner {
 }
 
 impl Runner for ScriptedRunner {
+    fn in_process(&self) -> bool {
+        true
+    }
+
     fn state_id(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.script).cast::<()>() as usize)
     }

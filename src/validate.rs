@@ -6,6 +6,7 @@
 //! that the limits ([`MAX_NAME_LEN`], [`MAX_TIMEOUT`]) can be named.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -204,6 +205,165 @@ pub(crate) fn validate_guest_path(path: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// smolvm's smallest `--mem` (`VmResources::validate`: "memory must be at least 64 MiB").
+pub const MIN_MEM_MIB: u32 = 64;
+
+/// Check sizing as smolvm's `VmResources::validate` and clap do, so a bad value is refused
+/// before anything runs: `--cpus` 1–255 (clap's `u8`; above 16 smolvm runs 16 and warns),
+/// `--mem` at least [`MIN_MEM_MIB`], `--storage`/`--overlay` at least 1 GiB.
+pub(crate) fn validate_resources(
+    cpus: Option<u32>,
+    mem_mib: Option<u32>,
+    storage_gib: Option<u32>,
+    overlay_gib: Option<u32>,
+) -> Result<()> {
+    match cpus {
+        Some(0) => return Err(Error::invalid("cpus", "must be at least 1")),
+        Some(n) if n > 255 => {
+            return Err(Error::invalid(
+                "cpus",
+                format!("{n}: smolvm takes 1 to 255 (and runs at most 16)"),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(m) = mem_mib {
+        if m < MIN_MEM_MIB {
+            return Err(Error::invalid(
+                "mem_mib",
+                format!("{m} MiB: smolvm needs at least {MIN_MEM_MIB} MiB"),
+            ));
+        }
+    }
+    if storage_gib == Some(0) {
+        return Err(Error::invalid("storage_gib", "must be at least 1 GiB"));
+    }
+    if overlay_gib == Some(0) {
+        return Err(Error::invalid("overlay_gib", "must be at least 1 GiB"));
+    }
+    Ok(())
+}
+
+/// Check published ports: neither side 0 (smolvm has no ephemeral host port; use
+/// [`crate::MachineBuilder::publish`] for one picked for you), and no host port twice.
+pub(crate) fn validate_ports(ports: &[(u16, u16)]) -> Result<()> {
+    for (i, &(host, guest)) in ports.iter().enumerate() {
+        if host == 0 {
+            return Err(Error::invalid(
+                "port",
+                format!(
+                    "host port 0 (for guest port {guest}): smolvm has no ephemeral host port;                      use MachineBuilder::publish({guest}) to have one picked"
+                ),
+            ));
+        }
+        if guest == 0 {
+            return Err(Error::invalid(
+                "port",
+                format!("guest port 0 (host port {host})"),
+            ));
+        }
+        if ports[..i].iter().any(|&(h, _)| h == host) {
+            return Err(Error::invalid(
+                "port",
+                format!("host port {host} is given twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check an `--allow-host` value: an IP literal, or a host name (letters, digits, `-`, `.`)
+/// without a port suffix, which smolvm refuses.
+pub fn validate_allow_host(host: &str) -> Result<()> {
+    if host.is_empty() {
+        return Err(Error::invalid("allow_host", "must not be empty"));
+    }
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if let Some((_, port)) = host.rsplit_once(':') {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::invalid(
+                "allow_host",
+                format!(
+                    "{host:?}: port suffixes are not supported (all ports of the resolved                      addresses are allowed)"
+                ),
+            ));
+        }
+    }
+    let ok = host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "allow_host",
+            format!("{host:?} is neither an IP address nor a host name"),
+        ))
+    }
+}
+
+/// Host paths smolvm refuses to mount on Linux (`HostMount::validate`): exactly `/` and
+/// `/var`, and anything under these.
+const PROTECTED_MOUNT_ROOTS: &[&str] = &[
+    "/var/run", "/var/log", "/etc", "/usr", "/bin", "/sbin", "/lib", "/proc", "/sys", "/dev",
+    "/run", "/boot",
+];
+
+/// Check a volume and return its host side made absolute and canonical (symlinks resolved,
+/// as smolvm stores it): the host directory must exist, be a directory and not be a system
+/// path smolvm protects; the guest path must be absolute, without `:` (smolvm splits
+/// `HOST:GUEST[:ro]` at colons) or NUL.
+pub(crate) fn validate_volume(host: &Path, guest: &str) -> Result<PathBuf> {
+    if guest.is_empty() || !guest.starts_with('/') {
+        return Err(Error::invalid(
+            "volume",
+            format!("guest path {guest:?} must be absolute"),
+        ));
+    }
+    if guest.contains(':') || guest.contains('\0') {
+        return Err(Error::invalid(
+            "volume",
+            format!("guest path {guest:?} must not contain `:` or NUL"),
+        ));
+    }
+    if host.as_os_str().is_empty() {
+        return Err(Error::invalid("volume", "the host path is empty"));
+    }
+    let canonical = std::fs::canonicalize(host)
+        .map_err(|e| Error::invalid("volume", format!("host path {}: {e}", host.display())))?;
+    if !canonical.is_dir() {
+        return Err(Error::invalid(
+            "volume",
+            format!(
+                "host path {} is not a directory (smolvm mounts directories only)",
+                host.display()
+            ),
+        ));
+    }
+    let text = canonical.to_string_lossy();
+    let protected = text == "/"
+        || text == "/var"
+        || PROTECTED_MOUNT_ROOTS
+            .iter()
+            .any(|root| text == *root || text.starts_with(&format!("{root}/")));
+    if protected {
+        return Err(Error::invalid(
+            "volume",
+            format!("host path {text} is a system path smolvm refuses to mount"),
+        ));
+    }
+    Ok(canonical)
 }
 
 #[cfg(test)]

@@ -814,6 +814,11 @@ fn a_panicking_runner_in_drop_does_not_abort_a_failing_test() {
             }
             self.0.run(inv)
         }
+
+        // A wrapper of an in-process runner says so, as the `Runner` docs ask.
+        fn in_process(&self) -> bool {
+            self.0.in_process()
+        }
     }
     let smolvm = Smolvm::new("smolvm")
         .with_runner(PanicsOnDelete(ScriptedRunner::new(), Default::default()));

@@ -115,6 +115,10 @@ impl Runner for SlowPack {
         }
         self.0.run(inv)
     }
+
+    fn in_process(&self) -> bool {
+        self.0.in_process()
+    }
 }
 
 #[test]

@@ -32,7 +32,7 @@ use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
 use crate::sim::SimulatedRunner;
 use crate::transcript;
 use crate::validate::{validate_image, validate_machine_name, MAX_TIMEOUT};
-use options::{path_arg, strings};
+use options::{path_arg, strings, SecretPlan};
 use program::describe_lookup;
 
 /// A smolvm client: which binary, which runner, which timeout. Cheap to clone (an `Arc`).
@@ -57,8 +57,12 @@ struct Inner {
     /// As configured: a bare name (looked up on `PATH`) or a path.
     program: PathBuf,
     runner: Arc<dyn Runner>,
-    /// Only the real runner's answers may be cached per binary across clients.
+    /// The runner spawns real smolvm processes (not [`Runner::in_process`]): its machines
+    /// are ledgered, capped and share packs across processes.
     process_runner: bool,
+    /// Only the crate's own process runner's answers may be cached per binary across
+    /// clients and processes: another runner may answer differently for the same binary.
+    cache_version: bool,
     timeout: Option<Duration>,
     env: Vec<(String, String)>,
     version_override: Option<Version>,
@@ -96,6 +100,7 @@ impl Smolvm {
                 program: program.into(),
                 runner: Arc::new(ProcessRunner),
                 process_runner: true,
+                cache_version: true,
                 timeout: None,
                 env: Vec::new(),
                 version_override: None,
@@ -130,6 +135,7 @@ impl Smolvm {
             program: self.inner.program.clone(),
             runner: Arc::clone(&self.inner.runner),
             process_runner: self.inner.process_runner,
+            cache_version: self.inner.cache_version,
             timeout: self.inner.timeout,
             env: self.inner.env.clone(),
             version_override: self.inner.version_override,
@@ -147,10 +153,21 @@ impl Smolvm {
     /// The same client with another runner (a [`crate::ScriptedRunner`], a
     /// [`SimulatedRunner`](crate::sim::SimulatedRunner), or your own). The detected version
     /// is forgotten.
-    pub fn with_runner(&self, runner: impl Runner + 'static) -> Smolvm {
+    ///
+    /// A runner of yours that runs real smolvm processes keeps every guarantee of the crate
+    /// (crash cleanup, the machine cap, packs shared across processes); one that answers
+    /// in-process says so with [`Runner::in_process`]. See [`Runner`] for the contract and
+    /// the one thing other processes cannot do through your runner.
+    pub fn with_runner<R: Runner + 'static>(&self, runner: R) -> Smolvm {
+        let process = !runner.in_process();
+        let ours = std::any::type_name::<R>() == std::any::type_name::<ProcessRunner>();
+        if process && !ours {
+            custom_runner_notice(&runner, &self.inner.program);
+        }
         self.edit(|i| {
             i.runner = Arc::new(runner);
-            i.process_runner = false;
+            i.process_runner = process;
+            i.cache_version = ours;
             i.version = OnceLock::new();
         })
     }
@@ -215,7 +232,7 @@ impl Smolvm {
     /// True when this client can run smolvm: for the real runner, the binary resolves to an
     /// executable file (checked once per binary); for any other runner, always.
     pub fn is_available(&self) -> bool {
-        if !self.inner.process_runner {
+        if !self.inner.cache_version {
             return true;
         }
         static CACHE: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
@@ -237,7 +254,7 @@ impl Smolvm {
         if let Some(v) = self.inner.version.get() {
             return Ok(*v);
         }
-        if !self.inner.process_runner {
+        if !self.inner.cache_version {
             let v = self.probe_version()?;
             let _ = self.inner.version.set(v);
             return Ok(v);
@@ -266,6 +283,22 @@ impl Smolvm {
         Ok(Dialect::for_version(self.version()?))
     }
 
+    /// Whether this smolvm enforces egress policies (`allow_cidr`, `allow_host`): from
+    /// 1.1.3. Before, the TSI backend ignores the allow-list (upstream's own fix note,
+    /// `f8f7d148`): a machine "restricted" to one CIDR can reach anything. The crate then
+    /// prints one warning per process when such a machine is created, or refuses it with
+    /// [`Error::Unsupported`] under `SMOLVM_HARNESS_STRICT_EGRESS=1`. A test of isolation
+    /// can skip itself on `Ok(false)`.
+    ///
+    /// ```
+    /// use smolvm_harness::{Smolvm, Version};
+    /// assert!(Smolvm::simulated().enforces_egress().unwrap());
+    /// assert!(!Smolvm::simulated_version(Version::new(0, 8, 2)).enforces_egress().unwrap());
+    /// ```
+    pub fn enforces_egress(&self) -> Result<bool> {
+        Ok(self.dialect()?.enforces_egress)
+    }
+
     /// `smolvm pack create --image IMAGE -o OUTPUT`. Returns the `.smolmachine` sidecar
     /// (`OUTPUT.smolmachine`), which is what [`CreateOptions::from_path`] needs; smolvm writes
     /// both files.
@@ -290,25 +323,43 @@ impl Smolvm {
     /// Refuses, before spawning, a [`CreateOptions::from_path`] with CIDRs on smolvm < 1.8.0:
     /// those versions silently drop the egress policy (and 0.8.0 with `--net` would grant
     /// unrestricted network). Labels are sent only where supported (≥ 1.8.0).
+    ///
+    /// With an egress policy on smolvm < 1.1.3, which does not enforce it, prints one warning
+    /// per process (or refuses, under `SMOLVM_HARNESS_STRICT_EGRESS=1`): see
+    /// [`Smolvm::enforces_egress`]. Secrets ([`CreateOptions::secret_env`]) are remembered
+    /// for the machine's later `start` and `exec` calls through any clone of this client
+    /// until [`Smolvm::machine_delete`].
     pub fn machine_create(&self, name: &str, options: &CreateOptions) -> Result<()> {
         validate_machine_name(name)?;
         options.validate()?;
         let dialect = self.dialect()?;
         let args = options.argv(name, dialect)?;
-        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
-        check(&cmd, out)?;
+        if options.restricts_egress() && !dialect.enforces_egress {
+            warn_unenforced_egress(dialect.version);
+        }
         let values = options.env_values();
+        // Known before the call, so that an error quoting a guest's output is scrubbed too.
         if !values.is_empty() {
             lock(secrets_book()).insert(name.to_string(), values);
+        }
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        check(&cmd, out)?;
+        let plan = options.secret_plan(dialect);
+        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
+            lock(plan_book()).insert(self.book_key(name), plan);
         }
         Ok(())
     }
 
     /// `smolvm machine start --name NAME`.
+    ///
+    /// The machine's secret host variables (from [`CreateOptions::secret_env`]) are in the
+    /// smolvm process's environment: smolvm reads them at every start.
     pub fn machine_start(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         let args = strings(&["machine", "start", "--name", name]);
-        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        let env = self.secret_plan(name).host_vars;
+        let (cmd, out) = self.run_with(Some(name), args, env, &[], self.timeout())?;
         check(&cmd, out).map(drop)
     }
 
@@ -344,6 +395,7 @@ impl Smolvm {
             Err(e) => return Err(e),
         }
         lock(secrets_book()).remove(name);
+        lock(plan_book()).remove(&self.book_key(name));
         Ok(())
     }
 
@@ -380,12 +432,14 @@ impl Smolvm {
             ));
         }
         options.validate()?;
-        let args = options.argv(name, argv)?;
+        let dialect = self.dialect()?;
+        let (args, env) = options.argv(name, argv, dialect, &self.secret_plan(name))?;
         let mut host_timeout = self.timeout();
         if let Some(t) = options.guest_timeout() {
             host_timeout = host_timeout.max(t.saturating_add(Duration::from_secs(10)));
         }
-        let (cmd, out) = self.run(Some(name), args, host_timeout)?;
+        let secrets = options.secret_values();
+        let (cmd, out) = self.run_with(Some(name), args, env, &secrets, host_timeout)?;
         if out.code != Some(0) && is_smolvm_error(&out) {
             return Err(failed(&cmd, out));
         }
@@ -469,6 +523,19 @@ impl Smolvm {
         args: Vec<String>,
         timeout: Duration,
     ) -> Result<(CommandLine, RawOutput)> {
+        self.run_with(machine, args, Vec::new(), &[], timeout)
+    }
+
+    /// [`Smolvm::run`] with extra smolvm process env (secret host variables) and extra
+    /// values to scrub from what the command line quotes (this call's secrets).
+    fn run_with(
+        &self,
+        machine: Option<&str>,
+        args: Vec<String>,
+        extra_env: Vec<(String, String)>,
+        extra_secrets: &[String],
+        timeout: Duration,
+    ) -> Result<(CommandLine, RawOutput)> {
         // Every method checks its own input with a precise message; this is the net under
         // them all, so that no NUL reaches a spawn (where it would be an I/O error).
         if let Some(i) = args.iter().position(|a| a.contains('\0')) {
@@ -497,6 +564,7 @@ impl Smolvm {
             return Err(Error::invalid("smolvm binary", "the path contains NUL"));
         }
         let mut env = self.inner.env.clone();
+        env.extend(extra_env);
         if self.inner.process_runner {
             // A ledgered `machine create`: marked so that, if we die, the watcher and later
             // sweeps can tell whether it still runs.
@@ -511,10 +579,11 @@ impl Smolvm {
             timeout: Some(timeout.min(MAX_TIMEOUT)),
         };
         let result = self.inner.runner.run(&inv);
-        let command = match machine {
-            Some(m) => inv.command_line().with_secrets(&machine_secrets(m)),
-            None => inv.command_line(),
-        };
+        let mut secrets = extra_secrets.to_vec();
+        if let Some(m) = machine {
+            secrets.extend(machine_secrets(m));
+        }
+        let command = inv.command_line().with_secrets(&secrets);
         let trace = config().map(|c| c.trace).unwrap_or(false);
         transcript::record(machine, &command, &result, trace);
         match result {
@@ -553,6 +622,65 @@ pub fn is_available() -> bool {
 fn secrets_book() -> &'static Mutex<HashMap<String, Vec<String>>> {
     static BOOK: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
     BOOK.get_or_init(Default::default)
+}
+
+/// How each machine's secrets reach it, by (smolvm, machine name): kept in memory only, for
+/// as long as the machine may exist.
+fn plan_book() -> &'static Mutex<HashMap<(String, String), SecretPlan>> {
+    static BOOK: OnceLock<Mutex<HashMap<(String, String), SecretPlan>>> = OnceLock::new();
+    BOOK.get_or_init(Default::default)
+}
+
+impl Smolvm {
+    /// Which smolvm a machine name belongs to: the program and its process env for real
+    /// processes (any client of the same binary and state reaches the machine), the runner's
+    /// state otherwise.
+    fn book_key(&self, name: &str) -> (String, String) {
+        let scope = if self.inner.process_runner {
+            let env: Vec<String> = self
+                .inner
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{}\0{}", self.inner.program.display(), env.join("\0"))
+        } else {
+            format!("in-process:{}", self.runner_id())
+        };
+        (scope, name.to_string())
+    }
+
+    fn secret_plan(&self, name: &str) -> SecretPlan {
+        lock(plan_book())
+            .get(&self.book_key(name))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// One warning per process: a policy the installed smolvm does not enforce is worse than
+/// none if the test believes it.
+fn warn_unenforced_egress(version: Version) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        crate::diag::log(&format!(
+            "smolvm-harness: warning: smolvm {version} does not enforce --allow-cidr/--allow-host \
+             (enforced from 1.1.3): machines of this process with an egress policy can reach \
+             any address; set SMOLVM_HARNESS_STRICT_EGRESS=1 to refuse them instead"
+        ));
+    }
+}
+
+/// Once per process: what other processes cannot do through a custom runner.
+fn custom_runner_notice(runner: &dyn fmt::Debug, program: &Path) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        crate::diag::log(&format!(
+            "smolvm-harness: note: custom runner {runner:?}: crash cleanup (watcher, next-run \
+             sweep) reaches smolvm by running {} directly, not through the runner",
+            program.display()
+        ));
+    }
 }
 
 fn machine_secrets(machine: &str) -> Vec<String> {

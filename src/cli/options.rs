@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::dialect::Dialect;
 use crate::error::{Error, Result};
 use crate::validate::{
-    format_timeout, validate_cidr, validate_env_key, validate_env_value, validate_image,
-    validate_label,
+    format_timeout, validate_allow_host, validate_cidr, validate_env_key, validate_env_value,
+    validate_image, validate_label, validate_ports, validate_resources, validate_volume,
 };
 
 /// Source of a machine: an image reference, or a packed `.smolmachine` file. One or the
@@ -39,11 +39,16 @@ pub struct PortMapping {
 /// ```
 /// use smolvm_harness::CreateOptions;
 /// let opts = CreateOptions::image("alpine:latest")
+///     .net()
+///     .cpus(2)
+///     .mem_mib(1024)
+///     .port(18080, 80)
 ///     .allow_cidr("10.0.0.0/8")
-///     .env("TOKEN", "secret")
+///     .env("MODE", "test")
+///     .secret_env("TOKEN", "s3cret-value")
 ///     .label("team", "infra");
-/// // Env values never show in Debug output.
-/// assert!(!format!("{opts:?}").contains("secret"));
+/// // Env and secret values never show in Debug output.
+/// assert!(!format!("{opts:?}").contains("s3cret"));
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 #[must_use]
@@ -51,18 +56,45 @@ pub struct CreateOptions {
     source: Source,
     net: bool,
     allow_cidrs: Vec<String>,
+    allow_hosts: Vec<String>,
     env: Vec<(String, String)>,
+    secret_env: Vec<(String, String)>,
     labels: Vec<(String, String)>,
+    cpus: Option<u32>,
+    mem_mib: Option<u32>,
+    storage_gib: Option<u32>,
+    overlay_gib: Option<u32>,
+    ports: Vec<PortMapping>,
+    volumes: Vec<Volume>,
+    extra_args: Vec<String>,
+}
+
+/// One `--volume`: a host directory seen at `guest` in the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Volume {
+    host: PathBuf,
+    guest: String,
+    read_only: bool,
 }
 
 impl fmt::Debug for CreateOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret_keys: Vec<&str> = self.secret_env.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("CreateOptions")
             .field("source", &self.source)
             .field("net", &self.net)
             .field("allow_cidrs", &self.allow_cidrs)
+            .field("allow_hosts", &self.allow_hosts)
             .field("env", &redacted_env(&self.env))
+            .field("secret_env_keys", &secret_keys)
             .field("labels", &self.labels)
+            .field("cpus", &self.cpus)
+            .field("mem_mib", &self.mem_mib)
+            .field("storage_gib", &self.storage_gib)
+            .field("overlay_gib", &self.overlay_gib)
+            .field("ports", &self.ports)
+            .field("volumes", &self.volumes)
+            .field("extra_args", &self.extra_args)
             .finish()
     }
 }
@@ -79,27 +111,55 @@ impl CreateOptions {
         CreateOptions::with_source(Source::FromPath(path.into()))
     }
 
+    /// The same options with another source (the machine builder collects options before
+    /// it knows its source).
+    pub(crate) fn replace_source(mut self, source: Source) -> CreateOptions {
+        self.source = source;
+        self
+    }
+
     fn with_source(source: Source) -> CreateOptions {
         CreateOptions {
             source,
             net: false,
             allow_cidrs: Vec::new(),
+            allow_hosts: Vec::new(),
             env: Vec::new(),
+            secret_env: Vec::new(),
             labels: Vec::new(),
+            cpus: None,
+            mem_mib: None,
+            storage_gib: None,
+            overlay_gib: None,
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 
     /// Turn networking on (`--net`). A registry image needs it on smolvm ≥ 1.7.3, which
-    /// pulls inside the guest; CIDRs turn it on by themselves.
+    /// pulls inside the guest; CIDRs and host names turn it on by themselves.
     pub fn net(mut self) -> CreateOptions {
         self.net = true;
         self
     }
 
     /// Allow egress to this CIDR (`--allow-cidr`); `--net` is then sent explicitly, since
-    /// with `--from` some versions do not infer it.
+    /// with `--from` some versions do not infer it. smolvm enforces egress policies only
+    /// from 1.1.3: see [`Smolvm::enforces_egress`](crate::Smolvm::enforces_egress).
     pub fn allow_cidr(mut self, cidr: impl Into<String>) -> CreateOptions {
         self.allow_cidrs.push(cidr.into());
+        self
+    }
+
+    /// Allow egress to a host by name (`--allow-host`; networking is then on). smolvm
+    /// resolves the name **on the host, at create** (a name that does not resolve fails the
+    /// create) and again at each start, allows the addresses it got (every port), and
+    /// answers the guest's DNS queries for names outside the list with NXDOMAIN. An IP
+    /// literal is taken as is. No port suffix. Enforced only from smolvm 1.1.3, like
+    /// [`CreateOptions::allow_cidr`]; refused with a pack source before 1.8.0, which drops it.
+    pub fn allow_host(mut self, host: impl Into<String>) -> CreateOptions {
+        self.allow_hosts.push(host.into());
         self
     }
 
@@ -107,15 +167,121 @@ impl CreateOptions {
     /// survives). The value is redacted from every command line in messages, transcripts
     /// and logs; in quoted output (a guest that prints its env) it is scrubbed when it is
     /// 4 bytes or longer (see
-    /// [`CommandLine::redact_output`](crate::error::CommandLine::redact_output)).
+    /// [`CommandLine::redact_output`](crate::error::CommandLine::redact_output)). But it is
+    /// on smolvm's command line, which every local user can read in `/proc`, and smolvm
+    /// stores it in the machine's record: for anything secret use
+    /// [`CreateOptions::secret_env`].
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> CreateOptions {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Give every command of the machine a secret environment variable, kept off every
+    /// command line and out of smolvm's record, the ledger, transcripts and `Debug`:
+    ///
+    /// - smolvm ≥ 1.0.0, image source: `--secret-env KEY=SMOLVM_HARNESS_SECRET_KEY` at
+    ///   create; the value is set only in the environment of the smolvm processes that need
+    ///   it (every later `start` and `exec` of this machine through this crate: smolvm
+    ///   reads it each time, and a `start` or `exec` you run by hand without it fails);
+    /// - smolvm ≥ 1.0.0, pack source (`create --from` ignores secret flags): the same flag
+    ///   on every `exec` instead;
+    /// - smolvm 0.8.1–0.9.x (no secret flags): `--env=KEY` without a value on every `exec`,
+    ///   which makes smolvm copy KEY from its own environment, where this crate puts it.
+    ///   KEY must then not be a variable smolvm itself reads (`HOME`, `PATH`, `TMPDIR`,
+    ///   `XDG_*`, `SMOLVM_*`, `RUST_*`, `LD_*`, …); 0.8.0 cannot take secrets at all
+    ///   ([`Error::Unsupported`]).
+    ///
+    /// The guest process still sees the value in its environment, and output that quotes
+    /// it is scrubbed like [`CreateOptions::env`] values (from 4 bytes).
+    pub fn secret_env(mut self, key: impl Into<String>, value: impl Into<String>) -> CreateOptions {
+        self.secret_env.push((key.into(), value.into()));
         self
     }
 
     /// Attach a label (`--label K=V`, smolvm ≥ 1.8.0; not sent to older versions).
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> CreateOptions {
         self.labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// vCPUs (`--cpus`, 1–255; smolvm's default is 4, and it runs at most 16).
+    pub fn cpus(mut self, cpus: u32) -> CreateOptions {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    /// Memory ceiling in MiB (`--mem`, at least 64; smolvm's default is 8192, a ceiling
+    /// backed by a balloon, not a reservation).
+    pub fn mem_mib(mut self, mib: u32) -> CreateOptions {
+        self.mem_mib = Some(mib);
+        self
+    }
+
+    /// Size of the sparse storage disk in GiB (`--storage`, default 20).
+    pub fn storage_gib(mut self, gib: u32) -> CreateOptions {
+        self.storage_gib = Some(gib);
+        self
+    }
+
+    /// Size of the sparse overlay disk in GiB (`--overlay`, default 10).
+    pub fn overlay_gib(mut self, gib: u32) -> CreateOptions {
+        self.overlay_gib = Some(gib);
+        self
+    }
+
+    /// Publish a guest TCP port on the host (`--port HOST:GUEST`): smolvm ≥ 1.1 listens on
+    /// `127.0.0.1:HOST` (and `[::1]`) from `start`; 0.8.x (TSI) binds the host port when the
+    /// guest server listens, at the guest's own address. Neither side may be 0, nor a host
+    /// port given twice. For a free host port picked for you, see
+    /// [`MachineBuilder::publish`](crate::MachineBuilder::publish).
+    pub fn port(mut self, host: u16, guest: u16) -> CreateOptions {
+        self.ports.push(PortMapping { host, guest });
+        self
+    }
+
+    /// Mount a host directory read-write at `guest` (`--volume HOST:GUEST`, virtiofs). The
+    /// host directory must exist; it is sent absolute and canonical. The guest path must be
+    /// absolute.
+    pub fn volume(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> CreateOptions {
+        self.volumes.push(Volume {
+            host: host.into(),
+            guest: guest.into(),
+            read_only: false,
+        });
+        self
+    }
+
+    /// Mount a host directory read-only at `guest` (`--volume HOST:GUEST:ro`); as
+    /// [`CreateOptions::volume`] otherwise.
+    pub fn volume_ro(
+        mut self,
+        host: impl Into<PathBuf>,
+        guest: impl Into<String>,
+    ) -> CreateOptions {
+        self.volumes.push(Volume {
+            host: host.into(),
+            guest: guest.into(),
+            read_only: true,
+        });
+        self
+    }
+
+    /// Pass `machine create` flags this crate does not model (e.g. `["--dns", "9.9.9.9"]`,
+    /// `["--gpu"]`, `["--init", "apk add curl"]`), appended after the crate's own flags.
+    /// Every guarantee of the crate still holds: cleanup, the machine cap, generated names
+    /// and ownership labels are decided around them. The flags the crate owns are refused
+    /// with [`Error::InvalidInput`] naming the method to use instead (`--name`, `--image`,
+    /// `--from`, `--label`, `--net`, `--allow-cidr`, `--allow-host`, `--env`,
+    /// `--secret-env`, `--cpus`, `--mem`, `--storage`, `--overlay`, `--port`, `--volume`,
+    /// their short forms, and `--`); so are empty words and NUL. Whether the installed
+    /// smolvm knows a flag is smolvm's to say (exit 2, an [`Error::Failed`]). Values are
+    /// shown as given in messages and transcripts: do not put secrets here.
+    pub fn extra_args<I, S>(mut self, args: I) -> CreateOptions
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
         self
     }
 
@@ -129,11 +295,22 @@ impl CreateOptions {
         &self.labels
     }
 
-    /// The non-empty env values: the client remembers them per machine to scrub them from
-    /// output quoted later (a guest can print its env).
+    /// The published ports, in the order given.
+    pub fn ports(&self) -> &[PortMapping] {
+        &self.ports
+    }
+
+    /// Whether an egress policy (`allow_cidr`, `allow_host`) is asked for.
+    pub(crate) fn restricts_egress(&self) -> bool {
+        !self.allow_cidrs.is_empty() || !self.allow_hosts.is_empty()
+    }
+
+    /// The non-empty env and secret values: the client remembers them per machine to scrub
+    /// them from output quoted later (a guest can print its env).
     pub(super) fn env_values(&self) -> Vec<String> {
         self.env
             .iter()
+            .chain(&self.secret_env)
             .map(|(_, v)| v.clone())
             .filter(|v| !v.is_empty())
             .collect()
@@ -158,18 +335,85 @@ impl CreateOptions {
         for c in &self.allow_cidrs {
             validate_cidr(c)?;
         }
-        for (k, v) in &self.env {
+        for h in &self.allow_hosts {
+            validate_allow_host(h)?;
+        }
+        for (k, v) in self.env.iter().chain(&self.secret_env) {
             validate_env_key(k)?;
             validate_env_value(k, v)?;
         }
+        validate_secret_keys(&self.secret_env)?;
         for (k, v) in &self.labels {
             validate_label(k, v)?;
+        }
+        validate_resources(self.cpus, self.mem_mib, self.storage_gib, self.overlay_gib)?;
+        let ports: Vec<(u16, u16)> = self.ports.iter().map(|p| (p.host, p.guest)).collect();
+        validate_ports(&ports)?;
+        for (i, v) in self.volumes.iter().enumerate() {
+            validate_volume(&v.host, &v.guest)?;
+            if self.volumes[..i].iter().any(|o| o.guest == v.guest) {
+                return Err(Error::invalid(
+                    "volume",
+                    format!("guest path {:?} is mounted twice", v.guest),
+                ));
+            }
+        }
+        validate_extra_args(&self.extra_args)?;
+        Ok(())
+    }
+
+    /// What this smolvm version cannot do safely with these options, refused before any
+    /// side effect.
+    pub(crate) fn check_version(&self, dialect: Dialect) -> Result<()> {
+        if let Source::FromPath(_) = self.source {
+            if self.restricts_egress() && !dialect.from_keeps_egress {
+                return Err(Error::Unsupported {
+                    what: "--from together with --allow-cidr or --allow-host",
+                    version: dialect.version,
+                    reason: "smolvm before 1.8.0 silently drops the egress policy of a \
+                             machine created --from a pack (0.8.0 with --net even grants \
+                             unrestricted network); upgrade smolvm to 1.8.0 or later, or \
+                             create from an image",
+                });
+            }
+        }
+        check_secrets_version(&self.secret_env, dialect)?;
+        if self.restricts_egress()
+            && !dialect.enforces_egress
+            && crate::config::config()?.strict_egress
+        {
+            return Err(Error::Unsupported {
+                what: "an egress policy (--allow-cidr, --allow-host)",
+                version: dialect.version,
+                reason: "smolvm before 1.1.3 does not enforce it (the TSI backend ignores \
+                         the allow-list; upstream fix f8f7d148), and \
+                         SMOLVM_HARNESS_STRICT_EGRESS=1 refuses to pretend; upgrade smolvm \
+                         to 1.1.3 or later",
+            });
+        }
+        if !dialect.volume_split_right {
+            if let Some(v) = self
+                .volumes
+                .iter()
+                .find(|v| v.host.to_string_lossy().contains(':'))
+            {
+                return Err(Error::invalid(
+                    "volume",
+                    format!(
+                        "host path {} contains `:`, which smolvm {} splits on (from 1.4.0 \
+                         it splits from the right)",
+                        v.host.display(),
+                        dialect.version
+                    ),
+                ));
+            }
         }
         Ok(())
     }
 
     /// The exact argv for `dialect` (after validation).
     pub(crate) fn argv(&self, name: &str, dialect: Dialect) -> Result<Vec<String>> {
+        self.check_version(dialect)?;
         let mut args = strings(&["machine", "create"]);
         if dialect.name_flag {
             args.extend(strings(&["--name", name]));
@@ -177,29 +421,53 @@ impl CreateOptions {
         match &self.source {
             Source::Image(image) => args.extend(strings(&["--image", image])),
             Source::FromPath(p) => {
-                if !self.allow_cidrs.is_empty() && !dialect.from_keeps_egress {
-                    return Err(Error::Unsupported {
-                        what: "--from together with --allow-cidr",
-                        version: dialect.version,
-                        reason: "smolvm before 1.8.0 silently drops the egress policy of a \
-                                 machine created --from a pack (0.8.0 with --net even grants \
-                                 unrestricted network); upgrade smolvm to 1.8.0 or later, or \
-                                 create from an image",
-                    });
-                }
                 args.push("--from".into());
                 args.push(path_arg("from path", p)?);
             }
         }
-        if self.net || !self.allow_cidrs.is_empty() {
+        if self.net || self.restricts_egress() {
             args.push("--net".into());
         }
         for c in &self.allow_cidrs {
             args.push("--allow-cidr".into());
             args.push(c.clone());
         }
+        for h in &self.allow_hosts {
+            args.push("--allow-host".into());
+            args.push(h.clone());
+        }
+        let sizes = [
+            ("--cpus", self.cpus),
+            ("--mem", self.mem_mib),
+            ("--storage", self.storage_gib),
+            ("--overlay", self.overlay_gib),
+        ];
+        for (flag, value) in sizes {
+            if let Some(v) = value {
+                args.push(flag.into());
+                args.push(v.to_string());
+            }
+        }
+        for p in &self.ports {
+            args.push("--port".into());
+            args.push(format!("{}:{}", p.host, p.guest));
+        }
+        for v in &self.volumes {
+            let host = validate_volume(&v.host, &v.guest)?;
+            let host = path_arg("volume host path", &host)?;
+            args.push("--volume".into());
+            args.push(if v.read_only {
+                format!("{host}:{}:ro", v.guest)
+            } else {
+                format!("{host}:{}", v.guest)
+            });
+        }
         for (k, v) in &self.env {
             args.push(format!("--env={k}={v}"));
+        }
+        for (k, host_var) in self.create_secret_refs(dialect) {
+            args.push("--secret-env".into());
+            args.push(format!("{k}={host_var}"));
         }
         if dialect.labels {
             for (k, v) in &self.labels {
@@ -207,11 +475,190 @@ impl CreateOptions {
                 args.push(format!("{k}={v}"));
             }
         }
+        args.extend(self.extra_args.iter().cloned());
         if !dialect.name_flag {
             args.push(name.to_string());
         }
         Ok(args)
     }
+
+    /// How this machine's secrets reach it under `dialect`: as refs stored at create (whose
+    /// host variables every later start and exec must carry), or per exec.
+    pub(super) fn secret_plan(&self, dialect: Dialect) -> SecretPlan {
+        if self.stores_secret_refs(dialect) {
+            SecretPlan {
+                host_vars: self
+                    .secret_env
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, v))| (host_var("SECRET", i, k), v.clone()))
+                    .collect(),
+                per_exec: Vec::new(),
+            }
+        } else {
+            SecretPlan {
+                host_vars: Vec::new(),
+                per_exec: self.secret_env.clone(),
+            }
+        }
+    }
+
+    fn stores_secret_refs(&self, dialect: Dialect) -> bool {
+        dialect.secret_env && matches!(self.source, Source::Image(_))
+    }
+
+    fn create_secret_refs(&self, dialect: Dialect) -> Vec<(String, String)> {
+        if !self.stores_secret_refs(dialect) {
+            return Vec::new();
+        }
+        self.secret_env
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), host_var("SECRET", i, k)))
+            .collect()
+    }
+}
+
+/// `KEY=VALUE` pairs for a smolvm process's environment.
+pub(super) type EnvPairs = Vec<(String, String)>;
+
+/// How a machine's secrets are delivered: `host_vars` (name, value) go into the environment
+/// of every `start` and `exec`; `per_exec` (key, value) are passed as secrets of every
+/// `exec`.
+#[derive(Clone, Default)]
+pub(super) struct SecretPlan {
+    pub(super) host_vars: Vec<(String, String)>,
+    pub(super) per_exec: Vec<(String, String)>,
+}
+
+/// The host variable smolvm reads a secret from: named after the key when the key is a
+/// plain identifier (readable in `ps`), else after its position.
+fn host_var(kind: &str, index: usize, key: &str) -> String {
+    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        format!("SMOLVM_HARNESS_{kind}_{key}")
+    } else {
+        format!("SMOLVM_HARNESS_{kind}_{index}")
+    }
+}
+
+/// Variables smolvm (or the loader, or a Rust runtime) reads from its own environment: on
+/// smolvm < 1.0.0 a secret is passed under its own key in that environment, so it must not
+/// be one of these.
+const HOST_ONLY_VARS: &[&str] = &["HOME", "PATH", "TMPDIR", "USER", "SHELL", "PWD", "TZ"];
+const HOST_ONLY_PREFIXES: &[&str] = &["XDG_", "SMOLVM", "RUST_", "LD_", "DYLD_", "LC_", "LANG"];
+
+fn validate_secret_keys(secrets: &[(String, String)]) -> Result<()> {
+    for (i, (k, _)) in secrets.iter().enumerate() {
+        if secrets[..i].iter().any(|(o, _)| o == k) {
+            return Err(Error::invalid(
+                "secret env key",
+                format!("{k:?} is given twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Secrets on a smolvm without `--secret-env` travel under their own key in smolvm's
+/// environment (`--env=KEY`), which 0.8.0 does not read and which must not change smolvm.
+fn check_secrets_version(secrets: &[(String, String)], dialect: Dialect) -> Result<()> {
+    if secrets.is_empty() || dialect.secret_env {
+        return Ok(());
+    }
+    if !dialect.env_from_host {
+        return Err(Error::Unsupported {
+            what: "secret_env",
+            version: dialect.version,
+            reason: "smolvm 0.8.0 has no way to pass a value off the command line (`-e KEY` \
+                     copies from smolvm's environment only from 0.8.1; `--secret-env` is \
+                     from 1.0.0); upgrade smolvm",
+        });
+    }
+    for (k, _) in secrets {
+        let host_only = HOST_ONLY_VARS.contains(&k.as_str())
+            || HOST_ONLY_PREFIXES.iter().any(|p| k.starts_with(p));
+        if host_only {
+            return Err(Error::invalid(
+                "secret env key",
+                format!(
+                    "{k:?}: on smolvm {} a secret is passed in smolvm's own environment under \
+                     its key, and smolvm reads {k} itself; use another key (or smolvm ≥ 1.0.0)",
+                    dialect.version
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Flags `CreateOptions` sets itself; an extra argument may not set them behind its back
+/// (two `--name`s, a label that hides whose machine it is, an egress flag that skips the
+/// version checks).
+const OWNED_LONG: &[(&str, &str)] = &[
+    ("--name", "MachineBuilder::name"),
+    ("--image", "image"),
+    ("--from", "from_path / from_pack"),
+    ("--smolfile", "image"),
+    ("--label", "label"),
+    ("--net", "net"),
+    ("--allow-cidr", "allow_cidr"),
+    ("--allow-host", "allow_host"),
+    ("--outbound-localhost-only", "allow_cidr(\"127.0.0.0/8\")"),
+    ("--env", "env"),
+    ("--secret-env", "secret_env"),
+    ("--secret-file", "secret_env"),
+    ("--cpus", "cpus"),
+    ("--mem", "mem_mib"),
+    ("--storage", "storage_gib"),
+    ("--overlay", "overlay_gib"),
+    ("--port", "port / publish"),
+    ("--volume", "volume / volume_ro"),
+];
+const OWNED_SHORT: &[(char, &str)] = &[
+    ('n', "--name"),
+    ('I', "--image"),
+    ('s', "--smolfile"),
+    ('e', "--env"),
+    ('p', "--port"),
+    ('v', "--volume"),
+];
+
+fn validate_extra_args(args: &[String]) -> Result<()> {
+    for a in args {
+        if a.is_empty() || a.contains('\0') {
+            return Err(Error::invalid(
+                "extra create argument",
+                format!("{a:?}: empty or contains NUL"),
+            ));
+        }
+        if a == "--" {
+            return Err(Error::invalid(
+                "extra create argument",
+                "`--` (a workload command) is not supported: it would swallow the flags after it",
+            ));
+        }
+        if let Some(long) = a.strip_prefix("--") {
+            let flag = format!("--{}", long.split('=').next().unwrap_or(long));
+            if let Some((_, method)) = OWNED_LONG.iter().find(|(f, _)| *f == flag) {
+                return Err(Error::invalid(
+                    "extra create argument",
+                    format!("{flag} is set by the crate; use {method}"),
+                ));
+            }
+        } else if let Some(short) = a.strip_prefix('-') {
+            // A cluster such as `-ep` sets each letter; a value attached to the first
+            // (`-nNAME`) still starts with the flag letter.
+            if let Some(c) = short.chars().next() {
+                if let Some((_, long)) = OWNED_SHORT.iter().find(|(s, _)| *s == c) {
+                    return Err(Error::invalid(
+                        "extra create argument",
+                        format!("-{c} ({long}) is set by the crate; use its method"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Options of `machine exec`.
@@ -229,6 +676,7 @@ impl CreateOptions {
 #[must_use]
 pub struct ExecOptions {
     env: Vec<(String, String)>,
+    secret_env: Vec<(String, String)>,
     workdir: Option<String>,
     timeout: Option<Duration>,
     stream: bool,
@@ -236,8 +684,10 @@ pub struct ExecOptions {
 
 impl fmt::Debug for ExecOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret_keys: Vec<&str> = self.secret_env.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("ExecOptions")
             .field("env", &redacted_env(&self.env))
+            .field("secret_env_keys", &secret_keys)
             .field("workdir", &self.workdir)
             .field("timeout", &self.timeout)
             .field("stream", &self.stream)
@@ -252,6 +702,16 @@ impl ExecOptions {
     /// [`CommandLine::redact_output`](crate::error::CommandLine::redact_output)).
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ExecOptions {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Set a secret guest environment variable for this command, kept off every command
+    /// line: `--secret-env KEY=SMOLVM_HARNESS_EXEC_SECRET_KEY` with the value only in the
+    /// smolvm process's environment (smolvm ≥ 1.0.0), or `--env=KEY` with KEY in that
+    /// environment (0.8.1–0.9.x; see [`CreateOptions::secret_env`] for the keys refused
+    /// there). Overrides a machine secret or env of the same key.
+    pub fn secret_env(mut self, key: impl Into<String>, value: impl Into<String>) -> ExecOptions {
+        self.secret_env.push((key.into(), value.into()));
         self
     }
 
@@ -279,10 +739,11 @@ impl ExecOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        for (k, v) in &self.env {
+        for (k, v) in self.env.iter().chain(&self.secret_env) {
             validate_env_key(k)?;
             validate_env_value(k, v)?;
         }
+        validate_secret_keys(&self.secret_env)?;
         if let Some(dir) = &self.workdir {
             if dir.is_empty() || dir.contains('\0') {
                 return Err(Error::invalid("workdir", format!("{dir:?}")));
@@ -294,8 +755,28 @@ impl ExecOptions {
         Ok(())
     }
 
-    /// The exact argv of `machine exec` running `command` in `name` (after validation).
-    pub(super) fn argv<S: AsRef<str>>(&self, name: &str, command: &[S]) -> Result<Vec<String>> {
+    /// The exact argv of `machine exec` running `command` in `name` (after validation), and
+    /// the smolvm process env that carries the secrets: the machine's own (`machine`, from
+    /// its create) first, then this command's, which win by key.
+    pub(super) fn argv<S: AsRef<str>>(
+        &self,
+        name: &str,
+        command: &[S],
+        dialect: Dialect,
+        machine: &SecretPlan,
+    ) -> Result<(Vec<String>, EnvPairs)> {
+        let mut secrets: Vec<(String, String)> = machine
+            .per_exec
+            .iter()
+            .filter(|(k, _)| {
+                !self.secret_env.iter().any(|(o, _)| o == k)
+                    && !self.env.iter().any(|(o, _)| o == k)
+            })
+            .cloned()
+            .collect();
+        secrets.extend(self.secret_env.iter().cloned());
+        check_secrets_version(&secrets, dialect)?;
+        let mut env = machine.host_vars.clone();
         let mut args = strings(&["machine", "exec", "--name", name]);
         if let Some(dir) = &self.workdir {
             // The attached form keeps a directory that starts with `-` from being read as a flag.
@@ -316,9 +797,29 @@ impl ExecOptions {
         for (k, v) in &self.env {
             args.push(format!("--env={k}={v}"));
         }
+        for (i, (k, v)) in secrets.iter().enumerate() {
+            if dialect.secret_env {
+                let var = host_var("EXEC_SECRET", i, k);
+                args.push("--secret-env".into());
+                args.push(format!("{k}={var}"));
+                env.push((var, v.clone()));
+            } else {
+                args.push(format!("--env={k}"));
+                env.push((k.clone(), v.clone()));
+            }
+        }
         args.push("--".into());
         args.extend(command.iter().map(|a| a.as_ref().to_string()));
-        Ok(args)
+        Ok((args, env))
+    }
+
+    /// The non-empty secret values of this command, to scrub from its output.
+    pub(super) fn secret_values(&self) -> Vec<String> {
+        self.secret_env
+            .iter()
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+            .collect()
     }
 
     /// The guest-side timeout, if one was set.

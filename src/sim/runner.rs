@@ -168,6 +168,10 @@ impl Backend for MemBackend<'_> {
 }
 
 impl Runner for SimulatedRunner {
+    fn in_process(&self) -> bool {
+        true
+    }
+
     fn state_id(&self) -> Option<usize> {
         Some(Arc::as_ptr(&self.shared).cast::<()>() as usize)
     }
