@@ -335,5 +335,21 @@ mod tests {
             written,
             "  artifacts: /t/smolvm-harness/a__b/m1 (console.log, transcript.txt)\n"
         );
+        // No console log (data-dir failed): the transcript is there, and the hint says why.
+        let partial = Saved::Written {
+            dir: PathBuf::from("/t/x/m1"),
+            files: vec!["transcript.txt"],
+            missing: Some("machine data-dir failed: vm not found".into()),
+        }
+        .report_lines(hint);
+        assert!(
+            partial.starts_with("  artifacts: /t/x/m1 (transcript.txt)\n"),
+            "{partial}"
+        );
+        assert!(
+            partial.contains("console log not saved: machine data-dir failed"),
+            "{partial}"
+        );
+        assert!(partial.contains(hint), "{partial}");
     }
 }
