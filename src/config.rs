@@ -15,6 +15,7 @@
 //! | `SMOLVM_HARNESS_WATCHER` | `off`: start no crash watcher (the next run's sweep still reclaims) | on |
 //! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::runner::Truncation`] | `64MiB` |
 //! | `SMOLVM_HARNESS_STRICT_EGRESS` | `1`: an egress policy (`allow_cidr`, `allow_host`) on a smolvm that does not enforce it (before 1.1.3) is [`Error::Unsupported`] instead of a warning | unset |
+//! | `SMOLVM_HARNESS_ARTIFACTS` | where a failing test's machines leave `console.log` and `transcript.txt` (an absolute path; `never`: nowhere), under `<test>/<machine>/` | `<target dir>/smolvm-harness` |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
@@ -104,6 +105,23 @@ pub struct Config {
     pub output_cap: u64,
     /// `SMOLVM_HARNESS_STRICT_EGRESS`: refuse egress policies smolvm would not enforce.
     pub strict_egress: bool,
+    /// `SMOLVM_HARNESS_ARTIFACTS`.
+    pub artifacts: Artifacts,
+}
+
+/// Where a failing test's machines leave their artifacts (`SMOLVM_HARNESS_ARTIFACTS`): the
+/// console log and the transcript, under `<root>/<test>/<machine>/`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Artifacts {
+    /// Unset: `smolvm-harness` in the cargo target directory (`CARGO_TARGET_DIR`, else the
+    /// nearest ancestor of the test binary holding `CACHEDIR.TAG`, else `target` under
+    /// `CARGO_MANIFEST_DIR`, else the temp directory).
+    #[default]
+    TargetDir,
+    /// `never`: write none.
+    Never,
+    /// An absolute path: the root itself.
+    Dir(PathBuf),
 }
 
 /// The default of `SMOLVM_HARNESS_OUTPUT_CAP`: 64 MiB per stream.
@@ -123,6 +141,7 @@ impl Default for Config {
             trace: false,
             output_cap: DEFAULT_OUTPUT_CAP,
             strict_egress: false,
+            artifacts: Artifacts::TargetDir,
         }
     }
 }
@@ -202,6 +221,26 @@ impl Config {
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_OUTPUT_CAP") {
             cfg.output_cap = parse_size("SMOLVM_HARNESS_OUTPUT_CAP", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_ARTIFACTS") {
+            cfg.artifacts = match v.trim() {
+                "never" => Artifacts::Never,
+                "" => {
+                    return Err(Error::invalid(
+                        "SMOLVM_HARNESS_ARTIFACTS",
+                        "must not be empty",
+                    ))
+                }
+                _ if Path::new(&v).is_relative() => {
+                    // Relative to what: each package's directory under nextest, the
+                    // workspace under cargo test; one run would scatter its artifacts.
+                    return Err(Error::invalid(
+                        "SMOLVM_HARNESS_ARTIFACTS",
+                        format!("{v:?}: must be an absolute path, or never"),
+                    ));
+                }
+                _ => Artifacts::Dir(PathBuf::from(v)),
+            };
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_STATE_DIR") {
             if v.trim().is_empty() {
@@ -416,6 +455,31 @@ mod tests {
             err.to_string().contains("must be an absolute path"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn artifacts_setting() {
+        let get = |v: &str| {
+            Config::from_lookup(|k| (k == "SMOLVM_HARNESS_ARTIFACTS").then(|| v.to_string()))
+                .map(|c| c.artifacts)
+        };
+        assert_eq!(
+            Config::from_lookup(|_| None).unwrap().artifacts,
+            Artifacts::TargetDir
+        );
+        assert_eq!(get("never").unwrap(), Artifacts::Never);
+        assert_eq!(
+            get("/tmp/art").unwrap(),
+            Artifacts::Dir(PathBuf::from("/tmp/art"))
+        );
+        for bad in ["target/art", "", "never/x"] {
+            let err = get(bad).unwrap_err().to_string();
+            assert!(err.contains("SMOLVM_HARNESS_ARTIFACTS"), "{bad}: {err}");
+        }
+        assert!(get("art")
+            .unwrap_err()
+            .to_string()
+            .contains("must be an absolute path"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(unreachable_pub)]
 
+mod artifacts;
 mod cleanup;
 mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod fixtures;
 mod machine;
 mod names;
 mod pack;
+mod readiness;
 pub mod runner;
 pub mod sim;
 pub mod skip;

@@ -17,6 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::artifacts;
 use crate::cleanup;
 use crate::cli::{
     CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, PortMapping, Smolvm, Source,
@@ -33,9 +34,11 @@ use crate::validate::validate_machine_name;
 /// A smolvm machine owned by a test: created by [`MachineBuilder::create`] or
 /// [`MachineBuilder::start`], deleted (`machine delete -f`) when dropped.
 ///
-/// When the test is failing (the guard drops while the thread panics), the drop first prints
-/// the machine's name, its last smolvm commands and where its logs are, then honours
-/// `SMOLVM_HARNESS_KEEP` (see [`MachineBuilder::keep_policy`]).
+/// When the test is failing (the guard drops while the thread panics), the drop first saves
+/// the machine's console log and transcript under `SMOLVM_HARNESS_ARTIFACTS` (see
+/// [`crate::config::Artifacts`]), prints the machine's name, its last smolvm commands and
+/// where the artifacts went, then honours `SMOLVM_HARNESS_KEEP` (see
+/// [`MachineBuilder::keep_policy`]).
 ///
 /// Cleanup does **not** run from drop when the process is killed, calls
 /// `std::process::exit`, or the guard lives in a `static` or an rstest `#[once]` fixture; the
@@ -670,10 +673,17 @@ impl Drop for Machine {
         let policy = self.keep_policy.unwrap_or_else(|| config_or_default().keep);
         let action = drop_action(policy, failing);
         if failing {
+            let transcript = transcript::transcript(&self.name);
+            // Before the delete: the console log goes with the machine. A runner is user code.
+            let saved = catch_unwind(AssertUnwindSafe(|| {
+                artifacts::save(&self.smolvm, &self.name, &self.test, &transcript)
+            }))
+            .unwrap_or_else(|_| artifacts::Saved::Failed("the runner panicked".into()));
             diag::log(&failure_report(
                 &self.smolvm,
                 &self.name,
-                &transcript::transcript(&self.name),
+                &transcript,
+                &saved,
                 action,
             ));
         }
@@ -718,6 +728,7 @@ fn failure_report(
     smolvm: &Smolvm,
     name: &str,
     transcript: &[TranscriptEntry],
+    saved: &artifacts::Saved,
     action: DropAction,
 ) -> String {
     let mut out = format!("smolvm-harness: test failed; machine {name}:\n");
@@ -729,10 +740,7 @@ fn failure_report(
             out.push_str(&format!("    {entry}\n"));
         }
     }
-    out.push_str(&format!(
-        "  logs: agent-console.log in its data directory, printed by: {}\n",
-        data_dir_command(smolvm, name)
-    ));
+    out.push_str(&saved.report_lines(&data_dir_command(smolvm, name)));
     out.push_str(match action {
         DropAction::Keep => "  kept for inspection (SMOLVM_HARNESS_KEEP)",
         DropAction::Delete => {
@@ -986,7 +994,8 @@ mod tests {
             outcome: "exit 1".into(),
             duration: Duration::from_millis(12),
         }];
-        let text = failure_report(&smolvm, "m1", &entries, DropAction::Keep);
+        let off = artifacts::Saved::Off;
+        let text = failure_report(&smolvm, "m1", &entries, &off, DropAction::Keep);
         assert!(text.contains("machine m1"), "{text}");
         assert!(
             text.contains("smolvm machine exec --name m1 -- false -> exit 1 (12ms)"),
@@ -995,7 +1004,7 @@ mod tests {
         assert!(text.contains("agent-console.log"), "{text}");
         assert!(text.contains("smolvm machine data-dir --name m1"), "{text}");
         assert!(text.contains("kept"), "{text}");
-        let text = failure_report(&smolvm, "m1", &[], DropAction::Delete);
+        let text = failure_report(&smolvm, "m1", &[], &off, DropAction::Delete);
         assert!(text.contains("no smolvm commands"), "{text}");
         assert!(text.contains("deleting"), "{text}");
     }
