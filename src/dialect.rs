@@ -130,6 +130,15 @@ pub struct Dialect {
     /// `--volume` splits `HOST:GUEST[:MODE]` from the right, so a host path may hold `:`
     /// (from 1.4.0); before, at every `:`.
     pub volume_split_right: bool,
+    /// `machine start --forkable` and `machine fork` (from 1.0.0; `--golden G --name C` from
+    /// 1.0.2, positional before).
+    pub fork: bool,
+    /// A golden can be forked any number of times (from 1.7.6, retained checkpoint; 1.7.3 to
+    /// 1.7.5 refuse a second fork). The crate forks only from here.
+    pub reforkable: bool,
+    /// `machine delete --cascade` (clones first, then the golden) and `fork -e`/
+    /// `--secret-env` (from 1.7.0).
+    pub cascade: bool,
 }
 
 impl Dialect {
@@ -145,6 +154,9 @@ impl Dialect {
             enforces_egress: version >= Version::new(1, 1, 3),
             env_from_host: version >= Version::new(0, 8, 1),
             volume_split_right: version >= Version::new(1, 4, 0),
+            fork: version >= Version::new(1, 0, 0),
+            reforkable: version >= Version::new(1, 7, 6),
+            cascade: version >= Version::new(1, 7, 0),
         }
     }
 }
@@ -164,6 +176,9 @@ mod tests {
         assert!(d("0.8.1").delete_stops_running);
         assert!(!d("0.9.9").secret_env && d("1.0.0").secret_env);
         assert!(!d("1.1.2").enforces_egress && d("1.1.3").enforces_egress);
+        assert!(!d("0.9.9").fork && d("1.0.0").fork);
+        assert!(!d("1.7.5").reforkable && d("1.7.6").reforkable);
+        assert!(!d("1.6.9").cascade && d("1.7.0").cascade);
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub mod validate;
 // guide's everyday examples use.
 pub use cleanup::sweep;
 pub use cli::{
-    is_available, CpPath, CreateOptions, ExecOptions, ExecOutput, MachineInfo, MachineState,
-    PortMapping, Smolvm, Source,
+    is_available, CpPath, CreateOptions, ExecOptions, ExecOutput, ForkOptions, MachineInfo,
+    MachineState, PortMapping, Smolvm, Source,
 };
 pub use config::KeepPolicy;
 pub use dialect::Version;

@@ -118,13 +118,21 @@ fn run_with_secrets(version: &str) {
         .unwrap();
     let out = vm.sh("echo token=$API_TOKEN").unwrap();
     // The guest does get the value: that is the point.
-    assert_eq!(out.stdout_str(), format!("token={MACHINE_SECRET}\n"), "{version}");
+    assert_eq!(
+        out.stdout_str(),
+        format!("token={MACHINE_SECRET}\n"),
+        "{version}"
+    );
     let out = vm
         .command(&["sh", "-c", "echo exec=$ONE_OFF"])
         .secret_env("ONE_OFF", EXEC_SECRET)
         .run()
         .unwrap();
-    assert_eq!(out.stdout_str(), format!("exec={EXEC_SECRET}\n"), "{version}");
+    assert_eq!(
+        out.stdout_str(),
+        format!("exec={EXEC_SECRET}\n"),
+        "{version}"
+    );
     vm.stop().unwrap();
     vm.start().unwrap();
 
@@ -133,7 +141,10 @@ fn run_with_secrets(version: &str) {
         assert_nowhere(&format!("harness state file {path}"), &bytes);
     }
     let transcript: String = vm.transcript().iter().map(|e| format!("{e}\n")).collect();
-    assert!(transcript.contains("secret-env") || version.starts_with("0."), "{transcript}");
+    assert!(
+        transcript.contains("secret-env") || version.starts_with("0."),
+        "{transcript}"
+    );
     assert_nowhere("the transcript", transcript.as_bytes());
 
     // A failing test: the report printed while the guard drops.
@@ -158,7 +169,10 @@ fn run_with_secrets(version: &str) {
         calls.lines().count()
     );
     for (pid, cmdline) in &cmdlines {
-        assert_nowhere(&format!("the command line of smolvm process {pid}"), cmdline);
+        assert_nowhere(
+            &format!("the command line of smolvm process {pid}"),
+            cmdline,
+        );
     }
     for (path, bytes) in files_under(fake_state.path()) {
         assert_nowhere(&format!("the fake's file {path}"), &bytes);

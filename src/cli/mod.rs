@@ -15,7 +15,7 @@ mod program;
 mod version_cache;
 
 pub use copy::CpPath;
-pub use options::{CreateOptions, ExecOptions, PortMapping, Source};
+pub use options::{CreateOptions, ExecOptions, ForkOptions, PortMapping, Source};
 pub use output::{ExecOutput, MachineInfo, MachineState};
 pub(crate) use program::{resolve_program, smolvm_bin_from_env};
 
@@ -489,6 +489,99 @@ impl Smolvm {
             Err(e) => return Err(e),
         };
         output::parse_status(&cmd, &out).map(Some)
+    }
+
+    /// `smolvm machine start --name NAME --forkable`: start a stopped machine so that it can
+    /// be forked (smolvm ≥ 1.0.0). smolvm ignores `--forkable` for a machine that is already
+    /// running (it says so and exits 0), so this refuses a running machine instead.
+    pub fn machine_start_forkable(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let dialect = self.dialect()?;
+        if !dialect.fork {
+            return Err(Error::Unsupported {
+                what: "machine start --forkable",
+                version: dialect.version,
+                reason: "smolvm has fork from 1.0.0",
+            });
+        }
+        if let Some(info) = self.machine_status(name)? {
+            if info.state == MachineState::Running {
+                return Err(Error::invalid(
+                    "forkable start",
+                    format!(
+                        "machine {name} is already running, and smolvm would ignore --forkable; \
+                         stop it first"
+                    ),
+                ));
+            }
+        }
+        let args = strings(&["machine", "start", "--name", name, "--forkable"]);
+        let env = self.secret_plan(name).host_vars;
+        let (cmd, out) = self.run_with(Some(name), args, env, &[], self.timeout())?;
+        check(&cmd, out).map(drop)
+    }
+
+    /// `smolvm machine fork --golden GOLDEN --name CLONE` (positional before 1.0.2): a
+    /// copy-on-write clone of a golden started with [`Smolvm::machine_start_forkable`],
+    /// running. The first fork freezes the golden for good; from smolvm 1.7.6 it can be
+    /// forked again any number of times. Returns the clone's published ports: each of the
+    /// golden's is remapped to a fresh host port, read from smolvm's remap lines.
+    ///
+    /// The clone inherits the golden's record, secrets included: its later `exec` calls get
+    /// the golden's secret host variables, and those of `options`.
+    pub fn machine_fork(
+        &self,
+        golden: &str,
+        clone: &str,
+        options: &ForkOptions,
+    ) -> Result<Vec<PortMapping>> {
+        validate_machine_name(golden)?;
+        validate_machine_name(clone)?;
+        options.validate()?;
+        let dialect = self.dialect()?;
+        let golden_plan = self.secret_plan(golden);
+        let (args, plan) = options.argv(golden, clone, dialect, &golden_plan)?;
+        let mut values = machine_secrets(golden);
+        values.extend(options.values());
+        if !values.is_empty() {
+            lock(secrets_book()).insert(clone.to_string(), values);
+        }
+        // smolvm reads the golden's secrets when it boots the clone.
+        let env = plan.host_vars.clone();
+        let (cmd, out) = self.run_with(Some(clone), args, env, &[], self.timeout())?;
+        let out = check(&cmd, out)?;
+        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
+            lock(plan_book()).insert(self.book_key(clone), plan);
+        }
+        Ok(output::parse_fork_remaps(&String::from_utf8_lossy(
+            &out.stderr,
+        )))
+    }
+
+    /// `smolvm machine delete --cascade --name NAME` (smolvm ≥ 1.7.0): delete a golden's
+    /// clones, then the golden, without a prompt. Unlike `delete -f`, which deletes a golden
+    /// under its live clones and leaves them broken. A machine that does not exist counts as
+    /// deleted.
+    pub fn machine_delete_cascade(&self, name: &str) -> Result<()> {
+        validate_machine_name(name)?;
+        let dialect = self.dialect()?;
+        if !dialect.cascade {
+            return Err(Error::Unsupported {
+                what: "machine delete --cascade",
+                version: dialect.version,
+                reason: "smolvm has --cascade from 1.7.0",
+            });
+        }
+        let args = strings(&["machine", "delete", "--cascade", "--name", name]);
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        match check(&cmd, out) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        lock(secrets_book()).remove(name);
+        lock(plan_book()).remove(&self.book_key(name));
+        Ok(())
     }
 
     /// `smolvm machine data-dir --name NAME` (positional NAME before 1.0.2): the host

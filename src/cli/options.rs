@@ -519,6 +519,129 @@ impl CreateOptions {
     }
 }
 
+/// Options of `machine fork`: what one clone gets on top of its golden (smolvm ≥ 1.7.0 for
+/// both; the crate forks only from 1.7.6).
+///
+/// ```
+/// use smolvm_harness::ForkOptions;
+/// let opts = ForkOptions::default().env("TEST_ID", "7").secret_env("TOKEN", "per-clone-secret");
+/// assert!(!format!("{opts:?}").contains("per-clone-secret"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct ForkOptions {
+    env: Vec<(String, String)>,
+    secret_env: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ForkOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret_keys: Vec<&str> = self.secret_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ForkOptions")
+            .field("env", &redacted_env(&self.env))
+            .field("secret_env_keys", &secret_keys)
+            .finish()
+    }
+}
+
+impl ForkOptions {
+    /// A guest environment variable for this clone (`fork --env=K=V`): replaces the golden's
+    /// of the same key for every later exec, and is written to `/etc/smolvm/fork-env` in the
+    /// clone. smolvm stores it in the clone's record in plain text: for a secret use
+    /// [`ForkOptions::secret_env`]. Keys must match `[A-Za-z_][A-Za-z0-9_]*`, values hold no
+    /// newline (smolvm's rules for fork env).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> ForkOptions {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// A secret for this clone (`fork --secret-env KEY=HOSTVAR`, the value only in the
+    /// environment of the smolvm processes that need it), as
+    /// [`CreateOptions::secret_env`] does for a machine.
+    pub fn secret_env(mut self, key: impl Into<String>, value: impl Into<String>) -> ForkOptions {
+        self.secret_env.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.secret_env.is_empty()
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        for (k, v) in self.env.iter().chain(&self.secret_env) {
+            let ident = k.bytes().enumerate().all(|(i, b)| {
+                b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
+            });
+            if k.is_empty() || !ident {
+                return Err(Error::invalid(
+                    "fork env key",
+                    format!("{k:?} must match [A-Za-z_][A-Za-z0-9_]*"),
+                ));
+            }
+            if v.contains('\n') || v.contains('\r') || v.contains('\0') {
+                return Err(Error::invalid(
+                    "fork env value",
+                    format!("the value of {k:?} holds a newline or NUL (value not shown)"),
+                ));
+            }
+        }
+        validate_secret_keys(&self.secret_env)
+    }
+
+    /// The argv of `machine fork` for a clone of `golden`, and the secret plan of the clone:
+    /// the golden's (its record is copied into the clone) plus the clone's own refs.
+    pub(super) fn argv(
+        &self,
+        golden: &str,
+        clone: &str,
+        dialect: Dialect,
+        golden_plan: &SecretPlan,
+    ) -> Result<(Vec<String>, SecretPlan)> {
+        if !dialect.fork {
+            return Err(Error::Unsupported {
+                what: "machine fork",
+                version: dialect.version,
+                reason: "smolvm has fork from 1.0.0 (usable for repeated forks of one golden \
+                         from 1.7.6)",
+            });
+        }
+        if !self.is_empty() && !dialect.cascade {
+            return Err(Error::Unsupported {
+                what: "fork --env/--secret-env",
+                version: dialect.version,
+                reason: "per-clone env and secrets are in smolvm from 1.7.0",
+            });
+        }
+        let mut args = strings(&["machine", "fork"]);
+        if dialect.name_flag {
+            args.extend(strings(&["--golden", golden, "--name", clone]));
+        } else {
+            args.extend(strings(&[golden, clone]));
+        }
+        for (k, v) in &self.env {
+            args.push(format!("--env={k}={v}"));
+        }
+        let mut plan = golden_plan.clone();
+        for (i, (k, v)) in self.secret_env.iter().enumerate() {
+            let var = host_var("CLONE_SECRET", i, k);
+            args.push("--secret-env".into());
+            args.push(format!("{k}={var}"));
+            plan.host_vars.push((var, v.clone()));
+        }
+        Ok((args, plan))
+    }
+
+    /// The non-empty env and secret values, to scrub from the clone's output.
+    pub(super) fn values(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .chain(&self.secret_env)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+}
+
 /// `KEY=VALUE` pairs for a smolvm process's environment.
 pub(super) type EnvPairs = Vec<(String, String)>;
 

@@ -324,3 +324,21 @@ fn head_chars(s: &str, n: usize) -> &str {
     }
     &s[..end]
 }
+
+/// The clone's ports from `machine fork`'s stderr lines
+/// `  port 18080->80 (golden) remapped to 41234->80 (clone)`.
+pub(super) fn parse_fork_remaps(stderr: &str) -> Vec<super::PortMapping> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("port ")?;
+            let (_, clone) = rest.split_once(" remapped to ")?;
+            let pair = clone.strip_suffix(" (clone)")?;
+            let (host, guest) = pair.split_once("->")?;
+            Some(super::PortMapping {
+                host: host.trim().parse().ok()?,
+                guest: guest.trim().parse().ok()?,
+            })
+        })
+        .collect()
+}
