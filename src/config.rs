@@ -16,6 +16,7 @@
 //! | `SMOLVM_HARNESS_OUTPUT_CAP` | bytes kept per stream of each smolvm call (`64MiB`, `1GiB`, `512KiB`, or bytes); past it the first and last halves are kept and the rest counted, see [`crate::runner::Truncation`] | `64MiB` |
 //! | `SMOLVM_HARNESS_STRICT_EGRESS` | `1`: an egress policy (`allow_cidr`, `allow_host`) on a smolvm that does not enforce it (before 1.1.3) is [`Error::Unsupported`] instead of a warning | unset |
 //! | `SMOLVM_HARNESS_ARTIFACTS` | where a failing test's machines leave `console.log` and `transcript.txt` (an absolute path; `never`: nowhere), under `<test>/<machine>/` | `<target dir>/smolvm-harness` |
+//! | `SMOLVM_HARNESS_GOLDEN_GRACE` | how long a golden shared by a run ([`crate::Golden::shared`]) outlives the last process that held it (`30s`, `5m`) | `30s` |
 //! | `SMOLVM_HARNESS_RUN_ID` | what makes processes one run, for [`crate::Pack::shared`], when not under nextest | per process |
 //!
 //! Read but not ours: `NEXTEST_RUN_ID` (one run of nextest: shared packs, and a label on
@@ -171,10 +172,10 @@ impl Config {
             ..Config::default()
         };
         if let Some(v) = lookup("SMOLVM_HARNESS_TIMEOUT") {
-            cfg.call_timeout = parse_duration("SMOLVM_HARNESS_TIMEOUT", &v)?;
+            cfg.call_timeout = parse_duration_var("SMOLVM_HARNESS_TIMEOUT", &v)?;
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_PACK_TIMEOUT") {
-            cfg.pack_timeout = parse_duration("SMOLVM_HARNESS_PACK_TIMEOUT", &v)?;
+            cfg.pack_timeout = parse_duration_var("SMOLVM_HARNESS_PACK_TIMEOUT", &v)?;
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_KEEP") {
             cfg.keep = KeepPolicy::parse(&v)?;
@@ -299,7 +300,7 @@ fn parse_bool(var: &'static str, v: &str) -> Result<bool> {
 }
 
 /// `90s`, `5m`, `1500ms`, `2h`, or a plain number of seconds.
-pub(crate) fn parse_duration(var: &'static str, v: &str) -> Result<Duration> {
+pub(crate) fn parse_duration_var(var: &'static str, v: &str) -> Result<Duration> {
     let t = v.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -544,29 +545,35 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("X", "90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("X", "5m").unwrap(), Duration::from_secs(300));
         assert_eq!(
-            parse_duration("X", "250ms").unwrap(),
+            parse_duration_var("X", "90").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration_var("X", "5m").unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            parse_duration_var("X", "250ms").unwrap(),
             Duration::from_millis(250)
         );
         // Zero is a well-formed duration: the message must say what is wrong with it.
         for zero in ["0s", "0", "0ms", "0m"] {
-            let err = parse_duration("SMOLVM_HARNESS_TIMEOUT", zero)
+            let err = parse_duration_var("SMOLVM_HARNESS_TIMEOUT", zero)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("SMOLVM_HARNESS_TIMEOUT"), "{err}");
             assert!(err.contains("must be above zero"), "{err}");
             assert!(!err.contains("expected a duration"), "{err}");
         }
-        let err = parse_duration("X", "soon").unwrap_err().to_string();
+        let err = parse_duration_var("X", "soon").unwrap_err().to_string();
         assert!(
             err.contains("expected a duration like 90s, 5m or 1500ms"),
             "{err}"
         );
-        assert!(parse_duration("X", "-1s").is_err());
+        assert!(parse_duration_var("X", "-1s").is_err());
         for huge in ["307445734561825861m", "18446744073709551616"] {
-            let err = parse_duration("X", huge).unwrap_err().to_string();
+            let err = parse_duration_var("X", huge).unwrap_err().to_string();
             assert!(err.contains("too large"), "{err}");
         }
     }

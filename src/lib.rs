@@ -11,6 +11,7 @@ pub mod diag;
 pub mod dialect;
 pub mod error;
 pub mod fixtures;
+mod golden;
 mod machine;
 mod names;
 mod pack;
@@ -36,6 +37,7 @@ pub use cli::{
 pub use config::KeepPolicy;
 pub use dialect::Version;
 pub use error::{Error, Result};
+pub use golden::{Golden, GoldenBuilder, DEFAULT_GOLDEN_GRACE};
 pub use machine::{Machine, MachineBuilder, MachineCommand};
 pub use names::{carry_test_name, current_test_name, generate_name, with_test_name};
 pub use pack::Pack;

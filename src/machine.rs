@@ -15,6 +15,7 @@
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::artifacts;
@@ -77,23 +78,28 @@ use crate::validate::validate_machine_name;
 /// ```
 #[must_use = "dropping a Machine deletes the VM at once"]
 pub struct Machine {
-    smolvm: Smolvm,
-    name: String,
+    pub(crate) smolvm: Smolvm,
+    pub(crate) name: String,
     /// False once the machine is no longer ours to delete: after `keep`, `delete`, a
     /// handled start failure, or `disable_cleanup(true)`.
-    armed: bool,
-    keep_policy: Option<KeepPolicy>,
+    pub(crate) armed: bool,
+    pub(crate) keep_policy: Option<KeepPolicy>,
     /// Why the machine is provably ours, should it have to be registered again.
-    evidence: cleanup::Evidence,
-    /// The published ports, as sent to `machine create`.
-    ports: Vec<PortMapping>,
+    pub(crate) evidence: cleanup::Evidence,
+    /// Plain, golden or clone: how it is deleted, and in which order.
+    pub(crate) role: cleanup::Role,
+    /// The published ports, as sent to `machine create` (a clone's, as remapped by `fork`).
+    pub(crate) ports: Vec<PortMapping>,
     /// The test that made it (for failure artifacts): the builder's `test_name`, else
     /// [`current_test_name`] at create.
-    test: String,
+    pub(crate) test: String,
     /// The name, reserved on this smolvm state; released after `Drop::drop` has run.
-    _reservation: cleanup::Reservation,
+    pub(crate) _reservation: cleanup::Reservation,
+    /// A clone's hold on its golden: released after `Drop::drop` has deleted the clone, so
+    /// the golden always goes after its clones.
+    pub(crate) golden: Option<Arc<crate::golden::CloneLink>>,
     /// Last field: released after `Drop::drop` has deleted the machine.
-    _slot: Option<Slot>,
+    pub(crate) _slot: Option<Slot>,
 }
 
 impl fmt::Debug for Machine {
@@ -368,10 +374,46 @@ impl MachineBuilder {
     /// that is already taken (a kept machine of an earlier process with the same pid) is
     /// replaced by the next one, once.
     pub fn create(self) -> Result<Machine> {
-        let smolvm = match &self.smolvm {
+        self.create_as(cleanup::Role::Machine)
+    }
+
+    /// The keep policy chosen on this builder, if one was.
+    pub(crate) fn keep_policy_or_default(&self) -> Option<KeepPolicy> {
+        self.keep_policy
+    }
+
+    /// The client the machine will be made with.
+    pub(crate) fn client(&self) -> Smolvm {
+        match &self.smolvm {
             Some(s) => s.clone(),
             None => Smolvm::from_env(),
-        };
+        }
+    }
+
+    /// The create options as they will be sent, before host ports are picked: for checks
+    /// made before anything happens, and for what a golden's clones inherit.
+    pub(crate) fn planned_options(&self) -> Result<CreateOptions> {
+        self.options()
+    }
+
+    /// Per-machine env and secrets on top of the recipe (a cold "clone" of a golden).
+    pub(crate) fn with_extra_env(
+        mut self,
+        env: &[(String, String)],
+        secrets: &[(String, String)],
+    ) -> MachineBuilder {
+        for (k, v) in env {
+            self.options = self.options.env(k.clone(), v.clone());
+        }
+        for (k, v) in secrets {
+            self.options = self.options.secret_env(k.clone(), v.clone());
+        }
+        self
+    }
+
+    /// [`MachineBuilder::create`] of a machine with a role (a golden).
+    pub(crate) fn create_as(self, role: cleanup::Role) -> Result<Machine> {
+        let smolvm = self.client();
         let options = self.options()?;
         if let Some(&guest) = self.publish.iter().find(|&&g| g == 0) {
             return Err(Error::invalid(
@@ -401,7 +443,14 @@ impl MachineBuilder {
         let mut retried = false;
         loop {
             let evidence = evidence(&smolvm, &name, dialect.labels, test_name.is_some());
-            cleanup::register(&smolvm, &name, evidence, keep, cleanup::Stage::Creating)?;
+            cleanup::register(
+                &smolvm,
+                &name,
+                evidence,
+                keep,
+                cleanup::Stage::Creating,
+                role.clone(),
+            )?;
             let err = match cleanup::create(&smolvm, &name, &options) {
                 Ok(()) => {
                     return Ok(Machine {
@@ -410,9 +459,11 @@ impl MachineBuilder {
                         armed: true,
                         keep_policy: self.keep_policy,
                         evidence,
+                        role,
                         ports: options.ports().to_vec(),
                         test: self.test_name.clone().unwrap_or_else(current_test_name),
                         _reservation: reservation,
+                        golden: None,
                         _slot: slot,
                     })
                 }
@@ -612,7 +663,7 @@ impl Machine {
     #[doc(alias = "close")]
     pub fn delete(mut self) -> Result<()> {
         self.armed = false;
-        self.smolvm.machine_delete(&self.name)?;
+        cleanup::delete(&self.smolvm, &self.name, &self.role)?;
         cleanup::unregister(&self.smolvm, &self.name);
         transcript::forget(&self.name);
         Ok(())
@@ -642,9 +693,15 @@ impl Machine {
                 self.evidence,
                 keep,
                 cleanup::Stage::Created,
+                self.role.clone(),
             );
             match registered {
-                Ok(()) => self.armed = true,
+                Ok(()) => {
+                    self.armed = true;
+                    if let Some(link) = &self.golden {
+                        link.unkept();
+                    }
+                }
                 Err(e) => diag::log(&format!(
                     "smolvm-harness: could not re-enable cleanup of machine {}: {e}",
                     self.name
@@ -655,6 +712,10 @@ impl Machine {
 
     fn mark_kept(&self) {
         cleanup::mark_kept(&self.smolvm, &self.name);
+        if let Some(link) = &self.golden {
+            // A golden deleted under a kept clone would break it.
+            link.kept();
+        }
         diag::log(&format!(
             "smolvm-harness: keeping machine {}; delete it with: {}",
             self.name,
@@ -694,7 +755,9 @@ impl Drop for Machine {
         }
         // A panic here while the test is already unwinding would abort the whole test
         // process (and every other test's cleanup); a runner is user code and may panic.
-        let result = catch_unwind(AssertUnwindSafe(|| self.smolvm.machine_delete(&self.name)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            cleanup::delete(&self.smolvm, &self.name, &self.role)
+        }));
         match result {
             Ok(Ok(())) => cleanup::unregister(&self.smolvm, &self.name),
             Ok(Err(e)) => log_delete_failure(&self.name, &e),

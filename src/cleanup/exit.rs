@@ -12,12 +12,13 @@
 //!   a signal (a killed test counts as failed) or, at exit, when a panic was seen;
 //! * nothing here panics out or hangs the exit: every smolvm call is bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
-use super::owner::{judge, CreateState, Evidence, Stage, Verdict};
+use super::goldens;
+use super::owner::{judge, CreateState, Evidence, Role, Stage, Verdict};
 use super::process;
 use super::registry::{self, Drain, Registered, Scope};
 use crate::diag;
@@ -77,16 +78,42 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
     // The signal reached only our process group; smolvm calls run in their own groups.
     let killed = crate::runner::kill_in_flight();
     process::wait_dead(&killed, Duration::from_secs(2));
-    let drained = registry::drain(how);
+    let mut drained = registry::drain(how);
+    // Clones before the goldens they were forked from.
+    drained.sort_by_key(|r| r.claim.role.rank());
+    goldens::release_own();
     let mut tally = Tally::default();
     // One `machine ls` per smolvm state.
     let mut listings: HashMap<Scope, Option<Vec<crate::MachineInfo>>> = HashMap::new();
+    // Goldens with a clone that stays (kept, or left for a later layer): deleting them would
+    // break it.
+    let mut clones_left: HashSet<(Scope, String)> = HashSet::new();
     for reg in drained {
         let client = cleanup_client(&reg);
         let name = reg.claim.name.clone();
+        let scope = Scope::of(&reg.smolvm);
+        if reg.claim.role.is_shared_golden() {
+            // The run's, not ours to end: retired once nobody holds it (see `goldens`).
+            continue;
+        }
+        if let Role::Golden { .. } = reg.claim.role {
+            if clones_left.contains(&(scope.clone(), name.clone())) {
+                keep(&reg, &client);
+                diag::log(&format!(
+                    "smolvm-harness: golden machine {name} stays because a clone of it stays"
+                ));
+                tally.kept += 1;
+                continue;
+            }
+        }
+        let golden_of = match &reg.claim.role {
+            Role::Clone { golden } => Some((scope.clone(), golden.clone())),
+            _ => None,
+        };
         if reg.claim.keep.keeps(failing) {
             keep(&reg, &client);
             tally.kept += 1;
+            clones_left.extend(golden_of);
             continue;
         }
         // Judged by the one rule, against one `machine ls` per smolvm state: a machine of
@@ -113,13 +140,14 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             (None, _) => Verdict::Pending,
         };
         match verdict {
-            Verdict::Ours => match client.machine_delete(&name) {
+            Verdict::Ours => match registry::delete(&client, &name, &reg.claim.role) {
                 Ok(()) => {
                     drop_record(&reg);
                     tally.deleted += 1;
                 }
                 Err(e) => {
                     tally.left += 1;
+                    clones_left.extend(golden_of);
                     diag::log(&format!(
                         "smolvm-harness: could not delete machine {name}: {e}. It stays in the \
                          ledger for the crash watcher or the next sweep; by hand: {}",
@@ -135,7 +163,10 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             // In-process machines die with the process; only a ledgered one is left to the
             // watcher and the next sweep.
             Verdict::Pending if reg.ledger.is_none() => {}
-            Verdict::Pending => tally.left += 1,
+            Verdict::Pending => {
+                tally.left += 1;
+                clones_left.extend(golden_of);
+            }
         }
     }
     tally

@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::owner::{Claim, Evidence, Owner, Stage};
+use super::owner::{Claim, Evidence, Owner, Role, SharedGolden, Stage};
 use crate::config::{config_or_default, KeepPolicy};
 use crate::dialect::Version;
 use crate::error::{Error, Result};
@@ -211,22 +211,11 @@ impl Entry {
             self.target.program.to_str().ok_or_else(|| {
                 Error::invalid("smolvm program path", "not valid UTF-8".to_string())
             })?;
-        let mut owner = serde_json::Map::new();
-        owner.insert("pid".into(), c.owner.pid.into());
-        if let Some(s) = c.owner.start {
-            owner.insert("start".into(), s.into());
-        }
-        if let Some(ns) = &c.owner.pid_ns {
-            owner.insert("pid_ns".into(), ns.clone().into());
-        }
-        if let Some(b) = &c.owner.boot_id {
-            owner.insert("boot_id".into(), b.clone().into());
-        }
-        owner.insert("nonce".into(), c.owner.nonce.clone().into());
+        let owner = owner_json(&c.owner);
         let mut o = serde_json::Map::new();
         o.insert("format".into(), FORMAT.into());
         o.insert("name".into(), c.name.clone().into());
-        o.insert("owner".into(), owner.into());
+        o.insert("owner".into(), owner);
         o.insert("owner_token".into(), c.owner.token().into());
         if let Some(run) = &c.run_id {
             o.insert("run_id".into(), run.clone().into());
@@ -237,6 +226,20 @@ impl Entry {
         o.insert("registered_at".into(), c.registered_at.into());
         if let Some(t) = c.created_by {
             o.insert("created_by".into(), t.into());
+        }
+        match &c.role {
+            Role::Machine => {}
+            Role::Golden { shared } => {
+                o.insert("role".into(), "golden".into());
+                if let Some(sg) = shared {
+                    o.insert("shared_key".into(), sg.key.clone().into());
+                    o.insert("grace_secs".into(), sg.grace_secs.into());
+                }
+            }
+            Role::Clone { golden } => {
+                o.insert("role".into(), "clone".into());
+                o.insert("golden".into(), golden.clone().into());
+            }
         }
         o.insert("program".into(), program.into());
         let env: Vec<serde_json::Value> = self
@@ -268,15 +271,7 @@ impl Entry {
             return None;
         }
         let str_of = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
-        let o = v.get("owner")?;
-        let o_str = |key: &str| o.get(key).and_then(|x| x.as_str()).map(str::to_string);
-        let owner = Owner {
-            pid: u32::try_from(o.get("pid")?.as_u64()?).ok()?,
-            start: o.get("start").and_then(|x| x.as_u64()),
-            pid_ns: o_str("pid_ns"),
-            boot_id: o_str("boot_id"),
-            nonce: o_str("nonce")?,
-        };
+        let owner = owner_from_json(v.get("owner")?)?;
         let process_env = v
             .get("process_env")?
             .as_array()?
@@ -295,8 +290,26 @@ impl Entry {
             .iter()
             .map(|(k, x)| Some((k.clone(), x.as_str()?.to_string())))
             .collect::<Option<BTreeMap<_, _>>>()?;
+        let role = match str_of("role").as_deref() {
+            None | Some("machine") => Role::Machine,
+            Some("golden") => Role::Golden {
+                shared: match str_of("shared_key") {
+                    Some(key) if valid_key(&key) => Some(SharedGolden {
+                        key,
+                        grace_secs: v.get("grace_secs").and_then(|x| x.as_u64()).unwrap_or(0),
+                    }),
+                    Some(_) => return None,
+                    None => None,
+                },
+            },
+            Some("clone") => Role::Clone {
+                golden: str_of("golden")?,
+            },
+            Some(_) => return None,
+        };
         Some(Entry {
             claim: Claim {
+                role,
                 name: str_of("name")?,
                 owner,
                 run_id: str_of("run_id"),
@@ -316,6 +329,45 @@ impl Entry {
             kept: v.get("kept").and_then(|x| x.as_bool()).unwrap_or(false),
         })
     }
+}
+
+/// A process identity as JSON (ledger entries, golden holders).
+pub(crate) fn owner_json(owner: &Owner) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    o.insert("pid".into(), owner.pid.into());
+    if let Some(s) = owner.start {
+        o.insert("start".into(), s.into());
+    }
+    if let Some(ns) = &owner.pid_ns {
+        o.insert("pid_ns".into(), ns.clone().into());
+    }
+    if let Some(b) = &owner.boot_id {
+        o.insert("boot_id".into(), b.clone().into());
+    }
+    o.insert("nonce".into(), owner.nonce.clone().into());
+    serde_json::Value::Object(o)
+}
+
+/// [`owner_json`] read back; `None` if anything is missing or malformed.
+pub(crate) fn owner_from_json(o: &serde_json::Value) -> Option<Owner> {
+    let o_str = |key: &str| o.get(key).and_then(|x| x.as_str()).map(str::to_string);
+    Some(Owner {
+        pid: u32::try_from(o.get("pid")?.as_u64()?).ok()?,
+        start: o.get("start").and_then(|x| x.as_u64()),
+        pid_ns: o_str("pid_ns"),
+        boot_id: o_str("boot_id"),
+        nonce: o_str("nonce")?,
+    })
+}
+
+/// A shared golden's key names a directory under the state directory: plain characters only,
+/// so an entry cannot point elsewhere.
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn keep_word(keep: KeepPolicy) -> &'static str {
@@ -497,6 +549,7 @@ mod tests {
                 keep: KeepPolicy::OnFailure,
                 registered_at: 1_700_000_000,
                 created_by: None,
+                role: Role::Machine,
             },
             target: target("/usr/bin/smolvm"),
             smolvm_version: Some(Version::new(1, 9, 2)),

@@ -19,6 +19,7 @@
 //! else's, or provably never created. Process identity and liveness are in `process.rs`.
 
 mod exit;
+mod goldens;
 mod ledger;
 mod owner;
 mod process;
@@ -34,15 +35,27 @@ mod watcher {
 
 pub use sweep::sweep;
 
+pub(crate) use goldens::{dir_in as golden_dir_in, hold as hold_golden};
 pub(crate) use ledger::state_env_to_show;
-pub(crate) use owner::{ownership_labels, Evidence, Stage};
+pub(crate) use owner::{ownership_labels, Evidence, Role, SharedGolden, Stage};
 #[cfg(test)]
 pub(crate) use owner::{OWNER_LABEL, RUN_LABEL};
 pub(crate) use process::CREATE_MARK_ENV;
 pub(crate) use registry::{
-    abandon, create, create_mark, is_already_exists, mark_kept, register, terminating, unregister,
-    Reservation,
+    abandon, create, create_mark, delete, fork, is_already_exists, mark_kept, register,
+    terminating, unregister, Reservation,
 };
+
+/// The id of this test run (`NEXTEST_RUN_ID`, else `SMOLVM_HARNESS_RUN_ID`), if any.
+pub(crate) fn run_id() -> Option<String> {
+    owner::run_id()
+}
+
+/// What identifies the smolvm state a client reaches across processes; `None` for in-process
+/// runners.
+pub(crate) fn target_digest(smolvm: &crate::Smolvm) -> Option<String> {
+    ledger::Target::of(smolvm).map(|t| t.digest())
+}
 
 /// The per-process random token in generated machine names (see [`crate::generate_name`]).
 pub(crate) fn process_token() -> String {

@@ -170,6 +170,48 @@ impl Evidence {
     }
 }
 
+/// What a machine is to the harness, which decides the order of teardown and how it is
+/// deleted: clones before the machines they were forked from, and a golden only with
+/// `--cascade` once no clone of ours is left (a bare `delete -f` of a golden silently breaks
+/// its clones).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Role {
+    /// An ordinary machine.
+    Machine,
+    /// A golden machine, forked into clones. `shared`: the key of a golden shared by a whole
+    /// run ([`crate::Golden::shared`]); it is retired when no process of the run has held it
+    /// for its grace period, not when the process that made it ends.
+    Golden { shared: Option<SharedGolden> },
+    /// A clone of the golden named `golden`. It is ours by its generated name alone: smolvm
+    /// copies the golden's record into it, labels and creation time included.
+    Clone { golden: String },
+}
+
+/// How a run-shared golden is retired.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SharedGolden {
+    /// The directory name of its holders under `<state dir>/goldens/`.
+    pub(crate) key: String,
+    /// Seconds it may outlive its last holder.
+    pub(crate) grace_secs: u64,
+}
+
+impl Role {
+    /// Teardown order: clones first, goldens last.
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            Role::Clone { .. } => 0,
+            Role::Machine => 1,
+            Role::Golden { .. } => 2,
+        }
+    }
+
+    /// A golden shared by a run: not settled with its owner.
+    pub(crate) fn is_shared_golden(&self) -> bool {
+        matches!(self, Role::Golden { shared: Some(_) })
+    }
+}
+
 /// Where a machine's create stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
@@ -210,6 +252,7 @@ pub(crate) struct Claim {
     /// window is not the one we made (someone deleted and re-made it, or made it before).
     pub(crate) registered_at: u64,
     pub(crate) created_by: Option<u64>,
+    pub(crate) role: Role,
 }
 
 /// Whether the create a claim was registered for is still running.
@@ -253,6 +296,11 @@ pub(crate) fn judge(claim: &Claim, seen: Option<&MachineInfo>, create: CreateSta
     let Some(machine) = seen else {
         return Verdict::Gone;
     };
+    if let Role::Clone { .. } = claim.role {
+        // Its labels and creation time are the golden's (smolvm copies the record); its name
+        // holds our random token, and only a fork of ours makes that name.
+        return Verdict::Ours;
+    }
     let labels = &machine.labels;
     match claim.evidence {
         Evidence::OwnerLabel
@@ -317,6 +365,7 @@ mod tests {
             keep: KeepPolicy::Never,
             registered_at: 1_000,
             created_by: (stage == Stage::Created).then_some(1_002),
+            role: Role::Machine,
         }
     }
 

@@ -17,9 +17,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::ledger::{self, Entry, Target};
-use super::owner::{self, judge, Claim, CreateState, Evidence, Owner, Stage, Verdict};
+use super::owner::{self, judge, Claim, CreateState, Evidence, Owner, Role, Stage, Verdict};
 use super::{exit, sweep, watcher};
-use crate::cli::CreateOptions;
+use crate::cli::{CreateOptions, ForkOptions, PortMapping};
 use crate::config::KeepPolicy;
 use crate::diag;
 use crate::dialect::Version;
@@ -119,6 +119,7 @@ pub(crate) fn register(
     evidence: Evidence,
     keep: KeepPolicy,
     stage: Stage,
+    role: Role,
 ) -> Result<()> {
     if TERMINATING.load(Ordering::SeqCst) {
         if SIGNALLED.load(Ordering::SeqCst) {
@@ -151,6 +152,7 @@ pub(crate) fn register(
             ledger::now()
         },
         created_by: (stage == Stage::Created).then(ledger::now),
+        role,
     };
     let scope = Scope::of(smolvm);
     let (version, ledger) = match &scope {
@@ -192,6 +194,32 @@ pub(crate) fn create_mark() -> Option<String> {
 /// Run `machine create` for a registered machine, its process marked so that a later look
 /// can tell whether it still runs; on success the record moves to [`Stage::Created`].
 pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Result<()> {
+    made_by(smolvm, name, || smolvm.machine_create(name, options))
+}
+
+/// [`create`] for a clone: `machine fork` of `golden` into the registered `name`.
+pub(crate) fn fork(
+    smolvm: &Smolvm,
+    golden: &str,
+    name: &str,
+    options: &ForkOptions,
+) -> Result<Vec<PortMapping>> {
+    made_by(smolvm, name, || smolvm.machine_fork(golden, name, options))
+}
+
+/// Delete a machine of ours the way its role needs: a golden with `--cascade` (its clones of
+/// ours are gone by then; one someone forked by hand from our golden goes with it, where a
+/// bare `delete -f` would leave it broken), anything else with `delete -f`.
+pub(crate) fn delete(smolvm: &Smolvm, name: &str, role: &Role) -> Result<()> {
+    match role {
+        Role::Golden { .. } => smolvm.machine_delete_cascade(name),
+        Role::Machine | Role::Clone { .. } => smolvm.machine_delete(name),
+    }
+}
+
+/// Run the call that makes a registered machine (create or fork), marked; on success the
+/// record moves to [`Stage::Created`].
+fn made_by<T>(smolvm: &Smolvm, name: &str, call: impl FnOnce() -> Result<T>) -> Result<T> {
     let key = (Scope::of(smolvm), name.to_string());
     let mark = registry()
         .get(&key)
@@ -206,9 +234,9 @@ pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Re
     }
     CREATE_MARK.with(|m| *m.borrow_mut() = mark);
     let marked = Marked;
-    let result = smolvm.machine_create(name, options);
+    let result = call();
     drop(marked);
-    result?;
+    let value = result?;
     let mut reg = registry();
     if let Some(r) = reg.get_mut(&key) {
         let done = ledger::now();
@@ -229,7 +257,7 @@ pub(crate) fn create(smolvm: &Smolvm, name: &str, options: &CreateOptions) -> Re
             }
         }
     }
-    Ok(())
+    Ok(value)
 }
 
 /// After a failed `machine create`: delete what it may have left, but only if provably ours;
@@ -265,7 +293,7 @@ pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
         }
     };
     match judge(&claim, seen.as_ref(), CreateState::Over) {
-        Verdict::Ours => match smolvm.machine_delete(name) {
+        Verdict::Ours => match delete(smolvm, name, &claim.role) {
             Ok(()) => forget(&key),
             Err(e) => diag::log(&format!(
                 "smolvm-harness: failed to delete machine {name} left by a failed create: {e}"
@@ -411,6 +439,7 @@ mod tests {
             Evidence::GeneratedName,
             KeepPolicy::Never,
             Stage::Created,
+            Role::Machine,
         )
         .unwrap();
         let key = (Scope::of(&smolvm), "smt-rearmed-x-0".to_string());

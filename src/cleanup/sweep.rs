@@ -14,12 +14,12 @@
 //! * the keep policy holds: an owner that died with machines left counts as failed.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use super::ledger::{self, Entry, Target};
-use super::owner::{judge, CreateState, Stage, Verdict};
+use super::owner::{judge, CreateState, Role, Stage, Verdict};
 use super::process::{self, Liveness};
 use super::registry::{keep_entry, left_alone};
 use crate::diag;
@@ -60,16 +60,25 @@ pub fn sweep(smolvm: &Smolvm) -> Result<Vec<String>> {
     let Some(target) = Target::of(smolvm) else {
         return Ok(Vec::new());
     };
-    let candidates: Vec<(PathBuf, Entry)> = ledger::read_all(&ledger::dir())
+    let ledger_dir = ledger::dir();
+    let candidates: Vec<(PathBuf, Entry)> = ledger::read_all(&ledger_dir)
         .into_iter()
-        .filter(|(_, e)| e.target == target && e.claim.owner.liveness() == Liveness::Dead)
+        .filter(|(_, e)| {
+            e.target == target
+                && e.claim.owner.liveness() == Liveness::Dead
+                && !e.claim.role.is_shared_golden()
+        })
         .collect();
-    if candidates.is_empty() {
-        // The common case costs no smolvm call at all.
-        return Ok(Vec::new());
+    let mut deleted = Vec::new();
+    if !candidates.is_empty() {
+        // (The common case costs no smolvm call at all.)
+        deleted = settle(smolvm, candidates, &ledger_dir)?.deleted;
     }
-    let settled = settle(smolvm, candidates)?;
-    Ok(settled.deleted)
+    // Goldens a run shared, once no process has held them for their grace period.
+    if let Ok(root) = crate::state_dir::root() {
+        super::goldens::retire(&root);
+    }
+    Ok(deleted)
 }
 
 /// Run [`sweep`] once per process and smolvm target; report, never fail.
@@ -99,8 +108,15 @@ pub(crate) struct Settled {
     pub(crate) waiting: Vec<(PathBuf, Entry)>,
 }
 
-/// Settle entries of dead owners, all of one smolvm target reached through `smolvm`.
-pub(crate) fn settle(smolvm: &Smolvm, entries: Vec<(PathBuf, Entry)>) -> Result<Settled> {
+/// Settle entries of dead owners, all of one smolvm target reached through `smolvm`, clones
+/// before goldens. A golden waits while the ledger (`ledger_dir`) still holds a clone of it,
+/// and stays (kept) when a clone of it is kept.
+pub(crate) fn settle(
+    smolvm: &Smolvm,
+    mut entries: Vec<(PathBuf, Entry)>,
+    ledger_dir: &Path,
+) -> Result<Settled> {
+    entries.sort_by_key(|(_, e)| e.claim.role.rank());
     // Whether each create is over is asked *before* listing: a create found over cannot have
     // added its machine after the listing.
     let creates: Vec<CreateState> = entries.iter().map(|(_, e)| create_state(e)).collect();
@@ -119,6 +135,25 @@ pub(crate) fn settle(smolvm: &Smolvm, entries: Vec<(PathBuf, Entry)>) -> Result<
             }
             continue;
         }
+        if let Role::Golden { .. } = entry.claim.role {
+            // Read now, after the clones of this pass were settled.
+            let clones: Vec<Entry> = ledger::read_all(ledger_dir)
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| super::goldens::is_clone_of(e, &entry))
+                .collect();
+            if clones.iter().any(|c| c.kept) {
+                diag::log(&format!(
+                    "smolvm-harness: keeping golden machine {name}: a clone of it is kept"
+                ));
+                keep_entry(&path, entry);
+                continue;
+            }
+            if !clones.is_empty() && seen.is_some() {
+                settled.waiting.push((path, entry));
+                continue;
+            }
+        }
         match judge(&entry.claim, seen, create) {
             Verdict::Ours if entry.claim.keep.keeps(true) => {
                 diag::log(&format!(
@@ -129,7 +164,7 @@ pub(crate) fn settle(smolvm: &Smolvm, entries: Vec<(PathBuf, Entry)>) -> Result<
                 ));
                 keep_entry(&path, entry);
             }
-            Verdict::Ours => match smolvm.machine_delete(&name) {
+            Verdict::Ours => match super::registry::delete(smolvm, &name, &entry.claim.role) {
                 Ok(()) => {
                     ledger::remove(&path);
                     settled.deleted.push(name);

@@ -26,7 +26,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -372,6 +372,10 @@ fn serve(socket: &Path) {
     let mut owners: HashMap<String, Owner> = HashMap::new();
     let mut scanned = Instant::now() - LEDGER_SCAN;
     let mut idle_since = Instant::now();
+    // Shared goldens still waiting to be retired (held, in their grace, or with clones): the
+    // watcher stays while there are any, since no test process may be left to do it.
+    let goldens_left = Arc::new(AtomicUsize::new(0));
+    let retiring = Arc::new(AtomicBool::new(false));
     loop {
         poll_once(&listener, &conns);
         while let Ok((stream, _)) = listener.accept() {
@@ -398,6 +402,13 @@ fn serve(socket: &Path) {
         }
         if scanned.elapsed() >= LEDGER_SCAN {
             scanned = Instant::now();
+            if !retiring.swap(true, Ordering::SeqCst) {
+                let (dir, left, retiring) = (dir.clone(), goldens_left.clone(), retiring.clone());
+                work(&busy, move || {
+                    left.store(super::goldens::retire(&dir), Ordering::SeqCst);
+                    retiring.store(false, Ordering::SeqCst);
+                });
+            }
             for (_, entry) in ledger::read_all(&dir.join("ledger")) {
                 let owner = entry.claim.owner;
                 if !entry.kept
@@ -435,7 +446,11 @@ fn serve(socket: &Path) {
         let waiting_for_conns = conns
             .iter()
             .any(|c| c.owner.as_ref().is_none_or(|o| !settled.contains(&o.nonce)));
-        if waiting_for_conns || !owners.is_empty() || busy.load(Ordering::SeqCst) > 0 {
+        if waiting_for_conns
+            || !owners.is_empty()
+            || busy.load(Ordering::SeqCst) > 0
+            || goldens_left.load(Ordering::SeqCst) > 0
+        {
             idle_since = Instant::now();
         } else if idle_since.elapsed() >= IDLE_EXIT && may_exit(&dir, &listener, socket, bound) {
             return;
@@ -601,12 +616,16 @@ fn settle_owner(dir: &Path, owner: &Owner) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    settle_until_done(dir, |e| e.claim.owner.nonce == owner.nonce);
+    settle_until_done(dir, |e| {
+        e.claim.owner.nonce == owner.nonce && !e.claim.role.is_shared_golden()
+    });
 }
 
 /// Settle every entry whose owner is dead (a start-up pass).
 fn settle_dead_owners(dir: &Path) {
-    settle_until_done(dir, |e| e.claim.owner.liveness() == Liveness::Dead);
+    settle_until_done(dir, |e| {
+        e.claim.owner.liveness() == Liveness::Dead && !e.claim.role.is_shared_golden()
+    });
 }
 
 fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
@@ -630,7 +649,7 @@ fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
         for (target, entries) in groups {
             let version = entries.iter().find_map(|(_, e)| e.smolvm_version);
             let client = target.client(version);
-            match settle(&client, entries) {
+            match settle(&client, entries, &ledger_dir) {
                 Ok(settled) => {
                     for name in &settled.deleted {
                         diag::log(&format!(

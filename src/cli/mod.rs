@@ -558,6 +558,21 @@ impl Smolvm {
         )))
     }
 
+    /// Remember the secrets of a machine another process created with `options` (a golden
+    /// shared by the run), so that this process's forks and execs of it supply them.
+    pub(crate) fn adopt_secrets(&self, name: &str, options: &CreateOptions) -> Result<()> {
+        let dialect = self.dialect()?;
+        let values = options.env_values();
+        if !values.is_empty() {
+            lock(secrets_book()).insert(name.to_string(), values);
+        }
+        let plan = options.secret_plan(dialect);
+        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
+            lock(plan_book()).insert(self.book_key(name), plan);
+        }
+        Ok(())
+    }
+
     /// `smolvm machine delete --cascade --name NAME` (smolvm ≥ 1.7.0): delete a golden's
     /// clones, then the golden, without a prompt. Unlike `delete -f`, which deletes a golden
     /// under its live clones and leaves them broken. A machine that does not exist counts as

@@ -567,6 +567,16 @@ impl ForkOptions {
         self.env.is_empty() && self.secret_env.is_empty()
     }
 
+    /// The env pairs, in order.
+    pub(crate) fn env_pairs(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// The secret pairs, in order.
+    pub(crate) fn secret_pairs(&self) -> &[(String, String)] {
+        &self.secret_env
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         for (k, v) in self.env.iter().chain(&self.secret_env) {
             let ident = k.bytes().enumerate().all(|(i, b)| {

@@ -156,6 +156,27 @@ impl ExecOutput {
         self
     }
 
+    /// `Ok` if the guest exited 0, else an [`Error::Failed`](crate::Error::Failed) with the
+    /// command, the code and the output (secrets redacted as everywhere): for code that
+    /// returns `Result`, such as a golden's provisioning step.
+    ///
+    /// ```
+    /// assert!(smolvm_harness::ExecOutput::new(0, "", "").check().is_ok());
+    /// let err = smolvm_harness::ExecOutput::new(3, "", "boom").check().unwrap_err();
+    /// assert!(err.to_string().contains("exit 3"), "{err}");
+    /// ```
+    pub fn check(&self) -> crate::Result<()> {
+        if self.success() {
+            return Ok(());
+        }
+        Err(crate::Error::Failed {
+            command: self.command.clone(),
+            code: Some(self.code),
+            stdout: marked(&self.stdout, self.stdout_truncation, "stdout"),
+            stderr: marked(&self.stderr, self.stderr_truncation, "stderr"),
+        })
+    }
+
     /// The output of a finished `machine exec`: the guest exited `code`.
     pub(super) fn from_run(code: i32, command: CommandLine, out: RawOutput) -> ExecOutput {
         ExecOutput {
