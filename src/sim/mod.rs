@@ -118,6 +118,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,7 @@ mod apply;
 mod fake;
 mod grammar;
 mod guest;
+mod net;
 mod runner;
 mod state;
 
@@ -133,16 +135,18 @@ pub use fake::{
     LOG_ENV, STATE_ENV, VERSION_ENV,
 };
 pub use runner::SimulatedRunner;
-pub use state::{SimMachine, SimState};
+pub use state::{SimMachine, SimMount, SimSecretRef, SimState};
 
 use apply::{apply, Ctx, Step};
 use grammar::{Command, Features};
-use guest::GuestEnd;
+use guest::{Effect, GuestEnd};
+use net::HostNet;
 use state::State;
 
 /// The subcommand keys the knobs (`fail`, `latency`, `hang`) accept.
 pub const KNOB_KEYS: &[&str] = &[
     "version", "pack", "create", "start", "stop", "delete", "exec", "cp", "ls", "status",
+    "data-dir",
 ];
 
 /// smolvm's per-stream cap on non-streaming exec output (`MAX_EXEC_OUTPUT`, 11 MiB).
@@ -171,6 +175,8 @@ pub(crate) trait Backend {
     fn transact(&self, f: &mut dyn FnMut(&mut State) -> Step) -> Result<Step, String>;
     /// Log a finished exec, whose code is known only after the guest ran outside the lock.
     fn log_exec(&self, code: i32, machines: usize);
+    /// Apply a running guest's change to the state with exclusive access, without logging.
+    fn effect(&self, f: &mut dyn FnMut(&mut State)) -> Result<(), String>;
 }
 
 /// One invocation, as the driver needs it.
@@ -186,6 +192,10 @@ pub(crate) struct Call<'a> {
     pub(crate) host_deadline: Option<Instant>,
     /// `hang` sleeps forever (the fake) instead of until the host deadline (in-process).
     pub(crate) hang_forever: bool,
+    /// Where machines' data directories are made.
+    pub(crate) data_root: &'a Path,
+    /// Who serves published ports.
+    pub(crate) net: &'a dyn HostNet,
 }
 
 /// How an invocation ended.
@@ -301,17 +311,42 @@ pub(crate) fn drive(call: &Call<'_>, backend: &dyn Backend) -> Result<Outcome, S
         lookup_env: call.lookup_env,
         delete_confirmed,
         entropy: entropy(),
+        data_root: call.data_root,
+        net: call.net,
     };
     match backend.transact(&mut |state| apply(&cmd, state, &ctx))? {
         Step::Done(out) => Ok(Outcome::Exit(out)),
-        Step::Guest(job) => match guest::run(&job, call.host_deadline) {
-            GuestEnd::Exited(out) => {
-                let out = cap_output(out, job.stream, f);
-                backend.log_exec(out.code, job.machines);
-                Ok(Outcome::Exit(out))
-            }
-            GuestEnd::HostTimeout { stdout, stderr } => Ok(Outcome::HostTimeout { stdout, stderr }),
-        },
+        Step::Guest(job) => {
+            let host = |effect: &Effect| -> Result<(), String> {
+                let mut result = Ok(());
+                backend.effect(&mut |state| {
+                    result = apply::guest_effect(state, &ctx, &job.machine, job.boot, effect);
+                })?;
+                result
+            };
+            guest_end(
+                guest::run(&job, call.host_deadline, &host),
+                &job,
+                f,
+                backend,
+            )
+        }
+    }
+}
+
+fn guest_end(
+    end: GuestEnd,
+    job: &guest::GuestJob,
+    f: Features,
+    backend: &dyn Backend,
+) -> Result<Outcome, String> {
+    match end {
+        GuestEnd::Exited(out) => {
+            let out = cap_output(out, job.stream, f);
+            backend.log_exec(out.code, job.machines);
+            Ok(Outcome::Exit(out))
+        }
+        GuestEnd::HostTimeout { stdout, stderr } => Ok(Outcome::HostTimeout { stdout, stderr }),
     }
 }
 
