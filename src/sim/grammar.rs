@@ -156,7 +156,7 @@ pub(crate) enum Command {
     Version,
     Help(String),
     Pack(PackArgs),
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     Start {
         name: Option<String>,
     },
@@ -779,7 +779,7 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
         .iter()
         .filter_map(|c| parse_cidr(c).ok())
         .collect();
-    Ok(Command::Create(CreateArgs {
+    Ok(Command::Create(Box::new(CreateArgs {
         name,
         image: m.one("image"),
         from: m.one("from"),
@@ -803,7 +803,7 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
         dns: m.one("dns"),
         workdir: m.one("workdir"),
         command: m.trailing,
-    }))
+    })))
 }
 
 fn name_only(
