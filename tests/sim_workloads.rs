@@ -1053,3 +1053,18 @@ fn no_fake_helper_outlives_its_machine() {
         assert!(refused(port), "{end}");
     }
 }
+
+#[test]
+fn in_process_forwarders_end_with_the_runner() {
+    let runner = SimulatedRunner::newest();
+    let front = Front::Mem(runner.clone());
+    let port = free_port();
+    let map = format!("{port}:80");
+    front.create("web", &["-p", &map]);
+    front.ok(&["machine", "start", "--name", "web"]);
+    assert_eq!(exchange(port, b"").unwrap(), b"");
+    // No stop, no delete: dropping the last clone closes the port.
+    drop(front);
+    drop(runner);
+    assert!(refused(port));
+}
