@@ -3,26 +3,80 @@
 //! Runs under the state lock, so it never sleeps: `exec` hands back a [`GuestJob`] that the
 //! caller runs after the lock is released.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use super::grammar::{
     parse_env_spec, parse_labels, validate_name, Command, CreateArgs, ExecArgs, Features, PackArgs,
 };
-use super::guest::GuestJob;
-use super::state::{Manifest, SimMachine, SimState, State, DEFAULT_CPUS, DEFAULT_MEM_MIB};
+use super::guest::{Effect, GuestJob};
+use super::net::{self, Bound, HostNet};
+use super::state::{
+    data_dir_hash, Listener, Manifest, SimMachine, SimMount, SimSecretRef, SimState, State,
+    DEFAULT_CPUS, DEFAULT_MEM_MIB,
+};
 use super::SimOutput;
 
 /// Inputs of a command that do not come from argv or the state.
 pub(crate) struct Ctx<'a> {
     pub(crate) features: Features,
     pub(crate) now_secs: u64,
-    /// smolvm's own environment, for `-e KEY` (v0.8.1+).
+    /// smolvm's own environment, for `-e KEY` (v0.8.1+) and secret refs.
     pub(crate) lookup_env: &'a dyn Fn(&str) -> Option<String>,
     /// The answer to delete's `[y/N]` prompt (read before the lock was taken).
     pub(crate) delete_confirmed: bool,
     /// Seeds generated machine names.
     pub(crate) entropy: u64,
+    /// Data directories live in `DATA_ROOT/vms/<hash>/`.
+    pub(crate) data_root: &'a Path,
+    /// Who serves published ports.
+    pub(crate) net: &'a dyn HostNet,
+}
+
+/// A machine's data directory (`vms/<first 16 hex of sha256(name)>`).
+pub(crate) fn data_dir_path(root: &Path, name: &str) -> PathBuf {
+    root.join("vms").join(data_dir_hash(name))
+}
+
+/// smolvm's agent manager makes the data directory of every name it touches (§0.7).
+fn ensure_data_dir(state: &mut State, name: &str, ctx: &Ctx<'_>) -> PathBuf {
+    state.data_dirs.insert(name.to_string());
+    let dir = data_dir_path(ctx.data_root, name);
+    // Best effort: a directory that cannot be made shows up as a missing console log.
+    let _ = fs::create_dir_all(&dir);
+    dir
+}
+
+const CONSOLE_LOG: &str = "agent-console.log";
+
+fn append_console(ctx: &Ctx<'_>, name: &str, bytes: &[u8]) {
+    let path = data_dir_path(ctx.data_root, name).join(CONSOLE_LOG);
+    let _ = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes));
+}
+
+/// The boot lines of the console log: appended across boots before 1.7.0, a fresh file at
+/// every boot after (§7).
+fn boot_console(ctx: &Ctx<'_>, name: &str, boot: u64) {
+    let text = format!(
+        "[    0.000000] Linux version 6.12.0-smolvm-sim (sim@smolvm-harness) #1 SMP PREEMPT_DYNAMIC\n\
+         [    0.000000] Command line: console=hvc0 quiet\n\
+         [    0.081734] virtio_blk virtio1: [vda] 41943040 512-byte logical blocks\n\
+         [    0.132857] smolvm-agent: starting (machine '{name}', boot {boot})\n\
+         [    0.158210] smolvm-agent: ready\n"
+    );
+    if ctx.features.console_truncated_each_boot() {
+        let path = data_dir_path(ctx.data_root, name).join(CONSOLE_LOG);
+        let _ = fs::write(path, text);
+    } else {
+        append_console(ctx, name, text.as_bytes());
+    }
 }
 
 /// The result of applying a command under the lock.
@@ -81,15 +135,16 @@ pub(crate) fn apply(cmd: &Command, state: &mut State, ctx: &Ctx<'_>) -> Step {
         Command::NotSimulated(what) => error("", format!("sim: subcommand not simulated: {what}")),
         Command::Pack(p) => pack(p),
         Command::Create(c) => create(c, state, ctx),
-        Command::Start { name } => start(name.as_deref(), state, ctx.now_secs),
-        Command::Stop { name } => stop(name.as_deref().unwrap_or("default"), state, f),
+        Command::Start { name } => start(name.as_deref(), state, ctx),
+        Command::Stop { name } => stop(name.as_deref().unwrap_or("default"), state, ctx),
         Command::Delete { name, force } => delete(name, *force, state, ctx),
         Command::Exec(e) => return exec(e, state, ctx),
-        Command::Cp { src, dst } => cp(src, dst, state),
+        Command::Cp { src, dst } => cp(src, dst, state, ctx),
         Command::Ls { json, verbose } => ls(*json, *verbose, state, f),
         Command::Status { name, json } => {
-            status(name.as_deref().unwrap_or("default"), *json, state, f)
+            status(name.as_deref().unwrap_or("default"), *json, state, ctx)
         }
+        Command::DataDir { name } => data_dir(name, state, ctx),
     })
 }
 
@@ -141,9 +196,67 @@ fn create(a: &CreateArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     if let Err(e) = validate_name(&name) {
         return error("", format!("config operation failed: create machine: {e}"));
     }
+    // `--from` before v1.8.0 drops the egress flags unread (§0.2), and ignores secret refs in
+    // every version (§2.5).
+    let from = a.from.is_some();
+    let egress = !from || f.keeps_egress_with_from();
+    let mut host_cidrs = Vec::new();
+    if egress {
+        for host in &a.allow_hosts {
+            match resolve_host(host) {
+                Ok(c) => host_cidrs.extend(c),
+                Err(e) => {
+                    return error("", format!("config operation failed: --allow-host: {e}"));
+                }
+            }
+        }
+    }
+    // v0.8.x `--from` skips `resources.validate()` (§5); the simulation validates on both
+    // paths from v1.0.0.
+    let mut warning = String::new();
+    if !from || f.v1() {
+        match validate_resources(a) {
+            Ok(w) => warning = w,
+            Err(e) => {
+                return error(
+                    "",
+                    format!("config operation failed: validate resources: {e}"),
+                )
+            }
+        }
+    }
+    let mounts = match parse_volumes(&a.volumes, f) {
+        Ok(m) => m,
+        Err(e) => return error("", e),
+    };
+    let mut seen_ports = std::collections::BTreeSet::new();
+    for (host, _) in &a.ports {
+        if !seen_ports.insert(*host) {
+            return error(
+                "",
+                format!(
+                    "config operation failed: validate ports: duplicate host port {host}: each \
+                     host port can only be mapped once"
+                ),
+            );
+        }
+    }
+    let secret_refs = if f.secrets() && !from {
+        match parse_secret_refs(&a.secret_env, &a.secret_file) {
+            Ok(r) => r,
+            Err(e) => return error("", format!("config operation failed: {e}")),
+        }
+    } else {
+        BTreeMap::new()
+    };
     if f.registry_needs_network() {
         if let Some(image) = &a.image {
-            if !is_local_image(image) && !a.net && a.cidrs.is_empty() {
+            let intent = a.net
+                || !a.cidrs.is_empty()
+                || !a.allow_hosts.is_empty()
+                || !a.ports.is_empty()
+                || a.dns.is_some();
+            if !is_local_image(image) && !intent {
                 return error(
                     "",
                     format!(
@@ -174,7 +287,9 @@ fn create(a: &CreateArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     if let (true, Some(msg)) = (f.v1(), &duplicate) {
         return error("", msg);
     }
-    let cidrs = (!a.cidrs.is_empty()).then(|| a.cidrs.clone());
+    let mut all_cidrs = host_cidrs;
+    all_cidrs.extend(a.cidrs.iter().cloned());
+    let cidrs = (!all_cidrs.is_empty()).then_some(all_cidrs);
     let mut stdout = String::new();
     let mut m = SimMachine::new(name.clone(), ctx.now_secs);
     if let Some(path) = &a.from {
@@ -216,12 +331,13 @@ fn create(a: &CreateArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
             .unwrap_or(manifest.memory_mib);
         m.env = manifest.env;
         m.env.extend(env);
-        if f.keeps_egress_with_from() {
-            m.network = a.net || manifest.network || cidrs.is_some();
+        if egress {
+            m.network = a.net || manifest.network || cidrs.is_some() || a.dns.is_some();
             m.allowed_cidrs = cidrs;
+            m.allowed_hosts = a.allow_hosts.clone();
         } else {
             // Before v1.8.0 the egress flags are dropped without a word (§0.2).
-            m.network = a.net || manifest.network;
+            m.network = a.net || manifest.network || a.dns.is_some();
             m.allowed_cidrs = None;
         }
     } else {
@@ -233,17 +349,248 @@ fn create(a: &CreateArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
         m.memory_mib = a.mem.unwrap_or(DEFAULT_MEM_MIB);
         m.env = env;
         m.workdir = a.workdir.clone();
-        m.network = a.net || cidrs.is_some();
+        m.network = a.net || cidrs.is_some() || a.dns.is_some();
         m.allowed_cidrs = cidrs;
+        m.allowed_hosts = a.allow_hosts.clone();
     }
+    m.storage_gb = a.storage;
+    m.overlay_gb = a.overlay;
+    m.ports = a.ports.clone();
+    m.mounts = mounts;
+    m.secret_refs = secret_refs;
+    m.dns = a.dns.clone();
     m.labels = labels;
     m.cmd = a.command.clone();
     state.machines.push(m);
     stdout.push_str(&format!("Created machine: {name}\n"));
-    ok(stdout)
+    out(0, stdout, warning)
 }
 
-fn start(name: Option<&str>, state: &mut State, now_secs: u64) -> SimOutput {
+/// `VmResources::validate` (§5); `Ok` carries the over-16-vCPU warning, if any.
+fn validate_resources(a: &CreateArgs) -> Result<String, String> {
+    let cpus = a.cpus.unwrap_or(DEFAULT_CPUS);
+    let mem = a.mem.unwrap_or(DEFAULT_MEM_MIB);
+    if cpus == 0 {
+        return Err("CPU count must be at least 1".into());
+    }
+    if mem < 64 {
+        return Err(format!("memory must be at least 64 MiB (got {mem} MiB)"));
+    }
+    if a.storage == Some(0) {
+        return Err("storage disk size must be greater than 0 GiB".into());
+    }
+    if a.overlay == Some(0) {
+        return Err("overlay disk size must be greater than 0 GiB".into());
+    }
+    Ok(if cpus > 16 {
+        format!(
+            "warning: requested {cpus} vCPUs but the hypervisor supports at most 16; the VM \
+             will run with 16 vCPUs\n"
+        )
+    } else {
+        String::new()
+    })
+}
+
+/// `--allow-host`, resolved without touching the network: an IP literal as-is; `localhost`
+/// as 127.0.0.1 and ::1; a name under `.invalid` fails as an unknown name does; any other
+/// name gets a stable address in 198.18.0.0/15 (the benchmarking range, never routed),
+/// derived from the name.
+pub(crate) fn resolve_host(host: &str) -> Result<Vec<String>, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        return Ok(vec![format!("{ip}/{len}")]);
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "invalid hostname '{host}': port suffixes are not supported. Use the hostname only \
+             (all ports are allowed to resolved IPs)."
+        ));
+    }
+    let lower = host.trim_end_matches('.').to_ascii_lowercase();
+    let well_formed = !lower.is_empty()
+        && lower.len() <= 253
+        && lower.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !well_formed || lower == "invalid" || lower.ends_with(".invalid") {
+        return Err(format!(
+            "failed to resolve '{host}': failed to lookup address information: Name or service \
+             not known"
+        ));
+    }
+    if lower == "localhost" {
+        return Ok(vec!["127.0.0.1/32".into(), "::1/128".into()]);
+    }
+    Ok(vec![format!("{}/32", sim_address(&lower))])
+}
+
+/// The simulated DNS answer for `name`: FNV-1a folded into 198.18.0.0/15.
+pub(crate) fn sim_address(name: &str) -> std::net::Ipv4Addr {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0));
+    std::net::Ipv4Addr::from(base + (h as u32 & 0x1_ffff))
+}
+
+/// `-v HOST:GUEST[:ro|:rw]` (§4): parsed and validated at run time, errors exit 1.
+fn parse_volumes(specs: &[String], f: Features) -> Result<Vec<SimMount>, String> {
+    let mut mounts: Vec<SimMount> = Vec::new();
+    for spec in specs {
+        let bad = || {
+            format!("invalid mount path: invalid format '{spec}' (expected host:guest[:ro|:rw])")
+        };
+        let (host, guest, read_only) = if f.volume_split_from_right() {
+            let (rest, ro) = match spec.rsplit_once(':') {
+                Some((r, "ro")) => (r, true),
+                Some((r, "rw")) => (r, false),
+                _ => (spec.as_str(), false),
+            };
+            let (h, g) = rest.rsplit_once(':').ok_or_else(bad)?;
+            (h, g, ro)
+        } else {
+            let parts: Vec<&str> = spec.split(':').collect();
+            match parts.as_slice() {
+                [h, g] => (*h, *g, false),
+                [h, g, "ro"] => (*h, *g, true),
+                [h, g, "rw"] => (*h, *g, false),
+                _ => return Err(bad()),
+            }
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(bad());
+        }
+        // Relative to the smolvm process's own working directory, then canonical.
+        let canonical =
+            fs::canonicalize(host).map_err(|_| format!("mount source not found: {host}"))?;
+        let fail = |what: &str| format!("mount operation failed: {what}");
+        if !canonical.is_dir() {
+            return Err(fail(&format!(
+                "validate host path: source path on host must be a directory (virtiofs \
+                 limitation): {}",
+                canonical.display()
+            )));
+        }
+        if is_protected(&canonical, f) {
+            return Err(fail(&format!(
+                "validate host path: source path on host is a protected system path and cannot \
+                 be mounted: {}",
+                canonical.display()
+            )));
+        }
+        if !guest.starts_with('/') {
+            return Err(fail(&format!(
+                "validate guest path: target path on guest should be an absolute directory: \
+                 {guest}"
+            )));
+        }
+        if mounts.iter().any(|m| m.target == guest) {
+            return Err(fail(&format!(
+                "validate mounts: duplicate mount target: {guest} is specified more than once"
+            )));
+        }
+        mounts.push(SimMount {
+            source: canonical.display().to_string(),
+            target: guest.to_string(),
+            read_only,
+        });
+    }
+    Ok(mounts)
+}
+
+fn is_protected(path: &Path, f: Features) -> bool {
+    if path == Path::new("/") || path == Path::new("/var") {
+        return true;
+    }
+    let mut under = vec![
+        "/var/run", "/var/log", "/etc", "/usr", "/bin", "/sbin", "/lib", "/proc", "/sys", "/dev",
+        "/run",
+    ];
+    if f.protects_boot() {
+        under.push("/boot");
+    }
+    under.iter().any(|p| path.starts_with(p))
+}
+
+/// `parse_cli_secret_refs` (§2.2): `--secret-env` first, then `--secret-file`, split at the
+/// first `=`.
+pub(crate) fn parse_secret_refs(
+    env: &[String],
+    file: &[String],
+) -> Result<BTreeMap<String, SimSecretRef>, String> {
+    let mut refs = BTreeMap::new();
+    for (flag, specs) in [("--secret-env", env), ("--secret-file", file)] {
+        for spec in specs {
+            let Some((key, source)) = spec.split_once('=') else {
+                return Err(format!("{flag}: expected KEY=VALUE, got '{spec}'"));
+            };
+            if key.is_empty() {
+                return Err(format!("{flag}: empty secret name in '{spec}'"));
+            }
+            if refs.contains_key(key) {
+                return Err(format!("{flag}: secret '{key}' specified more than once"));
+            }
+            let r = if flag == "--secret-env" {
+                SimSecretRef::Env(source.to_string())
+            } else {
+                if !source.starts_with('/') {
+                    return Err(format!(
+                        "{flag}: secret '{key}': from_file path '{source}' is relative; \
+                         absolute paths are required"
+                    ));
+                }
+                SimSecretRef::File(source.to_string())
+            };
+            refs.insert(key.to_string(), r);
+        }
+    }
+    Ok(refs)
+}
+
+/// Resolve secret refs from smolvm's own environment or files, each time (§2.3).
+fn resolve_secrets(
+    refs: &BTreeMap<String, SimSecretRef>,
+    ctx: &Ctx<'_>,
+) -> Result<Vec<(String, String)>, String> {
+    const MAX_FROM_FILE_BYTES: u64 = 1024 * 1024;
+    let mut out = Vec::new();
+    for (key, r) in refs {
+        let fail = |why: &str| format!("config operation failed: resolve secret '{key}': {why}");
+        let value = match r {
+            SimSecretRef::Env(var) => {
+                match (!var.is_empty()).then(|| (ctx.lookup_env)(var)).flatten() {
+                    Some(v) => v,
+                    None => return Err(fail("env_unset")),
+                }
+            }
+            SimSecretRef::File(path) => {
+                // O_NOFOLLOW: a symlink leaf is refused.
+                let meta = fs::symlink_metadata(path).map_err(|_| fail("file_read_failed"))?;
+                if meta.file_type().is_symlink() || !meta.is_file() {
+                    return Err(fail("file_read_failed"));
+                }
+                if meta.len() > MAX_FROM_FILE_BYTES {
+                    return Err(fail("file_too_large"));
+                }
+                let bytes = fs::read(path).map_err(|_| fail("file_read_failed"))?;
+                let text = String::from_utf8_lossy(&bytes);
+                text.trim_end_matches(['\r', '\n']).to_string()
+            }
+        };
+        out.push((key.clone(), value));
+    }
+    Ok(out)
+}
+
+fn start(name: Option<&str>, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+    let f = ctx.features;
     let explicit = name.is_some();
     let name = name.unwrap_or("default");
     if state.get(name).is_none() {
@@ -254,11 +601,11 @@ fn start(name: Option<&str>, state: &mut State, now_secs: u64) -> SimOutput {
         // Without --name, smolvm creates and starts a default machine.
         state
             .machines
-            .push(SimMachine::new(name.to_string(), now_secs));
+            .push(SimMachine::new(name.to_string(), ctx.now_secs));
     }
-    state.data_dirs.insert(name.to_string());
+    ensure_data_dir(state, name, ctx);
     let pid = state.next_pid;
-    let Some(m) = state.get_mut(name) else {
+    let Some(m) = state.get(name) else {
         return not_found(name);
     };
     if m.state == SimState::Running {
@@ -267,6 +614,69 @@ fn start(name: Option<&str>, state: &mut State, now_secs: u64) -> SimOutput {
             m.pid.unwrap_or_default()
         ));
     }
+    // Secret refs are resolved at every start, for the init and workload env (§2.3).
+    if let Err(e) = resolve_secrets(&m.secret_refs, ctx) {
+        return error("", e);
+    }
+    let boot = m.boots + 1;
+    let ports = m.ports.clone();
+    let mut bound = Vec::new();
+    if f.virtio_net_ports() {
+        for (host, _) in &ports {
+            let holder = state.machines.iter().find(|o| {
+                o.name != name
+                    && o.state == SimState::Running
+                    && o.ports.iter().any(|(h, _)| h == host)
+            });
+            if let Some(holder) = holder {
+                return error(
+                    "",
+                    format!(
+                        "config operation failed: start machine: host port {host} is already in \
+                         use by running machine '{}'",
+                        holder.name
+                    ),
+                );
+            }
+        }
+        for (host, guest) in &ports {
+            match net::bind(*host) {
+                Ok(listener) => bound.push(Bound {
+                    listener,
+                    host: *host,
+                    guest: *guest,
+                }),
+                Err(e) => {
+                    return error(
+                        "",
+                        format!(
+                            "config operation failed: start machine: failed to start virtio \
+                             network runtime: {e}"
+                        ),
+                    )
+                }
+            }
+        }
+    }
+    let helper = if bound.is_empty() {
+        None
+    } else {
+        match ctx.net.serve(name, boot, bound) {
+            Ok(h) => h,
+            Err(e) => {
+                return error(
+                    "",
+                    format!(
+                        "config operation failed: start machine: failed to start virtio network \
+                         runtime: {e}"
+                    ),
+                )
+            }
+        }
+    };
+    let Some(m) = state.get_mut(name) else {
+        return not_found(name);
+    };
     let mut stderr = format!("Starting machine '{name}'...\n");
     if !m.booted && m.from.is_none() {
         if let Some(image) = m.image.as_deref().filter(|i| !is_local_image(i)) {
@@ -276,7 +686,11 @@ fn start(name: Option<&str>, state: &mut State, now_secs: u64) -> SimOutput {
     m.state = SimState::Running;
     m.pid = Some(pid);
     m.booted = true;
+    m.boots = boot;
+    m.listeners.clear();
+    m.helpers = helper.into_iter().collect();
     state.take_pid();
+    boot_console(ctx, name, boot);
     out(
         0,
         format!("Machine '{name}' running (PID: {pid})\n"),
@@ -284,12 +698,20 @@ fn start(name: Option<&str>, state: &mut State, now_secs: u64) -> SimOutput {
     )
 }
 
-fn stop(name: &str, state: &mut State, f: Features) -> SimOutput {
+/// The guest's servers die with the VM; so do the host forwarders.
+fn shut_down(m: &mut SimMachine, ctx: &Ctx<'_>) {
+    m.listeners.clear();
+    let helpers = std::mem::take(&mut m.helpers);
+    ctx.net.release(&m.name, &helpers);
+}
+
+fn stop(name: &str, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+    let f = ctx.features;
     if let Err(e) = validate_name(name) {
         return invalid_name(&e);
     }
     // The agent manager makes the data directory even for unknown names (§0.7).
-    state.data_dirs.insert(name.to_string());
+    ensure_data_dir(state, name, ctx);
     let Some(m) = state.get_mut(name) else {
         return if f.stop_unknown_is_error() {
             not_found(name)
@@ -305,6 +727,7 @@ fn stop(name: &str, state: &mut State, f: Features) -> SimOutput {
     }
     m.state = SimState::Stopped;
     m.pid = None;
+    shut_down(m, ctx);
     ok(format!(
         "Stopping machine '{name}'...\nStopped machine: {name}\n"
     ))
@@ -327,9 +750,14 @@ fn delete(name: &str, force: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutpu
     if running && ctx.features.delete_stops_running() {
         stdout.push_str(&format!("Stopping machine '{name}'...\n"));
     }
+    if let Some(m) = state.get_mut(name) {
+        // Even the orphaned v0.8.0 VM loses its forwarders here: nothing could reach them.
+        shut_down(m, ctx);
+    }
     if state.data_dirs.remove(name) {
         stdout.push_str(&format!("Cleaning up data directory for vm: {name}\n"));
     }
+    let _ = fs::remove_dir_all(data_dir_path(ctx.data_root, name));
     state.remove(name);
     stdout.push_str(&format!("Deleted machine: {name}\n"));
     out(0, stdout, stderr)
@@ -340,7 +768,7 @@ fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {
     if let Err(e) = validate_name(name) {
         return Step::Done(invalid_name(&e));
     }
-    state.data_dirs.insert(name.to_string());
+    ensure_data_dir(state, name, ctx);
     let machines = state.machines.len();
     let Some(m) = state.get(name) else {
         return Step::Done(not_found(name));
@@ -348,13 +776,28 @@ fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {
     if m.state != SimState::Running {
         return Step::Done(not_running(name));
     }
+    // §2.3: the record's refs plus the exec's own, every one resolved now.
+    let mut refs = m.secret_refs.clone();
+    if !a.secret_env.is_empty() || !a.secret_file.is_empty() {
+        match parse_secret_refs(&a.secret_env, &a.secret_file) {
+            Ok(own) => refs.extend(own),
+            Err(e) => return Step::Done(error("", format!("config operation failed: {e}"))),
+        }
+    }
+    let secrets = match resolve_secrets(&refs, ctx) {
+        Ok(s) => s,
+        Err(e) => return Step::Done(error("", e)),
+    };
     // §5: an exec value replaces the record's entries for that key, appended at the end.
     let mut env = m.env.clone();
-    for spec in &a.env {
-        if let Some((k, v)) = parse_env_spec(spec, ctx.features, ctx.lookup_env) {
-            env.retain(|(key, _)| *key != k);
-            env.push((k, v));
-        }
+    for (k, v) in a
+        .env
+        .iter()
+        .filter_map(|spec| parse_env_spec(spec, ctx.features, ctx.lookup_env))
+        .chain(secrets)
+    {
+        env.retain(|(key, _)| *key != k);
+        env.push((k, v));
     }
     Step::Guest(GuestJob {
         argv: a.argv.clone(),
@@ -365,11 +808,85 @@ fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {
             .or_else(|| m.workdir.clone())
             .unwrap_or_else(|| "/".to_string()),
         files: m.files.clone(),
+        dirs: m.dirs.clone(),
+        listeners: m.listeners.clone(),
         timeout: a.timeout,
         image_machine: m.has_image(),
         stream: a.stream,
         machines,
+        machine: name.to_string(),
+        boot: m.boots,
     })
+}
+
+/// Apply what a running guest did, unless its machine has stopped or rebooted since.
+pub(crate) fn guest_effect(
+    state: &mut State,
+    ctx: &Ctx<'_>,
+    machine: &str,
+    boot: u64,
+    effect: &Effect,
+) -> Result<(), String> {
+    let Some(m) = state
+        .get_mut(machine)
+        .filter(|m| m.state == SimState::Running && m.boots == boot)
+    else {
+        return Ok(());
+    };
+    match effect {
+        Effect::WriteFile { path, data, append } => {
+            let file = m.files.entry(path.clone()).or_default();
+            if !append {
+                file.clear();
+            }
+            file.extend_from_slice(data);
+        }
+        Effect::Remove(path) => {
+            m.files.remove(path);
+            let prefix = format!("{path}/");
+            m.files.retain(|p, _| !p.starts_with(&prefix));
+            m.dirs.retain(|d| d != path && !d.starts_with(&prefix));
+        }
+        Effect::Mkdir(path) => {
+            m.dirs.insert(path.clone());
+        }
+        Effect::Console(bytes) => append_console(ctx, machine, bytes),
+        Effect::Listen { port, kind } => {
+            if m.listeners.iter().any(|l| l.port == *port) {
+                return Err("bind: Address in use".into());
+            }
+            if !ctx.features.virtio_net_ports() {
+                // TSI: the host side appears only when the guest listens (§3.2).
+                let mut bound = Vec::new();
+                for (host, guest) in m.ports.iter().filter(|(_, g)| g == port) {
+                    let listener = net::bind(*host).map_err(|_| "bind: Address in use")?;
+                    bound.push(Bound {
+                        listener,
+                        host: *host,
+                        guest: *guest,
+                    });
+                }
+                if !bound.is_empty() {
+                    if let Some(pid) = ctx.net.serve(machine, boot, bound)? {
+                        m.helpers.push(pid);
+                    }
+                }
+            }
+            m.listeners.push(Listener {
+                port: *port,
+                kind: kind.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn data_dir(name: &str, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+    if state.get(name).is_none() && ctx.features.data_dir_unknown_is_error() {
+        return not_found(name);
+    }
+    let dir = ensure_data_dir(state, name, ctx);
+    ok(format!("{}\n", dir.display()))
 }
 
 /// `normalize_guest_path`: a leading `/` is added, `.`/`..` segments are refused.
@@ -386,7 +903,7 @@ fn normalize_guest_path(path: &str) -> Result<String, String> {
     Ok(format!("/{}", segments.join("/")))
 }
 
-fn cp(src: &str, dst: &str, state: &mut State) -> SimOutput {
+fn cp(src: &str, dst: &str, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     // SRC is split first: a host SRC containing `:` is read as a machine (§6).
     let (download, name, guest_path, host) = if let Some((n, p)) = src.split_once(':') {
         (true, n, p, dst)
@@ -402,7 +919,7 @@ fn cp(src: &str, dst: &str, state: &mut State) -> SimOutput {
     if let Err(e) = validate_name(name) {
         return invalid_name(&e);
     }
-    state.data_dirs.insert(name.to_string());
+    ensure_data_dir(state, name, ctx);
     let Some(m) = state.get_mut(name) else {
         return not_found(name);
     };
@@ -447,40 +964,73 @@ fn ls(json: bool, verbose: bool, state: &State, f: Features) -> SimOutput {
     if state.machines.is_empty() {
         return ok("No machines found\n");
     }
-    let mut text = format!("{:<24} {:<10} {:<8} {}\n", "NAME", "STATE", "PID", "IMAGE");
+    // smolvm's layout (`vm_common.rs` `list_vms`); names past 18 characters are cut.
+    let row = |cols: [&str; 8]| {
+        format!(
+            "{:<20} {:<12} {:>5} {:>10} {:>7} {:>7} {:>8} {:>8}\n",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
+        )
+    };
+    let mut text = row([
+        "NAME", "STATE", "CPUS", "MEMORY", "MOUNTS", "PORTS", "STORAGE", "OVERLAY",
+    ]);
+    text.push_str(&"-".repeat(88));
+    text.push('\n');
     for m in &state.machines {
-        let pid = m.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        let image = m.image.as_deref().unwrap_or("-");
-        text.push_str(&format!(
-            "{:<24} {:<10} {:<8} {}\n",
-            m.name,
+        let name = if m.name.chars().count() > 18 {
+            format!("{}...", m.name.chars().take(15).collect::<String>())
+        } else {
+            m.name.clone()
+        };
+        text.push_str(&row([
+            &name,
             m.state.as_str(),
-            pid,
-            image
-        ));
+            &m.cpus.to_string(),
+            &format!("{} MiB", m.memory_mib),
+            &m.mounts.len().to_string(),
+            &m.ports.len().to_string(),
+            &format!("{} GiB", m.storage_gb.unwrap_or(DEFAULT_STORAGE_GIB)),
+            &format!("{} GiB", m.overlay_gb.unwrap_or(DEFAULT_OVERLAY_GIB)),
+        ]));
         if verbose {
-            text.push_str(&format!(
-                "  CPUs: {}, Memory: {} MiB\n",
-                m.cpus, m.memory_mib
-            ));
-            let net = if m.network { "enabled" } else { "disabled" };
-            text.push_str(&format!("  Network: {net}\n"));
+            if let Some(pid) = m.pid {
+                text.push_str(&format!("  PID: {pid}\n"));
+            }
+            for mount in &m.mounts {
+                let ro = if mount.read_only { " (ro)" } else { "" };
+                text.push_str(&format!(
+                    "  Mount: {} -> {}{ro}\n",
+                    mount.source, mount.target
+                ));
+            }
+            for (host, guest) in &m.ports {
+                text.push_str(&format!("  Port: {host} -> {guest}\n"));
+            }
+            if m.network {
+                text.push_str("  Network: enabled\n");
+            }
             for (k, v) in &m.env {
                 text.push_str(&format!("  Env: {k}={v}\n"));
             }
-            for (k, v) in &m.labels {
-                text.push_str(&format!("  Label: {k}={v}\n"));
+            if let Some(wd) = &m.workdir {
+                text.push_str(&format!("  Workdir: {wd}\n"));
             }
+            text.push_str(&format!("  Created: {}\n\n", m.created_at));
         }
     }
     ok(text)
 }
 
-fn status(name: &str, json: bool, state: &mut State, f: Features) -> SimOutput {
+/// smolvm's default disk sizes, shown by `ls` when none was given.
+const DEFAULT_STORAGE_GIB: u64 = 20;
+const DEFAULT_OVERLAY_GIB: u64 = 10;
+
+fn status(name: &str, json: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+    let f = ctx.features;
     if let Err(e) = validate_name(name) {
         return invalid_name(&e);
     }
-    state.data_dirs.insert(name.to_string());
+    ensure_data_dir(state, name, ctx);
     let Some(m) = state.get(name) else {
         return if json {
             error(
@@ -560,13 +1110,25 @@ mod tests {
     use super::*;
     use crate::Version;
 
+    struct NoNet;
+
+    impl HostNet for NoNet {
+        fn serve(&self, _: &str, _: u64, _: Vec<Bound>) -> Result<Option<u32>, String> {
+            Ok(None)
+        }
+        fn release(&self, _: &str, _: &[u32]) {}
+    }
+
     fn ctx(v: Version) -> Ctx<'static> {
+        let root: &'static tempfile::TempDir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
         Ctx {
             features: Features::new(v),
             now_secs: 100,
             lookup_env: &|_| None,
             delete_confirmed: false,
             entropy: 7,
+            data_root: root.path(),
+            net: &NoNet,
         }
     }
 
@@ -639,7 +1201,7 @@ mod tests {
             let mut s = State::default();
             let c = ctx(v);
             create(&create_args("a"), &mut s, &c);
-            assert_eq!(start(Some("a"), &mut s, 1).code, 0);
+            assert_eq!(start(Some("a"), &mut s, &c).code, 0);
             let o = delete("a", true, &mut s, &c);
             let text = String::from_utf8(o.stdout).unwrap();
             assert_eq!(text.contains("Stopping machine 'a'..."), stops, "{v}");
@@ -651,11 +1213,12 @@ mod tests {
     #[test]
     fn start_without_name_creates_default() {
         let mut s = State::default();
-        let o = start(None, &mut s, 1);
+        let c = ctx(Version::new(1, 9, 2));
+        let o = start(None, &mut s, &c);
         assert_eq!(o.code, 0);
         assert_eq!(s.get("default").map(|m| m.state), Some(SimState::Running));
         assert_eq!(
-            start(Some("nope"), &mut s, 1).stderr,
+            start(Some("nope"), &mut s, &c).stderr,
             b"Error: vm not found: nope\n"
         );
     }

@@ -4,13 +4,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
 use super::apply::Step;
 use super::grammar::{parse_duration, Features};
-use super::state::{SimMachine, State};
+use super::net::{self, Bound, HostNet};
+use super::state::{SimMachine, SimState, State};
 use super::{check_knob_key, drive, Backend, Call, Knobs, Outcome, SimOutput};
 use crate::error::{Error, Result, REDACTED};
 use crate::Version;
@@ -32,6 +33,10 @@ pub const LOG_ENV: &str = "SMOLVM_FAKE_LOG";
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 
+/// The hidden first argument of the fake's port-forwarding helper process:
+/// `smolvm-fake __smolvm-fake-serve STATE_DIR MACHINE BOOT FD:HOST:GUEST...`.
+pub(crate) const HELPER_ARG: &str = "__smolvm-fake-serve";
+
 /// The fake smolvm's `main`: reads argv and the `SMOLVM_FAKE_*` variables (see [the module
 /// docs](super)), prints what smolvm would print, and returns the exit code.
 ///
@@ -41,6 +46,9 @@ pub fn fake_cli_main() -> i32 {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    if args.first().map(String::as_str) == Some(HELPER_ARG) {
+        return serve_helper(&args[1..]);
+    }
     let out = run_fake(&args);
     // A closed pipe is the reader's choice; there is nobody left to tell.
     let _ = io::stdout().lock().write_all(&out.stdout);
@@ -75,6 +83,9 @@ fn run_fake(args: &[String]) -> SimOutput {
             Err(_) => false,
         }
     };
+    let net = FakeNet {
+        dir: backend.dir.clone(),
+    };
     let call = Call {
         args,
         features: Features::new(config.version),
@@ -84,6 +95,8 @@ fn run_fake(args: &[String]) -> SimOutput {
         // The host kills this process; nothing to watch here.
         host_deadline: None,
         hang_forever: true,
+        data_root: &backend.dir,
+        net: &net,
     };
     match drive(&call, &backend) {
         Ok(Outcome::Exit(out)) => out,
@@ -243,20 +256,25 @@ impl Backend for FileBackend {
         let step = f(&mut state);
         let after = state.to_json_text();
         if after != before {
-            // Write-then-rename: a crash mid-write must not leave half a state behind.
-            let path = self.dir.join(STATE_FILE);
-            let tmp = self
-                .dir
-                .join(format!("{STATE_FILE}.{}.tmp", std::process::id()));
-            fs::write(&tmp, &after)
-                .and_then(|()| fs::rename(&tmp, &path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            write_state(&self.dir, &after)?;
         }
         if let Step::Done(out) = &step {
             self.append_log(out.code, state.machines.len());
         }
         drop(lock);
         Ok(step)
+    }
+
+    fn effect(&self, f: &mut dyn FnMut(&mut State)) -> std::result::Result<(), String> {
+        let lock = lock_dir(&self.dir)?;
+        let (mut state, before) = read_state(&self.dir)?;
+        f(&mut state);
+        let after = state.to_json_text();
+        if after != before {
+            write_state(&self.dir, &after)?;
+        }
+        drop(lock);
+        Ok(())
     }
 
     fn log_exec(&self, code: i32, machines: usize) {
@@ -270,6 +288,216 @@ impl Backend for FileBackend {
             }
             Err(e) => eprintln!("smolvm-fake: {e}"),
         }
+    }
+}
+
+/// Write-then-rename: a crash mid-write must not leave half a state behind.
+fn write_state(dir: &Path, text: &str) -> std::result::Result<(), String> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!("{STATE_FILE}.{}.tmp", std::process::id()));
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Published ports of the fake: the `start` process binds them (so it can report a taken
+/// port) and hands them to a detached helper process that serves them.
+struct FakeNet {
+    dir: PathBuf,
+}
+
+impl HostNet for FakeNet {
+    #[cfg(unix)]
+    fn serve(
+        &self,
+        machine: &str,
+        boot: u64,
+        ports: Vec<Bound>,
+    ) -> std::result::Result<Option<u32>, String> {
+        use std::os::unix::io::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+        let exe = std::env::current_exe().map_err(|e| format!("port helper: {e}"))?;
+        let fds: Vec<i32> = ports.iter().map(|b| b.listener.as_raw_fd()).collect();
+        let mut cmd = Command::new(exe);
+        cmd.arg(HELPER_ARG)
+            .arg(&self.dir)
+            .arg(machine)
+            .arg(boot.to_string())
+            .args(
+                ports
+                    .iter()
+                    .map(|b| format!("{}:{}:{}", b.listener.as_raw_fd(), b.host, b.guest)),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: between fork and exec the closure only calls async-signal-safe functions
+        // (setsid, fcntl) on a vector allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Its own session: a signal to the test's process group must not reach it,
+                // and it must outlive this `start` process.
+                libc::setsid();
+                for fd in &fds {
+                    let flags = libc::fcntl(*fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(*fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("port helper: {e}"))?;
+        // The helper's ports are its own now; ours close when `ports` drops.
+        Ok(Some(child.id()))
+    }
+
+    #[cfg(not(unix))]
+    fn serve(
+        &self,
+        _machine: &str,
+        _boot: u64,
+        _ports: Vec<Bound>,
+    ) -> std::result::Result<Option<u32>, String> {
+        Err("published ports need a unix host in the fake".into())
+    }
+
+    fn release(&self, _machine: &str, helpers: &[u32]) {
+        for &pid in helpers {
+            kill_helper(pid, &self.dir);
+        }
+    }
+}
+
+/// Kill a recorded helper, but only if that pid still is a helper of this state dir (a pid
+/// can be reused), and wait until it is gone so that its ports are closed on return.
+fn kill_helper(pid: u32, dir: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            return;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.get(1) == Some(&HELPER_ARG.as_bytes())
+            && args.get(2) == Some(&dir.as_os_str().as_encoded_bytes());
+        let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+            return;
+        };
+        if !ours {
+            return;
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid_t, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match fs::read_to_string(format!("/proc/{pid}/stat")) {
+                // A zombie has closed its files already.
+                Ok(stat)
+                    if !stat
+                        .rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z') =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => return,
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // Without /proc the pid cannot be checked; the helper exits by itself within about
+        // a second of its machine stopping.
+        let _ = (pid, dir);
+    }
+}
+
+/// The machine as the helper may serve it: running the same boot with this helper recorded.
+/// `None` when the state dir is gone (never re-created from here) or unreadable.
+fn helper_snapshot(dir: &Path, machine: &str, boot: u64) -> Option<SimMachine> {
+    if !dir.join(STATE_FILE).is_file() {
+        return None;
+    }
+    let lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .ok()?;
+    lock.lock().ok()?;
+    let (state, _) = read_state(dir).ok()?;
+    drop(lock);
+    state
+        .get(machine)
+        .filter(|m| {
+            m.state == SimState::Running
+                && m.boots == boot
+                && m.helpers.contains(&std::process::id())
+        })
+        .cloned()
+}
+
+/// The helper process: serve the inherited listeners until the machine is gone, stopped or
+/// rebooted, or the state dir disappears (checked about every 200 ms).
+fn serve_helper(args: &[String]) -> i32 {
+    #[cfg(unix)]
+    {
+        use std::net::TcpListener;
+        use std::os::unix::io::FromRawFd;
+        let (Some(dir), Some(machine), Some(boot)) = (args.first(), args.get(1), args.get(2))
+        else {
+            return 2;
+        };
+        let Ok(boot) = boot.parse::<u64>() else {
+            return 2;
+        };
+        let dir = PathBuf::from(dir);
+        let mut listeners = Vec::new();
+        for spec in &args[3..] {
+            let parts: Vec<&str> = spec.split(':').collect();
+            let (Some(Ok(fd)), Some(Ok(guest))) = (
+                parts.first().map(|p| p.parse::<i32>()),
+                parts.get(2).map(|p| p.parse::<u16>()),
+            ) else {
+                return 2;
+            };
+            // SAFETY: the fd was inherited from the `start` process, which made it a
+            // listening socket for exactly this purpose; nothing else in this process owns it.
+            let listener = unsafe { TcpListener::from_raw_fd(fd) };
+            if listener.set_nonblocking(true).is_err() {
+                return 1;
+            }
+            listeners.push((listener, guest));
+        }
+        let check_every = Duration::from_millis(200);
+        let mut next_check = Instant::now();
+        loop {
+            for (listener, guest) in &listeners {
+                while let Ok((stream, _)) = listener.accept() {
+                    let _ = stream.set_nonblocking(false);
+                    let (dir, machine, guest) = (dir.clone(), machine.clone(), *guest);
+                    std::thread::spawn(move || {
+                        net::serve_conn(stream, guest, &|| helper_snapshot(&dir, &machine, boot))
+                    });
+                }
+            }
+            if Instant::now() >= next_check {
+                if helper_snapshot(&dir, machine, boot).is_none() {
+                    return 0;
+                }
+                next_check = Instant::now() + check_every;
+            }
+            std::thread::sleep(net::ACCEPT_POLL);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = args;
+        2
     }
 }
 

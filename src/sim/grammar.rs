@@ -64,6 +64,36 @@ impl Features {
     pub(crate) fn registry_needs_network(self) -> bool {
         self.since(1, 7, 3)
     }
+    /// `--secret-env`/`--secret-file` on create and exec (v1.0.0, `8387ea95`).
+    pub(crate) fn secrets(self) -> bool {
+        self.since(1, 0, 0)
+    }
+    /// `create --dns IPv4` (v1.3.0).
+    pub(crate) fn dns(self) -> bool {
+        self.since(1, 3, 0)
+    }
+    /// Published ports go through virtio-net, bound by the host at start (v1.1.0); before,
+    /// TSI binds a host port only when the guest listens.
+    pub(crate) fn virtio_net_ports(self) -> bool {
+        self.since(1, 1, 0)
+    }
+    /// `-v` is split from the right, so a host path may hold a `:` (v1.4.0).
+    pub(crate) fn volume_split_from_right(self) -> bool {
+        self.since(1, 4, 0)
+    }
+    /// `agent-console.log` is truncated at every boot instead of appended to (v1.7.0).
+    pub(crate) fn console_truncated_each_boot(self) -> bool {
+        self.since(1, 7, 0)
+    }
+    /// `/boot` joins the protected mount sources (the simulation's choice: v1.9.0; the
+    /// notes only know v0.8.2 without it and v1.9.2 with it).
+    pub(crate) fn protects_boot(self) -> bool {
+        self.since(1, 9, 0)
+    }
+    /// `data-dir` of an unknown name is `vm not found` instead of a path (v0.8.1).
+    pub(crate) fn data_dir_unknown_is_error(self) -> bool {
+        self.since(0, 8, 1)
+    }
 }
 
 /// Arguments of `machine create`, as parsed (values not yet checked by smolvm itself).
@@ -81,6 +111,17 @@ pub(crate) struct CreateArgs {
     pub(crate) labels: Vec<String>,
     pub(crate) cpus: Option<u32>,
     pub(crate) mem: Option<u32>,
+    pub(crate) storage: Option<u64>,
+    pub(crate) overlay: Option<u64>,
+    /// `-p` mappings, already parsed by clap's value parser.
+    pub(crate) ports: Vec<(u16, u16)>,
+    /// Raw `-v` specs, parsed at run time (exit 1), as smolvm does.
+    pub(crate) volumes: Vec<String>,
+    /// Raw `--allow-host` values, resolved at run time.
+    pub(crate) allow_hosts: Vec<String>,
+    pub(crate) secret_env: Vec<String>,
+    pub(crate) secret_file: Vec<String>,
+    pub(crate) dns: Option<String>,
     pub(crate) workdir: Option<String>,
     pub(crate) command: Vec<String>,
 }
@@ -93,6 +134,8 @@ pub(crate) struct ExecArgs {
     pub(crate) env: Vec<String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) stream: bool,
+    pub(crate) secret_env: Vec<String>,
+    pub(crate) secret_file: Vec<String>,
     pub(crate) argv: Vec<String>,
 }
 
@@ -113,7 +156,7 @@ pub(crate) enum Command {
     Version,
     Help(String),
     Pack(PackArgs),
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     Start {
         name: Option<String>,
     },
@@ -137,6 +180,9 @@ pub(crate) enum Command {
         name: Option<String>,
         json: bool,
     },
+    DataDir {
+        name: String,
+    },
     /// A real subcommand the simulation does not model (e.g. `serve`, `machine run`).
     NotSimulated(String),
 }
@@ -155,6 +201,7 @@ impl Command {
             Command::Cp { .. } => "cp",
             Command::Ls { .. } => "ls",
             Command::Status { .. } => "status",
+            Command::DataDir { .. } => "data-dir",
             Command::Help(_) | Command::NotSimulated(_) => return None,
         })
     }
@@ -495,10 +542,69 @@ fn check_image(value: &str, f: Features) -> Result<(), String> {
 }
 
 fn check_u32(value: &str, _: Features) -> Result<(), String> {
-    value.parse::<u32>().map(drop).map_err(|e| e.to_string())
+    ranged(value, u64::from(u32::MAX))
 }
 
-fn num(m: &Matches, long: &str) -> Option<u32> {
+/// clap's ranged integer parsers: an `i64` first (its error text), then the range.
+fn ranged(value: &str, max: u64) -> Result<(), String> {
+    let n: i64 = value
+        .parse()
+        .map_err(|e: std::num::ParseIntError| e.to_string())?;
+    if n < 0 || n as u64 > max {
+        return Err(format!("{n} is not in 0..={max}"));
+    }
+    Ok(())
+}
+
+fn check_u8(value: &str, _: Features) -> Result<(), String> {
+    ranged(value, u64::from(u8::MAX))
+}
+
+fn check_u64(value: &str, _: Features) -> Result<(), String> {
+    value.parse::<u64>().map(drop).map_err(|e| e.to_string())
+}
+
+fn check_port(value: &str, _: Features) -> Result<(), String> {
+    parse_port(value).map(drop)
+}
+
+fn check_ipv4(value: &str, _: Features) -> Result<(), String> {
+    value
+        .parse::<std::net::Ipv4Addr>()
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// `PortMapping::parse` (same in every version): `HOST:GUEST` split at the first `:`, or
+/// `PORT` for both sides; TCP only, no address, no range, no zero.
+pub(crate) fn parse_port(value: &str) -> Result<(u16, u16), String> {
+    let zero = |side: &str| format!("{side} 0 is not valid for VM port forwarding");
+    let (host, guest) = match value.split_once(':') {
+        Some((h, g)) => {
+            let host: u16 = h.parse().map_err(|_| format!("invalid host port: {h}"))?;
+            let guest: u16 = g.parse().map_err(|_| format!("invalid guest port: {g}"))?;
+            (host, guest)
+        }
+        None => {
+            let p: u16 = value
+                .parse()
+                .map_err(|_| format!("invalid port: {value}"))?;
+            if p == 0 {
+                return Err(zero("port"));
+            }
+            (p, p)
+        }
+    };
+    if host == 0 {
+        return Err(zero("host port"));
+    }
+    if guest == 0 {
+        return Err(zero("guest port"));
+    }
+    Ok((host, guest))
+}
+
+fn num<T: std::str::FromStr>(m: &Matches, long: &str) -> Option<T> {
     m.one(long).and_then(|v| v.parse().ok())
 }
 
@@ -508,8 +614,8 @@ const MACHINE_USAGE: &str = "smolvm machine <COMMAND>";
 /// Subcommands that exist in the real CLI but are not modelled; they get a clear message
 /// instead of a misleading clap error.
 const UNSIMULATED_MACHINE: &[&str] = &[
-    "run", "update", "data-dir", "logs", "images", "prune", "monitor", "resize", "fork", "export",
-    "attach", "shell",
+    "run", "update", "logs", "images", "prune", "monitor", "resize", "fork", "export", "attach",
+    "shell",
 ];
 
 /// Parse a full argv (without the program name) as smolvm `version` would.
@@ -582,6 +688,7 @@ fn parse_machine(args: &[String], f: Features) -> Result<Command, SimOutput> {
         "cp" => parse_cp(rest, f),
         "ls" | "list" => parse_ls(rest, f),
         "status" => parse_status(rest, f),
+        "data-dir" => parse_data_dir(rest, f),
         "--help" | "-h" | "help" => Ok(Command::Help(top_help(f))),
         s if UNSIMULATED_MACHINE.contains(&s) => Ok(Command::NotSimulated(format!("machine {s}"))),
         s if looks_like_flag(s) => Err(clap_error(
@@ -615,10 +722,24 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
             .many()
             .checked(check_cidr),
         Opt::value("env", Some('e'), "KEY=VALUE").many(),
-        Opt::value("cpus", None, "N").checked(check_u32),
+        Opt::value("cpus", None, "N").checked(check_u8),
         Opt::value("mem", None, "MiB").checked(check_u32),
+        Opt::value("storage", None, "GiB").checked(check_u64),
+        Opt::value("overlay", None, "GiB").checked(check_u64),
+        Opt::value("volume", Some('v'), "HOST:GUEST[:ro]").many(),
+        Opt::value("port", Some('p'), "HOST:GUEST")
+            .many()
+            .checked(check_port),
+        Opt::value("allow-host", None, "HOSTNAME").many(),
         Opt::value("workdir", Some('w'), "DIR"),
     ];
+    if f.secrets() {
+        opts.push(Opt::value("secret-env", None, "KEY=HOST_VAR").many());
+        opts.push(Opt::value("secret-file", None, "KEY=PATH").many());
+    }
+    if f.dns() {
+        opts.push(Opt::value("dns", None, "IP").checked(check_ipv4));
+    }
     if f.name_flag() {
         opts.push(Opt::value("name", Some('n'), "NAME"));
     }
@@ -658,7 +779,7 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
         .iter()
         .filter_map(|c| parse_cidr(c).ok())
         .collect();
-    Ok(Command::Create(CreateArgs {
+    Ok(Command::Create(Box::new(CreateArgs {
         name,
         image: m.one("image"),
         from: m.one("from"),
@@ -668,9 +789,21 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
         labels: m.all("label"),
         cpus: num(&m, "cpus"),
         mem: num(&m, "mem"),
+        storage: num(&m, "storage"),
+        overlay: num(&m, "overlay"),
+        ports: m
+            .all("port")
+            .iter()
+            .filter_map(|p| parse_port(p).ok())
+            .collect(),
+        volumes: m.all("volume"),
+        allow_hosts: m.all("allow-host"),
+        secret_env: m.all("secret-env"),
+        secret_file: m.all("secret-file"),
+        dns: m.one("dns"),
         workdir: m.one("workdir"),
         command: m.trailing,
-    }))
+    })))
 }
 
 fn name_only(
@@ -713,19 +846,21 @@ fn parse_delete(args: &[String], f: Features) -> Result<Command, SimOutput> {
 }
 
 fn parse_exec(args: &[String], f: Features) -> Result<Command, SimOutput> {
-    let mut spec = Spec::new(
-        "smolvm machine exec [OPTIONS] <COMMAND>...",
-        vec![
-            // No short form: `-n` is an error in every version.
-            Opt::value("name", None, "NAME"),
-            Opt::value("workdir", Some('w'), "WORKDIR"),
-            Opt::value("env", Some('e'), "KEY=VALUE").many(),
-            Opt::value("timeout", None, "DURATION").checked(check_timeout),
-            Opt::flag("interactive", Some('i')),
-            Opt::flag("tty", Some('t')),
-            Opt::flag("stream", None),
-        ],
-    );
+    let mut opts = vec![
+        // No short form: `-n` is an error in every version.
+        Opt::value("name", None, "NAME"),
+        Opt::value("workdir", Some('w'), "WORKDIR"),
+        Opt::value("env", Some('e'), "KEY=VALUE").many(),
+        Opt::value("timeout", None, "DURATION").checked(check_timeout),
+        Opt::flag("interactive", Some('i')),
+        Opt::flag("tty", Some('t')),
+        Opt::flag("stream", None),
+    ];
+    if f.secrets() {
+        opts.push(Opt::value("secret-env", None, "KEY=HOST_VAR").many());
+        opts.push(Opt::value("secret-file", None, "KEY=PATH").many());
+    }
+    let mut spec = Spec::new("smolvm machine exec [OPTIONS] <COMMAND>...", opts);
     spec.trailing = Some(Trailing {
         name: "COMMAND",
         required: true,
@@ -741,6 +876,8 @@ fn parse_exec(args: &[String], f: Features) -> Result<Command, SimOutput> {
         env: m.all("env"),
         timeout: m.one("timeout").and_then(|t| parse_timeout(&t).ok()),
         stream: m.flag("stream"),
+        secret_env: m.all("secret-env"),
+        secret_file: m.all("secret-file"),
         argv: m.trailing,
     }))
 }
@@ -789,6 +926,32 @@ fn parse_status(args: &[String], f: Features) -> Result<Command, SimOutput> {
     Ok(Command::Status {
         name: m.one("name"),
         json: m.flag("json"),
+    })
+}
+
+fn parse_data_dir(args: &[String], f: Features) -> Result<Command, SimOutput> {
+    let mut spec;
+    if f.name_flag() {
+        spec = Spec::new(
+            "smolvm machine data-dir --name <NAME>",
+            vec![Opt::value("name", Some('n'), "NAME")],
+        );
+        spec.required_opts.push("name");
+    } else {
+        spec = Spec::new("smolvm machine data-dir <NAME>", Vec::new());
+        spec.positionals.push(("NAME", true));
+    }
+    let m = match matches_or_help(&spec, args, f)? {
+        Ok(m) => m,
+        Err(help) => return Ok(help),
+    };
+    let name = if f.name_flag() {
+        m.one("name")
+    } else {
+        m.positionals.first().cloned()
+    };
+    Ok(Command::DataDir {
+        name: name.unwrap_or_default(),
     })
 }
 

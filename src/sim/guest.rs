@@ -3,11 +3,36 @@
 //! A guest runs with a copy of the machine's env, workdir and copied-in files, taken under
 //! the state lock; it runs itself outside any lock, so a `sleep` blocks nobody else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::state::{ListenKind, Listener};
 use super::SimOutput;
+
+/// A change a guest makes to its machine, applied under the state lock as it happens
+/// (dropped if the machine has stopped or rebooted meanwhile).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    WriteFile {
+        path: String,
+        data: Vec<u8>,
+        append: bool,
+    },
+    /// A file or a directory tree.
+    Remove(String),
+    Mkdir(String),
+    /// Bytes written to `/dev/console` or `/dev/kmsg`: the console log.
+    Console(Vec<u8>),
+    /// A server starts listening; `Err` is its bind error.
+    Listen {
+        port: u16,
+        kind: ListenKind,
+    },
+}
+
+/// Applies an [`Effect`] to the machine.
+pub(crate) type Host<'a> = &'a dyn Fn(&Effect) -> Result<(), String>;
 
 /// Everything a guest command may look at, copied out of the machine record.
 #[derive(Clone, Debug)]
@@ -17,6 +42,10 @@ pub(crate) struct GuestJob {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) workdir: String,
     pub(crate) files: BTreeMap<String, Vec<u8>>,
+    /// Directories made with `mkdir`.
+    pub(crate) dirs: BTreeSet<String>,
+    /// Servers already listening (for `/proc/net/tcp`).
+    pub(crate) listeners: Vec<Listener>,
     /// `--timeout`: the guest is killed at this point and exec answers 124.
     pub(crate) timeout: Option<Duration>,
     /// Image machines (crun) append a "timed out" note to stderr; bare VMs do not (§4).
@@ -25,6 +54,9 @@ pub(crate) struct GuestJob {
     pub(crate) stream: bool,
     /// Machine count when the job was taken, for the fake's log line.
     pub(crate) machines: usize,
+    pub(crate) machine: String,
+    /// The machine's boot when the exec started: effects of an older boot are dropped.
+    pub(crate) boot: u64,
 }
 
 /// How a guest run ended.
@@ -37,8 +69,8 @@ pub(crate) enum GuestEnd {
 }
 
 /// The list of what is simulated, quoted in the "not simulated" message.
-const SIMULATED: &str =
-    "echo, true, false, env, pwd, cat, sh -c \"exit N\", sleep, head -c N /dev/zero";
+const SIMULATED: &str = "echo, true, false, env, pwd, cat, grep, test/[, mkdir -p, rm -f, \
+     httpd -p PORT -h DIR, sh -c \"exit N\", sleep, head -c N /dev/zero";
 
 enum Stop {
     ExecTimeout,
@@ -51,6 +83,12 @@ type Flow = Result<i32, Stop>;
 
 struct Guest<'a> {
     job: &'a GuestJob,
+    host: Host<'a>,
+    files: BTreeMap<String, Vec<u8>>,
+    dirs: BTreeSet<String>,
+    listeners: Vec<Listener>,
+    /// The previous pipeline stage's output, if this command is piped into.
+    stdin: Option<Vec<u8>>,
     env: Vec<(String, String)>,
     workdir: String,
     exec_deadline: Option<Instant>,
@@ -60,10 +98,15 @@ struct Guest<'a> {
 }
 
 /// Run the job's argv to completion, a timeout, or the host deadline.
-pub(crate) fn run(job: &GuestJob, host_deadline: Option<Instant>) -> GuestEnd {
+pub(crate) fn run(job: &GuestJob, host_deadline: Option<Instant>, host: Host<'_>) -> GuestEnd {
     let start = Instant::now();
     let mut g = Guest {
         job,
+        host,
+        files: job.files.clone(),
+        dirs: job.dirs.clone(),
+        listeners: job.listeners.clone(),
+        stdin: None,
         env: job.env.clone(),
         workdir: job.workdir.clone(),
         exec_deadline: job.timeout.map(|t| start + t),
@@ -161,6 +204,12 @@ impl Guest<'_> {
             }
             "env" => self.env_cmd(args),
             "cat" => Ok(self.cat(args)),
+            "grep" => self.grep(args),
+            "test" => self.test_cmd(args, false),
+            "[" => self.test_cmd(args, true),
+            "mkdir" => Ok(self.mkdir(args)),
+            "rm" => Ok(self.rm(args)),
+            "httpd" => self.httpd(args),
             "head" => self.head(args),
             "sleep" => self.sleep_cmd(args),
             "sh" | "bash" if args.first().map(String::as_str) == Some("-c") && args.len() >= 2 => {
@@ -198,12 +247,18 @@ impl Guest<'_> {
 
     fn cat(&mut self, args: &[String]) -> i32 {
         let mut code = 0;
+        if args.is_empty() {
+            let input = self.stdin.clone().unwrap_or_default();
+            self.out.extend_from_slice(&input);
+        }
         for arg in args {
-            if arg == "-" || arg == "/dev/null" {
+            if arg == "-" {
+                let input = self.stdin.clone().unwrap_or_default();
+                self.out.extend_from_slice(&input);
                 continue;
             }
-            match self.job.files.get(&self.resolve(arg)) {
-                Some(bytes) => self.out.extend_from_slice(bytes),
+            match self.read_path(arg) {
+                Some(bytes) => self.out.extend_from_slice(&bytes),
                 None => {
                     self.err.extend_from_slice(
                         format!("cat: {arg}: No such file or directory\n").as_bytes(),
@@ -232,7 +287,7 @@ impl Guest<'_> {
             self.out.resize(self.out.len() + n, 0);
             return Ok(0);
         }
-        match self.job.files.get(&self.resolve(file)) {
+        match self.files.get(&self.resolve(file)) {
             Some(bytes) => {
                 let take = bytes.len().min(n);
                 self.out.extend_from_slice(&bytes[..take]);
@@ -297,17 +352,19 @@ impl Guest<'_> {
         }
     }
 
-    /// A very small `sh -c`: simple commands joined by `;`, `&&`, `||` or newlines, quotes,
-    /// `$VAR`/`${VAR}`/`$?`, `exit`, `cd`, `export`, `K=V`, and the redirections `>&2`,
-    /// `1>&2`, `2>&1`, `>/dev/null`, `2>/dev/null`.
+    /// A very small `sh -c`: simple commands joined by `;`, `&&`, `||`, `|` or newlines,
+    /// quotes, `$VAR`/`${VAR}`/`$?`, `exit`, `cd`, `export`, `K=V`, and the redirections
+    /// `[N]>FILE`, `[N]>>FILE`, `>&2`, `2>&1` (FILE a guest file, `/dev/null`,
+    /// `/dev/console`, `/dev/kmsg`, `/dev/stdout` or `/dev/stderr`).
     fn script(&mut self, text: &str) -> Flow {
         let Some(items) = tokenize(text) else {
             return self.not_simulated(&format!("sh -c {text:?}"));
         };
         let mut status = 0;
         let mut words: Vec<Word> = Vec::new();
+        let mut pipeline: Vec<Vec<Word>> = Vec::new();
         let mut connector = Connector::Always;
-        let mut iter = items.into_iter().peekable();
+        let mut iter = items.into_iter();
         loop {
             let item = iter.next();
             let next_connector = match &item {
@@ -315,18 +372,26 @@ impl Guest<'_> {
                     words.push(w.clone());
                     continue;
                 }
+                Some(Item::Pipe) => {
+                    pipeline.push(std::mem::take(&mut words));
+                    continue;
+                }
                 Some(Item::Op(c)) => *c,
                 None => Connector::Always,
             };
+            pipeline.push(std::mem::take(&mut words));
             let run = match connector {
                 Connector::Always => true,
                 Connector::And => status == 0,
                 Connector::Or => status != 0,
             };
-            if run && !words.is_empty() {
-                status = self.simple(&words, status)?;
+            if pipeline.len() > 1 && pipeline.iter().any(Vec::is_empty) {
+                return self.not_simulated(&format!("sh -c {text:?}"));
             }
-            words.clear();
+            if run && !pipeline[0].is_empty() {
+                status = self.pipeline(&pipeline, status)?;
+            }
+            pipeline.clear();
             connector = next_connector;
             if item.is_none() {
                 return Ok(status);
@@ -334,28 +399,61 @@ impl Guest<'_> {
         }
     }
 
+    /// Each stage's stdout becomes the next one's stdin; the status is the last stage's.
+    fn pipeline(&mut self, stages: &[Vec<Word>], last: i32) -> Flow {
+        let saved = self.stdin.take();
+        let mut status = last;
+        for (i, stage) in stages.iter().enumerate() {
+            if i + 1 == stages.len() {
+                status = self.simple(stage, status)?;
+            } else {
+                let mark = self.out.len();
+                status = self.simple(stage, status)?;
+                self.stdin = Some(self.out.split_off(mark));
+            }
+        }
+        self.stdin = saved;
+        Ok(status)
+    }
+
     fn simple(&mut self, words: &[Word], last: i32) -> Flow {
         let mut argv = Vec::new();
-        let mut redirects = Vec::new();
+        let mut redirects: Vec<(u8, bool, Target)> = Vec::new();
         let mut i = 0;
         while i < words.len() {
             let w = &words[i];
-            if let Some(op) = w.redirect() {
-                if op == ">" || op == "1>" || op == "2>" {
-                    // `> /dev/null` with the target as its own word.
-                    let target = words.get(i + 1).map(|t| t.expand(&self.env, last));
-                    if target.as_deref() != Some("/dev/null") {
-                        return self.not_simulated(&format!("redirection {op}"));
-                    }
-                    redirects.push(format!("{op}/dev/null"));
-                    i += 2;
-                    continue;
-                }
-                redirects.push(op.to_string());
+            if let Some((fd, append, target)) = w.redirect() {
+                let target = match target {
+                    Some(t) => t,
+                    None => match words.get(i + 1) {
+                        Some(t) => {
+                            i += 1;
+                            Target::Path(t.expand(&self.env, last))
+                        }
+                        None => {
+                            self.err
+                                .extend_from_slice(b"sh: syntax error: unexpected newline\n");
+                            return Ok(2);
+                        }
+                    },
+                };
+                redirects.push((fd, append, target));
             } else {
                 argv.push(w.expand(&self.env, last));
             }
             i += 1;
+        }
+        // Open the targets left to right, as the shell does, before the command runs.
+        let mut sinks = [Sink::Out, Sink::Out, Sink::Err];
+        for (fd, append, target) in redirects {
+            let sink = match target {
+                Target::Dup(n) => sinks[usize::from(n.min(2))].clone(),
+                Target::Path(p) => match self.open_sink(&p, append) {
+                    Ok(sink) => sink,
+                    Err(code) => return Ok(code),
+                },
+            };
+            sinks[usize::from(fd.min(2))] = sink;
         }
         // Leading assignments set the shell's environment (good enough for tests).
         while let Some((k, v)) = argv.first().and_then(|a| split_assignment(a)) {
@@ -397,23 +495,499 @@ impl Guest<'_> {
             }
             Some(_) => self.command(&argv),
         };
-        for r in redirects {
-            match r.as_str() {
-                ">&2" | "1>&2" => {
-                    let moved = self.out.split_off(out_mark);
-                    self.err.extend_from_slice(&moved);
-                }
-                "2>&1" => {
-                    let moved = self.err.split_off(err_mark);
-                    self.out.extend_from_slice(&moved);
-                }
-                ">/dev/null" | "1>/dev/null" => self.out.truncate(out_mark),
-                "2>/dev/null" => self.err.truncate(err_mark),
-                _ => {}
-            }
-        }
+        let out = self.out.split_off(out_mark);
+        let err = self.err.split_off(err_mark);
+        let (out_sink, err_sink) = (sinks[1].clone(), sinks[2].clone());
+        self.emit(&out_sink, out);
+        self.emit(&err_sink, err);
         flow
     }
+
+    /// Open a redirection target; a guest file is truncated now unless appended to.
+    fn open_sink(&mut self, path: &str, append: bool) -> Result<Sink, i32> {
+        Ok(match path {
+            "/dev/null" => Sink::Null,
+            "/dev/stdout" => Sink::Out,
+            "/dev/stderr" => Sink::Err,
+            "/dev/console" | "/dev/kmsg" | "/dev/tty" => Sink::Console,
+            _ => {
+                let full = self.resolve(path);
+                if self.is_dir(&full) {
+                    self.err.extend_from_slice(
+                        format!("sh: can't create {path}: Is a directory\n").as_bytes(),
+                    );
+                    return Err(1);
+                }
+                if !self.is_dir(parent(&full)) {
+                    self.err.extend_from_slice(
+                        format!("sh: can't create {path}: nonexistent directory\n").as_bytes(),
+                    );
+                    return Err(1);
+                }
+                if !append {
+                    self.write_file(&full, Vec::new(), false);
+                }
+                Sink::File(full)
+            }
+        })
+    }
+
+    fn emit(&mut self, sink: &Sink, bytes: Vec<u8>) {
+        match sink {
+            Sink::Out => self.out.extend_from_slice(&bytes),
+            Sink::Err => self.err.extend_from_slice(&bytes),
+            Sink::Null => {}
+            Sink::Console => {
+                if !bytes.is_empty() {
+                    let _ = (self.host)(&Effect::Console(bytes));
+                }
+            }
+            Sink::File(path) => {
+                if !bytes.is_empty() {
+                    self.write_file(path, bytes, true);
+                }
+            }
+        }
+    }
+
+    fn write_file(&mut self, path: &str, data: Vec<u8>, append: bool) {
+        let file = self.files.entry(path.to_string()).or_default();
+        if !append {
+            file.clear();
+        }
+        file.extend_from_slice(&data);
+        let _ = (self.host)(&Effect::WriteFile {
+            path: path.to_string(),
+            data,
+            append,
+        });
+    }
+
+    /// A guest path's content: a file, or one of the simulated kernel files.
+    fn read_path(&self, path: &str) -> Option<Vec<u8>> {
+        let full = self.resolve(path);
+        match full.as_str() {
+            "/dev/null" => Some(Vec::new()),
+            "/proc/net/tcp" => Some(proc_net_tcp(&self.listeners, false)),
+            "/proc/net/tcp6" => Some(proc_net_tcp(&self.listeners, true)),
+            _ => self.files.get(&full).cloned(),
+        }
+    }
+
+    fn is_file(&self, full: &str) -> bool {
+        self.files.contains_key(full) || matches!(full, "/proc/net/tcp" | "/proc/net/tcp6")
+    }
+
+    fn is_dir(&self, full: &str) -> bool {
+        const KNOWN: &[&str] = &[
+            "/",
+            "/bin",
+            "/dev",
+            "/etc",
+            "/home",
+            "/proc",
+            "/proc/net",
+            "/root",
+            "/run",
+            "/sbin",
+            "/sys",
+            "/tmp",
+            "/usr",
+            "/usr/bin",
+            "/usr/local",
+            "/var",
+            "/var/log",
+            "/var/tmp",
+        ];
+        let prefix = format!("{}/", full.trim_end_matches('/'));
+        KNOWN.contains(&full)
+            || full == self.job.workdir
+            || self.dirs.contains(full)
+            || self.files.keys().any(|f| f.starts_with(&prefix))
+            || self.dirs.iter().any(|d| d.starts_with(&prefix))
+    }
+
+    fn exists(&self, full: &str) -> bool {
+        self.is_file(full)
+            || self.is_dir(full)
+            || matches!(
+                full,
+                "/dev/null" | "/dev/console" | "/dev/kmsg" | "/dev/zero" | "/dev/tty"
+            )
+    }
+
+    /// `test`/`[`: the unary file and string tests and the binary string and integer ones.
+    fn test_cmd(&mut self, args: &[String], bracket: bool) -> Flow {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if bracket {
+            if args.last() != Some(&"]") {
+                self.err.extend_from_slice(b"[: missing ]\n");
+                return Ok(2);
+            }
+            args.pop();
+        }
+        let negate = args.first() == Some(&"!");
+        if negate {
+            args.remove(0);
+        }
+        let int = |s: &str| s.trim().parse::<i64>().ok();
+        let result = match args.as_slice() {
+            [] => false,
+            [s] => !s.is_empty(),
+            [op, p] if op.starts_with('-') => {
+                let full = self.resolve(p);
+                match *op {
+                    "-f" => self.is_file(&full),
+                    "-d" => self.is_dir(&full),
+                    "-e" | "-r" | "-w" => self.exists(&full),
+                    "-x" => self.is_dir(&full),
+                    "-s" => self.read_path(p).is_some_and(|b| !b.is_empty()),
+                    "-n" => !p.is_empty(),
+                    "-z" => p.is_empty(),
+                    _ => return self.not_simulated(&format!("test {op}")),
+                }
+            }
+            [a, "=" | "==", b] => a == b,
+            [a, "!=", b] => a != b,
+            [a, op @ ("-eq" | "-ne" | "-lt" | "-le" | "-gt" | "-ge"), b] => {
+                let (Some(x), Some(y)) = (int(a), int(b)) else {
+                    self.err.extend_from_slice(b"sh: bad number\n");
+                    return Ok(2);
+                };
+                match *op {
+                    "-eq" => x == y,
+                    "-ne" => x != y,
+                    "-lt" => x < y,
+                    "-le" => x <= y,
+                    "-gt" => x > y,
+                    _ => x >= y,
+                }
+            }
+            _ => return self.not_simulated(&format!("test {}", args.join(" "))),
+        };
+        Ok(i32::from(result == negate))
+    }
+
+    fn mkdir(&mut self, args: &[String]) -> i32 {
+        let parents = args.iter().any(|a| a == "-p");
+        let mut code = 0;
+        for arg in args.iter().filter(|a| !a.starts_with('-')) {
+            let full = self.resolve(arg);
+            if self.is_dir(&full) || self.is_file(&full) {
+                if !parents || self.is_file(&full) {
+                    self.err.extend_from_slice(
+                        format!("mkdir: can't create directory '{arg}': File exists\n").as_bytes(),
+                    );
+                    code = 1;
+                }
+                continue;
+            }
+            if !parents && !self.is_dir(parent(&full)) {
+                self.err.extend_from_slice(
+                    format!("mkdir: can't create directory '{arg}': No such file or directory\n")
+                        .as_bytes(),
+                );
+                code = 1;
+                continue;
+            }
+            let mut dir = String::new();
+            for part in full.split('/').filter(|p| !p.is_empty()) {
+                dir.push('/');
+                dir.push_str(part);
+                if !self.is_dir(&dir) {
+                    self.dirs.insert(dir.clone());
+                    let _ = (self.host)(&Effect::Mkdir(dir.clone()));
+                }
+            }
+        }
+        code
+    }
+
+    fn rm(&mut self, args: &[String]) -> i32 {
+        let flags: String = args
+            .iter()
+            .filter(|a| a.starts_with('-') && a.len() > 1)
+            .map(|a| a[1..].to_string())
+            .collect();
+        let force = flags.contains('f');
+        let recursive = flags.contains('r') || flags.contains('R');
+        let mut code = 0;
+        for arg in args.iter().filter(|a| !(a.starts_with('-') && a.len() > 1)) {
+            let full = self.resolve(arg);
+            let is_dir = self.is_dir(&full);
+            if is_dir && !recursive {
+                self.err.extend_from_slice(
+                    format!("rm: can't remove '{arg}': Is a directory\n").as_bytes(),
+                );
+                code = 1;
+                continue;
+            }
+            if !is_dir && !self.files.contains_key(&full) {
+                if !force {
+                    self.err.extend_from_slice(
+                        format!("rm: can't remove '{arg}': No such file or directory\n").as_bytes(),
+                    );
+                    code = 1;
+                }
+                continue;
+            }
+            let prefix = format!("{full}/");
+            self.files
+                .retain(|p, _| *p != full && !p.starts_with(&prefix));
+            self.dirs.retain(|d| *d != full && !d.starts_with(&prefix));
+            let _ = (self.host)(&Effect::Remove(full));
+        }
+        code
+    }
+
+    /// busybox `grep [-qFvix] [-e] PATTERN [FILE]...`; stdin when no file is given.
+    fn grep(&mut self, args: &[String]) -> Flow {
+        let (mut quiet, mut fixed, mut invert, mut icase, mut whole) =
+            (false, false, false, false, false);
+        let mut pattern: Option<String> = None;
+        let mut files = Vec::new();
+        let mut i = 0;
+        let mut options_done = false;
+        while i < args.len() {
+            let a = &args[i];
+            i += 1;
+            if !options_done && a == "--" {
+                options_done = true;
+            } else if !options_done && a == "-e" {
+                pattern = args.get(i).cloned();
+                i += 1;
+            } else if !options_done && a.starts_with('-') && a.len() > 1 {
+                for c in a[1..].chars() {
+                    match c {
+                        'q' | 's' => quiet |= c == 'q',
+                        'F' => fixed = true,
+                        'v' => invert = true,
+                        'i' => icase = true,
+                        'x' => whole = true,
+                        'E' | 'G' => {}
+                        _ => return self.not_simulated(&format!("grep -{c}")),
+                    }
+                }
+            } else if pattern.is_none() {
+                pattern = Some(a.clone());
+            } else {
+                files.push(a.clone());
+            }
+        }
+        let Some(pattern) = pattern else {
+            self.err
+                .extend_from_slice(b"Usage: grep [-HhnlLoqvsrRiwFE] [-m N] [-A|B|C N] { PATTERN | -e PATTERN... | -f FILE... } [FILE]...\n");
+            return Ok(2);
+        };
+        let fold = |s: &str| {
+            if icase {
+                s.to_lowercase()
+            } else {
+                s.to_string()
+            }
+        };
+        let pat = fold(&pattern);
+        let matches = |line: &str| {
+            let line = fold(line);
+            if fixed {
+                if whole {
+                    line == pat
+                } else {
+                    line.contains(&pat)
+                }
+            } else if whole {
+                regex_match(&format!("^{pat}$"), &line)
+            } else {
+                regex_match(&pat, &line)
+            }
+        };
+        let mut inputs: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        if files.is_empty() {
+            inputs.push((
+                "(standard input)".into(),
+                Some(self.stdin.clone().unwrap_or_default()),
+            ));
+        }
+        for f in &files {
+            let content = if f == "-" {
+                Some(self.stdin.clone().unwrap_or_default())
+            } else {
+                self.read_path(f)
+            };
+            inputs.push((f.clone(), content));
+        }
+        let (mut found, mut failed) = (false, false);
+        let many = files.len() > 1;
+        for (name, content) in inputs {
+            let Some(content) = content else {
+                self.err.extend_from_slice(
+                    format!("grep: {name}: No such file or directory\n").as_bytes(),
+                );
+                failed = true;
+                continue;
+            };
+            let text = String::from_utf8_lossy(&content).into_owned();
+            for line in text.lines() {
+                if matches(line) != invert {
+                    found = true;
+                    if quiet {
+                        return Ok(0);
+                    }
+                    let shown = if many {
+                        format!("{name}:{line}\n")
+                    } else {
+                        format!("{line}\n")
+                    };
+                    self.out.extend_from_slice(shown.as_bytes());
+                }
+            }
+        }
+        Ok(if failed && !(quiet && found) {
+            2
+        } else if found {
+            0
+        } else {
+            1
+        })
+    }
+
+    /// busybox `httpd -p [IP:]PORT -h DIR`: daemonizes, so it returns 0 at once; the server
+    /// lives until the machine stops.
+    fn httpd(&mut self, args: &[String]) -> Flow {
+        let mut port: u16 = 80;
+        let mut home = self.workdir.clone();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            i += 1;
+            match a {
+                "-p" | "-h" => {
+                    let Some(v) = args.get(i) else {
+                        self.err.extend_from_slice(
+                            format!("httpd: option requires an argument -- '{}'\n", &a[1..])
+                                .as_bytes(),
+                        );
+                        return Ok(1);
+                    };
+                    i += 1;
+                    if a == "-h" {
+                        home = self.resolve(v);
+                    } else {
+                        let num = v.rsplit(':').next().unwrap_or(v);
+                        match num.parse::<u16>() {
+                            Ok(p) if p != 0 => port = p,
+                            _ => {
+                                self.err.extend_from_slice(
+                                    format!("httpd: bad port '{v}'\n").as_bytes(),
+                                );
+                                return Ok(1);
+                            }
+                        }
+                    }
+                }
+                "-v" | "-vv" => {}
+                _ => return self.not_simulated(&format!("httpd {a}")),
+            }
+        }
+        if self.listeners.iter().any(|l| l.port == port) {
+            self.err.extend_from_slice(b"httpd: bind: Address in use\n");
+            return Ok(1);
+        }
+        let kind = ListenKind::Httpd { dir: home };
+        if let Err(e) = (self.host)(&Effect::Listen {
+            port,
+            kind: kind.clone(),
+        }) {
+            self.err
+                .extend_from_slice(format!("httpd: {e}\n").as_bytes());
+            return Ok(1);
+        }
+        self.listeners.push(Listener { port, kind });
+        Ok(0)
+    }
+}
+
+/// Linux's `/proc/net/tcp{,6}` with one LISTEN (`0A`) row per guest server: busybox `httpd`
+/// binds `[::]` (tcp6), `nc -l` binds `0.0.0.0` (tcp).
+fn proc_net_tcp(listeners: &[Listener], v6: bool) -> Vec<u8> {
+    let mut text = if v6 {
+        "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n".to_string()
+    } else {
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode                                                     \n".to_string()
+    };
+    let rows = listeners
+        .iter()
+        .filter(|l| matches!(l.kind, ListenKind::Httpd { .. }) == v6);
+    for (i, l) in rows.enumerate() {
+        let zero = if v6 { "0".repeat(32) } else { "0".repeat(8) };
+        text.push_str(&format!(
+            "{i:>4}: {zero}:{:04X} {zero}:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {} 1 0000000000000000 100 0 0 10 0\n",
+            l.port,
+            20_000 + u32::from(l.port)
+        ));
+    }
+    text.into_bytes()
+}
+
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// A basic regular expression subset: literals, `.`, `*`, `^`, `$` and `\` escapes.
+fn regex_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    if p.first() == Some(&'^') {
+        return match_here(&p[1..], &t);
+    }
+    (0..=t.len()).any(|i| match_here(&p, &t[i..]))
+}
+
+fn match_here(p: &[char], t: &[char]) -> bool {
+    let (atom, rest) = match p {
+        [] => return true,
+        ['$'] => return t.is_empty(),
+        ['\\', c, rest @ ..] => (Some(*c), rest),
+        [c, rest @ ..] => (if *c == '.' { None } else { Some(*c) }, rest),
+    };
+    let one = |c: &char| atom.is_none_or(|a| a == *c);
+    if rest.first() == Some(&'*') {
+        let rest = &rest[1..];
+        let mut i = 0;
+        loop {
+            if match_here(rest, &t[i..]) {
+                return true;
+            }
+            if i < t.len() && one(&t[i]) {
+                i += 1;
+            } else {
+                return false;
+            }
+        }
+    }
+    match t.split_first() {
+        Some((c, t)) if one(c) => match_here(rest, t),
+        _ => false,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sink {
+    Out,
+    Err,
+    Null,
+    Console,
+    File(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    /// `>&N`
+    Dup(u8),
+    Path(String),
 }
 
 fn split_assignment(word: &str) -> Option<(String, String)> {
@@ -492,19 +1066,36 @@ impl Word {
         }
     }
 
-    /// An unquoted redirection operator this word is, if any.
-    fn redirect(&self) -> Option<&str> {
+    /// The unquoted redirection this word is, if any: `(fd, append, target)`; the target is
+    /// `None` when it is the next word.
+    fn redirect(&self) -> Option<(u8, bool, Option<Target>)> {
         if self.quoted {
             return None;
         }
-        match self.pieces.as_slice() {
-            [Piece::Lit(s)] => match s.as_str() {
-                ">&2" | "1>&2" | "2>&1" | ">/dev/null" | "1>/dev/null" | "2>/dev/null" | ">"
-                | "1>" | "2>" => Some(s.as_str()),
+        let [Piece::Lit(s)] = self.pieces.as_slice() else {
+            return None;
+        };
+        let (fd, rest) = match s.as_bytes().first()? {
+            b @ (b'1' | b'2') if s[1..].starts_with('>') => (b - b'0', &s[1..]),
+            b'>' => (1, s.as_str()),
+            _ => return None,
+        };
+        let (append, rest) = match rest.strip_prefix(">>") {
+            Some(r) => (true, r),
+            None => (false, &rest[1..]),
+        };
+        if let Some(n) = rest.strip_prefix('&') {
+            return match n {
+                "1" => Some((fd, false, Some(Target::Dup(1)))),
+                "2" => Some((fd, false, Some(Target::Dup(2)))),
                 _ => None,
-            },
-            _ => None,
+            };
         }
+        Some((
+            fd,
+            append,
+            (!rest.is_empty()).then(|| Target::Path(rest.to_string())),
+        ))
     }
 
     fn expand(&self, env: &[(String, String)], last: i32) -> String {
@@ -528,10 +1119,11 @@ impl Word {
 enum Item {
     Word(Word),
     Op(Connector),
+    Pipe,
 }
 
 /// Split a script into words and connectors; `None` for syntax the simulation does not
-/// model (pipes, background jobs, subshells, unterminated quotes).
+/// model (background jobs, subshells, input redirection, unterminated quotes).
 fn tokenize(text: &str) -> Option<Vec<Item>> {
     let mut items = Vec::new();
     let mut word: Option<Word> = None;
@@ -590,7 +1182,11 @@ fn tokenize(text: &str) -> Option<Vec<Item>> {
                 finish(&mut items, &mut word);
                 items.push(Item::Op(Connector::Or));
             }
-            '|' | '(' | ')' | '`' | '<' => return None,
+            '|' => {
+                finish(&mut items, &mut word);
+                items.push(Item::Pipe);
+            }
+            '(' | ')' | '`' | '<' => return None,
             '&' => {
                 // Only as part of `>&2` / `2>&1`.
                 let w = word.get_or_insert_with(Word::default);
@@ -668,15 +1264,19 @@ mod tests {
             env: vec![("A".into(), "1".into()), ("B".into(), "two".into())],
             workdir: "/".into(),
             files: BTreeMap::from([("/tmp/f".to_string(), b"hello\n".to_vec())]),
+            dirs: BTreeSet::new(),
+            listeners: Vec::new(),
             timeout: None,
             image_machine: true,
             stream: false,
             machines: 1,
+            machine: "m".into(),
+            boot: 1,
         }
     }
 
     fn exec(j: &GuestJob) -> (i32, String, String) {
-        match run(j, None) {
+        match run(j, None, &|_| Ok(())) {
             GuestEnd::Exited(o) => (
                 o.code,
                 String::from_utf8(o.stdout).unwrap(),
@@ -710,8 +1310,7 @@ mod tests {
         assert_eq!(code, 127);
         assert_eq!(
             err,
-            "sim: command not simulated: uname (simulated: echo, true, false, env, pwd, cat, sh \
-             -c \"exit N\", sleep, head -c N /dev/zero)\n"
+            format!("sim: command not simulated: uname (simulated: {SIMULATED})\n")
         );
     }
 
@@ -749,7 +1348,8 @@ mod tests {
         assert_eq!(exec(&job(&["sh", "-c", "cd /w && pwd"])).1, "/w\n");
         assert_eq!(exec(&job(&["sh", "-c", "X=9; echo $X"])).1, "9\n");
         assert_eq!(exec(&job(&["sh", "-c", "cat /nope 2>/dev/null"])).2, "");
-        assert_eq!(exec(&job(&["sh", "-c", "echo a | cat"])).0, 127);
+        assert_eq!(exec(&job(&["sh", "-c", "echo a | cat"])).1, "a\n");
+        assert_eq!(exec(&job(&["sh", "-c", "echo a & echo b"])).0, 127);
         assert_eq!(
             exec(&job(&["sh", "-c", "exit 4; echo never"])),
             (4, "".into(), "".into())
@@ -784,7 +1384,11 @@ mod tests {
     #[test]
     fn sleep_stops_at_the_host_deadline() {
         let j = job(&["sh", "-c", "echo partial; sleep 5"]);
-        let end = run(&j, Some(Instant::now() + Duration::from_millis(50)));
+        let end = run(
+            &j,
+            Some(Instant::now() + Duration::from_millis(50)),
+            &|_| Ok(()),
+        );
         assert!(matches!(end, GuestEnd::HostTimeout { ref stdout, .. } if stdout.is_empty()));
     }
 

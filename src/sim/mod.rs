@@ -17,18 +17,129 @@
 //! # What is simulated
 //!
 //! `--version`; `pack create --image IMG -o OUT`; `machine` (alias `vm`) `create`, `start`,
-//! `stop`, `delete` (alias `rm`), `exec`, `cp`, `ls` (alias `list`) and `status`, with the
-//! flags the harness uses (those [`crate::Smolvm`]'s methods send; the full grammar, per
-//! version, is in this module's `grammar.rs`). Any other flag is clap's
+//! `stop`, `delete` (alias `rm`), `exec`, `cp`, `ls` (alias `list`), `status` and `data-dir`,
+//! with the flags the harness uses (those [`crate::Smolvm`]'s methods send; the full grammar,
+//! per version, is in this module's `grammar.rs`). Any other flag is clap's
 //! `unexpected argument` error; other real subcommands (`serve`, `machine run`, …) fail with
 //! exit 1 `Error: sim: subcommand not simulated: …`.
 //!
+//! ## Workload flags of `machine create`
+//!
+//! - `--cpus N` (clap `u8`: `256` is exit 2 `256 is not in 0..=255`), `--mem MiB` (`u32`,
+//!   `512M` is exit 2 `invalid digit found in string`), `--storage GiB`, `--overlay GiB`
+//!   (`u64`). `VmResources::validate` runs at run time: `Error: config operation failed:
+//!   validate resources: …` (exit 1) for 0 CPUs, under 64 MiB (`(got N MiB)`), a zero disk;
+//!   over 16 CPUs only prints smolvm's `warning: requested N vCPUs …` on stderr. With `--from`
+//!   v0.8.x skips the validation, as smolvm does. `ls --json`/`status --json` show `cpus`,
+//!   `memory_mib`, `storage_gb`, `overlay_gb`.
+//! - `-p/--port HOST:GUEST` or `PORT` (repeatable): `PortMapping::parse`'s texts, exit 2
+//!   (`error: invalid value '0:80' for '--port <HOST:GUEST>': host port 0 is not valid for VM
+//!   port forwarding`, …); a host port given twice is exit 1 `Error: config operation failed:
+//!   validate ports: duplicate host port H: each host port can only be mapped once` in every
+//!   version. JSON `ports` is a count.
+//! - `-v/--volume HOST:GUEST[:ro|:rw]` (repeatable), checked at run time (exit 1) in smolvm's
+//!   order and words: format (v0.8.x splits at every `:`, 1.4.0+ from the right, so a bad
+//!   mode becomes part of the host path), host exists (`mount source not found: HOST`, as
+//!   given), is a directory, is not protected (`/`, `/var`, under `/var/run`, `/var/log`,
+//!   `/etc`, `/usr`, `/bin`, `/sbin`, `/lib`, `/proc`, `/sys`, `/dev`, `/run`; `/boot` from
+//!   1.9.0, the simulation's choice of version), guest absolute, no duplicate target. HOST is
+//!   resolved against the smolvm process's working directory (the test process's, in
+//!   process) and stored canonical. JSON `mounts` is a count. Guests do not see mounted
+//!   files.
+//! - `--allow-host HOST` (repeatable; implies `--net`). Hermetic, no DNS: an IP literal is
+//!   kept (`/32`, `/128`); `localhost` is `127.0.0.1/32` and `::1/128`; a name that is
+//!   `invalid`, ends in `.invalid` or is not a well-formed host name fails like an unknown
+//!   name (`Error: config operation failed: --allow-host: failed to resolve 'x.invalid':
+//!   failed to lookup address information: Name or service not known`); any other name
+//!   resolves to one stable address in 198.18.0.0/15 (FNV-1a of the lower-cased name, folded
+//!   into the range's 17 bits). `host:443` is the port-suffix error. The CIDRs (hosts first,
+//!   then `--allow-cidr`) and the names are stored ([`SimMachine::allowed_cidrs`],
+//!   [`SimMachine::allowed_hosts`]); nothing is resolved again at start. Before 1.8.0
+//!   `--from` drops it unread.
+//! - `--secret-env GUEST=HOSTVAR`, `--secret-file GUEST=/abs` (1.0.0+; before, clap's
+//!   `unexpected argument`): §2.2's checks (exit 1); stored as references
+//!   ([`SimMachine::secret_refs`]: variable names and paths, never values). `--from`
+//!   ignores them silently.
+//! - `--dns IPv4` (1.3.0+; clap `invalid IPv4 address syntax`), stored, implies `--net`.
+//!
+//! Value names in clap messages: `--cpus <N>`, `--mem <MiB>`, `--storage <GiB>`,
+//! `--overlay <GiB>`, `--volume <HOST:GUEST[:ro]>`, `--port <HOST:GUEST>`,
+//! `--allow-host <HOSTNAME>`, `--secret-env <KEY=HOST_VAR>`, `--secret-file <KEY=PATH>`,
+//! `--dns <IP>` (the last three are the simulation's choice).
+//!
+//! ## Secrets at `start` and `exec`
+//!
+//! `start` resolves the record's refs, `exec` the record's plus its own `--secret-*`, each
+//! time, from the smolvm process's environment (in process: the [`crate::runner::Invocation`]
+//! env, then the test process's, as for `-e KEY`) or the file (O_NOFOLLOW, 1 MiB, trailing
+//! `\r`/`\n` cut). A missing one is exit 1 `Error: config operation failed: resolve secret
+//! 'GUEST': env_unset` (`file_read_failed`, `file_too_large`) with no state change. The guest
+//! sees `GUEST=value` after the machine env and `-e`, in guest-name order.
+//!
+//! ## `ls -v`, `data-dir`, the console log
+//!
+//! `ls` prints smolvm's table (`NAME STATE CPUS MEMORY MOUNTS PORTS STORAGE OVERLAY`, 88
+//! dashes; default disks 20 and 10 GiB); `-v` adds `  PID: n`, `  Mount: SRC -> DST (ro)`,
+//! `  Port: H -> G`, `  Network: enabled`, `  Env: K=V`, `  Workdir: DIR`,
+//! `  Created: SECS` and a blank line, as smolvm does (secret refs and labels are not shown).
+//!
+//! `machine data-dir NAME` (`--name NAME` from 1.0.2) prints the machine's data directory,
+//! a real directory `DATA/vms/<first 16 hex digits of sha256(NAME)>`, where `DATA` is the
+//! fake's state directory, or for [`SimulatedRunner`] a private temp dir removed when its
+//! last clone drops. An unknown name prints a path on 0.8.0 and is `Error: vm not found: N`
+//! from 0.8.1. `delete` removes the directory.
+//!
+//! Every `start` writes boot lines (a `Linux version …` banner, then
+//! `smolvm-agent: starting (machine 'N', boot B)` and `smolvm-agent: ready`) to
+//! `agent-console.log` in it: appended across boots before 1.7.0, a fresh file at each boot
+//! from 1.7.0. Guest output redirected to `/dev/console` or `/dev/kmsg` is appended.
+//!
+//! ## Guests
+//!
 //! Guests of `exec` on a running machine can run: `echo`, `true`, `false`, `env` (the
-//! machine's env with the exec's `-e` on top, nothing else), `pwd`, `cat` (files copied in
-//! with `machine cp`), `sh -c` with a tiny shell (`;`, `&&`, `||`, quotes, `$VAR`, `exit N`,
-//! `>&2`, …), `sleep` (really sleeps; `--timeout` stops it with exit 124, and on image
-//! machines appends `\ncommand timed out after Nms` to stderr) and `head -c N /dev/zero`.
-//! Anything else exits 127 with `sim: command not simulated: NAME (…)` on stderr.
+//! machine's env with the exec's `-e` and secrets on top, nothing else), `pwd`, `cat` (guest
+//! files, stdin, `/proc/net/tcp` and `/proc/net/tcp6`), `grep [-qFvix] [-e] PATTERN [FILE]…`
+//! (a basic-regex subset: literals, `.`, `*`, `^`, `$`; stdin when no file; exit 1 on no
+//! match, 2 with `grep: F: No such file or directory`), `test`/`[` (`-f -d -e -s -n -z`,
+//! `=`, `!=`, integer comparisons, `!`), `mkdir [-p]`, `rm [-f] [-r]`, `httpd`, `sh -c` with
+//! a tiny shell (`;`, `&&`, `||`, `|`, quotes, `$VAR`, `exit N`, `[N]>FILE`, `[N]>>FILE`,
+//! `>&2`, `2>&1`, to guest files, `/dev/null`, `/dev/console`, `/dev/kmsg`), `sleep`
+//! (really sleeps; `--timeout` stops it with exit 124, and on image machines appends
+//! `\ncommand timed out after Nms` to stderr) and `head -c N /dev/zero`. Anything else exits
+//! 127 with `sim: command not simulated: NAME (…)` on stderr. File writes, `mkdir`, `rm`,
+//! console output and servers are applied to the machine as they happen (dropped if it has
+//! stopped or rebooted meanwhile) and stay until `delete`; servers end at `stop`.
+//!
+//! `httpd [-p [IP:]PORT] [-h DIR] [-v]` (busybox; `-f` is not simulated) daemonizes: it
+//! returns 0 at once and serves, until the machine stops, `GET`/`HEAD` of guest files under
+//! DIR (`/` is `/index.html`) with `HTTP/1.0 200 OK` and the body, else `404 Not Found`, then
+//! closes. A second server on the same guest port fails with `httpd: bind: Address in use`
+//! (exit 1). It shows in `/proc/net/tcp6` (busybox binds `[::]`) as a LISTEN (`0A`) row with
+//! the port in hex (`:1F90`); `/proc/net/tcp` has only its header. `nc` is not simulated.
+//!
+//! ## Published ports
+//!
+//! From 1.1.0 (virtio-net) `start` binds `127.0.0.1:HOST` for every `-p` (not `[::1]`). A
+//! host port of another running simulated machine is exit 1 `Error: config operation failed:
+//! start machine: host port H is already in use by running machine 'X'`; one held by any
+//! other process is exit 1 `Error: config operation failed: start machine: failed to start
+//! virtio network runtime: Address already in use (os error 98)`; the machine is then not
+//! started. A connection to a forward whose guest port has no server is accepted and closed
+//! before any byte (EOF), as smolvm's forwarder does; with a server, it reaches the server.
+//! Before 1.1.0 (TSI) the host port is bound only when a guest server starts on the mapped
+//! guest port; if it is taken, the server fails with `httpd: bind: Address in use`. Every
+//! host port closes before `stop`/`delete` returns, and at a reboot.
+//!
+//! In process, each host port has a thread that holds only a weak reference to the runner's
+//! state and polls every 10 ms; `stop`/`delete` join it, and it ends by itself when the last
+//! clone of the runner drops. The fake's `start` (or the `exec` whose server opens a TSI
+//! port) binds the ports itself, then hands them to a detached helper process: its own
+//! executable, `smolvm-fake __smolvm-fake-serve STATE_DIR MACHINE BOOT FD:HOST:GUEST…`, in
+//! its own session with null stdio, its pid recorded in the machine. The helper reads the
+//! machine's files from the state dir under the lock at each connection; `stop`/`delete` kill
+//! it (after checking its command line) and wait until it is gone; it also exits by itself
+//! within about 200 ms of its machine being gone, stopped or rebooted, or of the state
+//! directory disappearing (it never re-creates it).
 //!
 //! Without `--stream`, output over 11 MiB per stream is truncated before 1.0.0 and is an
 //! exit 1 error from 1.0.0, as in smolvm (`MAX_EXEC_OUTPUT`).
@@ -65,7 +176,8 @@
 //! ```
 //!
 //! `argv` is the arguments without the program name, with every `-e`/`--env` value replaced
-//! by `<redacted>` (values may be secrets); `pid` is the fake process's own PID; `machines`
+//! by `<redacted>` (values may be secrets; `--secret-env`/`--secret-file` carry only names and
+//! paths, and are kept); `pid` is the fake process's own PID; `machines`
 //! is the machine count after the command. A call killed while sleeping (latency, hang,
 //! `sleep`) writes no line.
 //!
@@ -87,15 +199,19 @@
 //! Summary lines after `Created machine: N`, the text tables of `ls`, help texts and clap's
 //! `tip:` lines are not reproduced; the `cp` progress bar is not printed; the VM is never
 //! `unreachable`/`failed`/`frozen`; the HEAD note about an unexpected executable name is not
-//! printed; `exec -d`, `--secret-*`, `cp --mode/--uid/--gid` and every flag not listed
-//! above are not simulated.
+//! printed; `exec -d`, `cp --mode/--uid/--gid`, `fork`, `--outbound-localhost-only`,
+//! `--net-backend` and every flag not listed above are not simulated; `--allow-host` names
+//! are not resolved again at start, and egress is not enforced.
 //!
 //! Messages and exit codes read from smolvm's own source (`smol-machines/smolvm` at v0.8.0,
 //! v0.8.2 and 1.9.2) are reproduced word for word; `tests/fidelity.rs` pins them.
 //! Where it gives none, the wording is the simulation's own: the `clap` message for an
 //! empty `--image`, an empty or path-separator or trailing-hyphen name, `cp` of a guest
 //! path with `.`/`..` or of a missing file, the 1.0.0+ output-cap error, `pack` write
-//! failures, and the tail of the registry-without-network message after "can never succeed".
+//! failures, the tail of the registry-without-network message after "can never succeed",
+//! the `config operation failed: start machine:` prefix of both taken-port errors, the
+//! console log's lines, busybox's messages (`mkdir`, `rm`, `grep`, `sh: can't create`), the
+//! `httpd` answers' headers, and the `.invalid`/198.18.0.0/15 resolution rules.
 //!
 //! ```
 //! use smolvm_harness::sim::SimulatedRunner;
@@ -118,6 +234,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -125,6 +242,7 @@ mod apply;
 mod fake;
 mod grammar;
 mod guest;
+mod net;
 mod runner;
 mod state;
 
@@ -133,16 +251,18 @@ pub use fake::{
     LOG_ENV, STATE_ENV, VERSION_ENV,
 };
 pub use runner::SimulatedRunner;
-pub use state::{SimMachine, SimState};
+pub use state::{SimMachine, SimMount, SimSecretRef, SimState};
 
 use apply::{apply, Ctx, Step};
 use grammar::{Command, Features};
-use guest::GuestEnd;
+use guest::{Effect, GuestEnd};
+use net::HostNet;
 use state::State;
 
 /// The subcommand keys the knobs (`fail`, `latency`, `hang`) accept.
 pub const KNOB_KEYS: &[&str] = &[
     "version", "pack", "create", "start", "stop", "delete", "exec", "cp", "ls", "status",
+    "data-dir",
 ];
 
 /// smolvm's per-stream cap on non-streaming exec output (`MAX_EXEC_OUTPUT`, 11 MiB).
@@ -171,6 +291,8 @@ pub(crate) trait Backend {
     fn transact(&self, f: &mut dyn FnMut(&mut State) -> Step) -> Result<Step, String>;
     /// Log a finished exec, whose code is known only after the guest ran outside the lock.
     fn log_exec(&self, code: i32, machines: usize);
+    /// Apply a running guest's change to the state with exclusive access, without logging.
+    fn effect(&self, f: &mut dyn FnMut(&mut State)) -> Result<(), String>;
 }
 
 /// One invocation, as the driver needs it.
@@ -186,6 +308,10 @@ pub(crate) struct Call<'a> {
     pub(crate) host_deadline: Option<Instant>,
     /// `hang` sleeps forever (the fake) instead of until the host deadline (in-process).
     pub(crate) hang_forever: bool,
+    /// Where machines' data directories are made.
+    pub(crate) data_root: &'a Path,
+    /// Who serves published ports.
+    pub(crate) net: &'a dyn HostNet,
 }
 
 /// How an invocation ended.
@@ -301,17 +427,42 @@ pub(crate) fn drive(call: &Call<'_>, backend: &dyn Backend) -> Result<Outcome, S
         lookup_env: call.lookup_env,
         delete_confirmed,
         entropy: entropy(),
+        data_root: call.data_root,
+        net: call.net,
     };
     match backend.transact(&mut |state| apply(&cmd, state, &ctx))? {
         Step::Done(out) => Ok(Outcome::Exit(out)),
-        Step::Guest(job) => match guest::run(&job, call.host_deadline) {
-            GuestEnd::Exited(out) => {
-                let out = cap_output(out, job.stream, f);
-                backend.log_exec(out.code, job.machines);
-                Ok(Outcome::Exit(out))
-            }
-            GuestEnd::HostTimeout { stdout, stderr } => Ok(Outcome::HostTimeout { stdout, stderr }),
-        },
+        Step::Guest(job) => {
+            let host = |effect: &Effect| -> Result<(), String> {
+                let mut result = Ok(());
+                backend.effect(&mut |state| {
+                    result = apply::guest_effect(state, &ctx, &job.machine, job.boot, effect);
+                })?;
+                result
+            };
+            guest_end(
+                guest::run(&job, call.host_deadline, &host),
+                &job,
+                f,
+                backend,
+            )
+        }
+    }
+}
+
+fn guest_end(
+    end: GuestEnd,
+    job: &guest::GuestJob,
+    f: Features,
+    backend: &dyn Backend,
+) -> Result<Outcome, String> {
+    match end {
+        GuestEnd::Exited(out) => {
+            let out = cap_output(out, job.stream, f);
+            backend.log_exec(out.code, job.machines);
+            Ok(Outcome::Exit(out))
+        }
+        GuestEnd::HostTimeout { stdout, stderr } => Ok(Outcome::HostTimeout { stdout, stderr }),
     }
 }
 

@@ -1,13 +1,18 @@
 //! The in-process front end: a [`Runner`] over shared simulated state.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::apply::Step;
 use super::grammar::Features;
-use super::state::{SimMachine, State};
+use super::net::{self, Bound, HostNet};
+use super::state::{SimMachine, SimState, State};
 use super::{check_knob_key, drive, Backend, Call, Knobs, Outcome};
 use crate::error::{Error, Result};
 use crate::runner::{lock, Invocation, RawOutput, Runner};
@@ -17,6 +22,96 @@ struct Shared {
     version: Version,
     state: Mutex<State>,
     knobs: Mutex<Knobs>,
+    /// Machines' data directories; removed with the last clone of the runner.
+    data: Option<tempfile::TempDir>,
+    /// The accept threads of published ports, by machine.
+    ports: Mutex<HashMap<String, Vec<PortThread>>>,
+}
+
+/// One host port's accept loop: it polls `stop` and the runner's liveness, so it ends soon
+/// after the machine stops or the runner is dropped.
+struct PortThread {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl Shared {
+    fn data_root(&self) -> PathBuf {
+        match &self.data {
+            Some(d) => d.path().to_path_buf(),
+            // Only if no temp dir could be made: data dirs then fail to appear, nothing else.
+            None => std::env::temp_dir().join("smolvm-sim-unavailable"),
+        }
+    }
+}
+
+/// Published ports of the in-process runner: a thread per host port.
+struct MemNet<'a> {
+    shared: &'a Arc<Shared>,
+}
+
+fn snapshot(weak: &Weak<Shared>, name: &str, boot: u64) -> Option<SimMachine> {
+    let shared = weak.upgrade()?;
+    let state = lock(&shared.state);
+    state
+        .get(name)
+        .filter(|m| m.state == SimState::Running && m.boots == boot)
+        .cloned()
+}
+
+impl HostNet for MemNet<'_> {
+    fn serve(
+        &self,
+        machine: &str,
+        boot: u64,
+        ports: Vec<Bound>,
+    ) -> std::result::Result<Option<u32>, String> {
+        let mut threads = Vec::new();
+        for Bound {
+            listener, guest, ..
+        } in ports
+        {
+            let stop = Arc::new(AtomicBool::new(false));
+            let weak = Arc::downgrade(self.shared);
+            let name = machine.to_string();
+            let flag = Arc::clone(&stop);
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("port forwarder: {e}"))?;
+            let handle = thread::spawn(move || {
+                // Never takes the state lock itself: `release` joins it while holding that.
+                while !flag.load(Ordering::SeqCst) && weak.strong_count() > 0 {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nonblocking(false);
+                            let (weak, name) = (weak.clone(), name.clone());
+                            thread::spawn(move || {
+                                net::serve_conn(stream, guest, &|| snapshot(&weak, &name, boot))
+                            });
+                        }
+                        Err(_) => thread::sleep(net::ACCEPT_POLL),
+                    }
+                }
+            });
+            threads.push(PortThread { stop, handle });
+        }
+        lock(&self.shared.ports)
+            .entry(machine.to_string())
+            .or_default()
+            .extend(threads);
+        Ok(None)
+    }
+
+    fn release(&self, machine: &str, _helpers: &[u32]) {
+        let threads = lock(&self.shared.ports).remove(machine).unwrap_or_default();
+        for t in &threads {
+            t.stop.store(true, Ordering::SeqCst);
+        }
+        // Joined, so the host ports are closed when stop/delete returns.
+        for t in threads {
+            let _ = t.handle.join();
+        }
+    }
 }
 
 /// A [`Runner`] that answers from an in-process simulation of one smolvm version; nothing is
@@ -67,6 +162,11 @@ impl SimulatedRunner {
                 version,
                 state: Mutex::new(State::default()),
                 knobs: Mutex::new(Knobs::default()),
+                data: tempfile::Builder::new()
+                    .prefix("smolvm-sim-")
+                    .tempdir()
+                    .ok(),
+                ports: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -165,6 +265,11 @@ impl Backend for MemBackend<'_> {
     }
 
     fn log_exec(&self, _code: i32, _machines: usize) {}
+
+    fn effect(&self, f: &mut dyn FnMut(&mut State)) -> std::result::Result<(), String> {
+        f(&mut lock(self.0));
+        Ok(())
+    }
 }
 
 impl Runner for SimulatedRunner {
@@ -180,6 +285,7 @@ impl Runner for SimulatedRunner {
         let start = Instant::now();
         // A snapshot: a knob changed mid-call applies from the next call.
         let knobs = lock(&self.shared.knobs).clone();
+        let data_root = self.shared.data_root();
         // smolvm would see the invocation's env on top of the test process's own.
         let lookup = |key: &str| {
             inv.env
@@ -198,6 +304,10 @@ impl Runner for SimulatedRunner {
             confirm_delete: &|| false,
             host_deadline: inv.timeout.and_then(|t| start.checked_add(t)),
             hang_forever: false,
+            data_root: &data_root,
+            net: &MemNet {
+                shared: &self.shared,
+            },
         };
         match drive(&call, &MemBackend(&self.shared.state)) {
             Ok(Outcome::Exit(out)) => Ok(RawOutput {

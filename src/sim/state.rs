@@ -46,6 +46,45 @@ impl SimState {
     }
 }
 
+/// A `-v/--volume` mount as smolvm stores it: the canonical host directory, the guest path
+/// and whether it is read-only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SimMount {
+    /// Canonical host directory.
+    pub source: String,
+    /// Absolute guest path.
+    pub target: String,
+    /// `:ro`.
+    pub read_only: bool,
+}
+
+/// Where a secret's value comes from; the value itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimSecretRef {
+    /// `--secret-env GUEST=HOSTVAR`: the host variable's name.
+    Env(String),
+    /// `--secret-file GUEST=/abs`: the file's path.
+    File(String),
+}
+
+/// What a guest server does with a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ListenKind {
+    /// busybox `httpd -h DIR`: GET of the guest files under DIR.
+    Httpd { dir: String },
+    /// `nc -lk -p PORT -e cat`: echoes what it reads.
+    Echo,
+}
+
+/// A server listening in the guest, until the machine stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Listener {
+    pub(crate) port: u16,
+    pub(crate) kind: ListenKind,
+}
+
 /// A snapshot of one simulated machine record, including what `ls --json` does not show
 /// (env, stored CIDRs, files copied in), so tests can check what smolvm would have stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +123,28 @@ pub struct SimMachine {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Started at least once (the image is pulled on the first start only).
     pub booted: bool,
+    /// `--storage` in GiB, as given.
+    pub storage_gb: Option<u64>,
+    /// `--overlay` in GiB, as given.
+    pub overlay_gb: Option<u64>,
+    /// `-p` mappings, `(host, guest)`, in order.
+    pub ports: Vec<(u16, u16)>,
+    /// `-v` mounts, in order (their virtiofs tags are `smolvm0`, `smolvm1`, …).
+    pub mounts: Vec<SimMount>,
+    /// `--allow-host` names (smolvm's `dns_filter_hosts`); their resolved addresses are in
+    /// [`SimMachine::allowed_cidrs`].
+    pub allowed_hosts: Vec<String>,
+    /// Secret references by guest variable name: where values come from, never values.
+    pub secret_refs: BTreeMap<String, SimSecretRef>,
+    /// `--dns` (v1.3.0+).
+    pub dns: Option<String>,
+    /// How many times the machine was started; a server of an earlier boot is gone.
+    pub boots: u64,
+    pub(crate) listeners: Vec<Listener>,
+    /// Directories made in the guest with `mkdir`.
+    pub(crate) dirs: BTreeSet<String>,
+    /// The fake's port-forwarding helper processes of the current boot.
+    pub(crate) helpers: Vec<u32>,
 }
 
 impl SimMachine {
@@ -105,7 +166,28 @@ impl SimMachine {
             cmd: Vec::new(),
             files: BTreeMap::new(),
             booted: false,
+            storage_gb: None,
+            overlay_gb: None,
+            ports: Vec::new(),
+            mounts: Vec::new(),
+            allowed_hosts: Vec::new(),
+            secret_refs: BTreeMap::new(),
+            dns: None,
+            boots: 0,
+            listeners: Vec::new(),
+            dirs: BTreeSet::new(),
+            helpers: Vec::new(),
         }
+    }
+
+    /// The guest variable names of the stored secret references.
+    pub fn secret_ref_names(&self) -> Vec<String> {
+        self.secret_refs.keys().cloned().collect()
+    }
+
+    /// The guest ports a server listens on now (cleared when the machine stops).
+    pub fn guest_listening_ports(&self) -> Vec<u16> {
+        self.listeners.iter().map(|l| l.port).collect()
     }
 
     /// Whether exec runs inside an image container (timeouts append a message there).
@@ -125,11 +207,11 @@ impl SimMachine {
         put("cpus", json!(self.cpus));
         put("memory_mib", json!(self.memory_mib));
         put("pid", json!(self.pid));
-        put("mounts", json!(0));
-        put("ports", json!(0));
+        put("mounts", json!(self.mounts.len()));
+        put("ports", json!(self.ports.len()));
         put("created_at", json!(self.created_at));
-        put("storage_gb", Value::Null);
-        put("overlay_gb", Value::Null);
+        put("storage_gb", json!(self.storage_gb));
+        put("overlay_gb", json!(self.overlay_gb));
         put("image", json!(self.image));
         put("entrypoint", json!([]));
         put("cmd", json!(self.cmd));
@@ -179,6 +261,23 @@ impl SimMachine {
             "cmd": self.cmd,
             "files": files,
             "booted": self.booted,
+            "storage_gb": self.storage_gb,
+            "overlay_gb": self.overlay_gb,
+            "ports": self.ports,
+            "mounts": self.mounts.iter().map(|m| json!([m.source, m.target, m.read_only])).collect::<Vec<_>>(),
+            "dns_filter_hosts": self.allowed_hosts,
+            "secret_refs": self.secret_refs.iter().map(|(k, r)| match r {
+                SimSecretRef::Env(v) => (k.clone(), json!({"from_env": v})),
+                SimSecretRef::File(p) => (k.clone(), json!({"from_file": p})),
+            }).collect::<Map<String, Value>>(),
+            "dns": self.dns,
+            "boots": self.boots,
+            "listeners": self.listeners.iter().map(|l| match &l.kind {
+                ListenKind::Httpd { dir } => json!({"port": l.port, "httpd": dir}),
+                ListenKind::Echo => json!({"port": l.port, "echo": true}),
+            }).collect::<Vec<_>>(),
+            "dirs": self.dirs,
+            "helpers": self.helpers,
         })
     }
 
@@ -217,6 +316,79 @@ impl SimMachine {
             }
         }
         m.booted = v["booted"].as_bool().unwrap_or(false);
+        m.storage_gb = v["storage_gb"].as_u64();
+        m.overlay_gb = v["overlay_gb"].as_u64();
+        m.ports = v["ports"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        let h = u16::try_from(p[0].as_u64()?).ok()?;
+                        let g = u16::try_from(p[1].as_u64()?).ok()?;
+                        Some((h, g))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.mounts = v["mounts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| {
+                        Some(SimMount {
+                            source: t[0].as_str()?.to_string(),
+                            target: t[1].as_str()?.to_string(),
+                            read_only: t[2].as_bool()?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.allowed_hosts = v["dns_filter_hosts"]
+            .as_array()
+            .map(|a| strings(a))
+            .unwrap_or_default();
+        if let Value::Object(refs) = &v["secret_refs"] {
+            for (k, r) in refs {
+                let r = match (r["from_env"].as_str(), r["from_file"].as_str()) {
+                    (Some(e), _) => SimSecretRef::Env(e.to_string()),
+                    (_, Some(p)) => SimSecretRef::File(p.to_string()),
+                    _ => return Err(format!("machine {:?}: bad secret ref {k:?}", m.name)),
+                };
+                m.secret_refs.insert(k.clone(), r);
+            }
+        }
+        m.dns = str_field(v, "dns")?;
+        m.boots = v["boots"].as_u64().unwrap_or(0);
+        m.listeners = v["listeners"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| {
+                        let port = u16::try_from(l["port"].as_u64()?).ok()?;
+                        let kind = match l["httpd"].as_str() {
+                            Some(dir) => ListenKind::Httpd {
+                                dir: dir.to_string(),
+                            },
+                            None => ListenKind::Echo,
+                        };
+                        Some(Listener { port, kind })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.dirs = v["dirs"]
+            .as_array()
+            .map(|a| strings(a).into_iter().collect())
+            .unwrap_or_default();
+        m.helpers = v["helpers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| u32::try_from(p.as_u64()?).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(m)
     }
 }
@@ -364,6 +536,84 @@ impl Manifest {
     }
 }
 
+/// The name of a machine's data directory under `vms/`: the first 16 hex digits of the
+/// SHA-256 of its name, as smolvm's `vm_data_dir` makes it.
+pub(crate) fn data_dir_hash(name: &str) -> String {
+    sha256(name.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A plain SHA-256 (FIPS 180-4), small enough not to need a dependency for one hash.
+fn sha256(data: &[u8]) -> [u8; 32] {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 64];
+        for (i, word) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (i, x) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
 fn str_field(v: &Value, key: &str) -> Result<Option<String>, String> {
     match &v[key] {
         Value::Null => Ok(None),
@@ -423,6 +673,15 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::Version;
+
+    #[test]
+    fn data_dir_hash_is_sha256_prefix() {
+        // sha256("") and sha256("abc") from FIPS 180-2's examples.
+        assert_eq!(data_dir_hash(""), "e3b0c44298fc1c14");
+        assert_eq!(data_dir_hash("abc"), "ba7816bf8f01cfea");
+        let long = "a".repeat(200);
+        assert_eq!(data_dir_hash(&long).len(), 16);
+    }
 
     #[test]
     fn state_round_trips_through_json() {
