@@ -143,7 +143,9 @@ enum BuilderSource {
 ///     .unwrap();
 /// let host = vm.host_port(8080).unwrap();
 /// assert_ne!(host, 0);
-/// assert_eq!(vm.sh("echo $API_TOKEN").unwrap().stdout_str(), "<redacted>\n");
+/// // The guest has the secret; no command line, record or transcript does.
+/// assert_eq!(vm.sh("echo $API_TOKEN").unwrap().stdout_str(), "tok-1234\n");
+/// assert!(vm.transcript().iter().all(|e| !e.to_string().contains("tok-1234")));
 /// ```
 #[derive(Clone)]
 #[must_use]

@@ -403,11 +403,19 @@ fn serve(socket: &Path) {
         if scanned.elapsed() >= LEDGER_SCAN {
             scanned = Instant::now();
             if !retiring.swap(true, Ordering::SeqCst) {
-                let (dir, left, retiring) = (dir.clone(), goldens_left.clone(), retiring.clone());
-                work(&busy, move || {
-                    left.store(super::goldens::retire(&dir), Ordering::SeqCst);
-                    retiring.store(false, Ordering::SeqCst);
+                // Not counted as `busy`: it runs every scan, and would keep an idle watcher
+                // from ever leaving. Leaving waits for it instead (below).
+                let (dir, left, flag) = (dir.clone(), goldens_left.clone(), retiring.clone());
+                let spawned = std::thread::Builder::new().spawn(move || {
+                    let retire = || super::goldens::retire(&dir);
+                    if let Ok(n) = std::panic::catch_unwind(retire) {
+                        left.store(n, Ordering::SeqCst);
+                    }
+                    flag.store(false, Ordering::SeqCst);
                 });
+                if spawned.is_err() {
+                    retiring.store(false, Ordering::SeqCst);
+                }
             }
             for (_, entry) in ledger::read_all(&dir.join("ledger")) {
                 let owner = entry.claim.owner;
@@ -452,7 +460,10 @@ fn serve(socket: &Path) {
             || goldens_left.load(Ordering::SeqCst) > 0
         {
             idle_since = Instant::now();
-        } else if idle_since.elapsed() >= IDLE_EXIT && may_exit(&dir, &listener, socket, bound) {
+        } else if idle_since.elapsed() >= IDLE_EXIT
+            && !retiring.load(Ordering::SeqCst)
+            && may_exit(&dir, &listener, socket, bound)
+        {
             return;
         }
     }
