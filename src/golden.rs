@@ -78,7 +78,7 @@ enum Mode {
         name: String,
         /// The golden's guard, when this process made it and ends it. A shared golden joined
         /// from another process has none: the run retires it.
-        guard: Mutex<Option<Machine>>,
+        guard: Mutex<Option<Box<Machine>>>,
     },
     /// Every fork is a cold machine made from the recipe, for this reason.
     Cold { reason: String },
@@ -232,7 +232,7 @@ impl GoldenBuilder {
                 provision: self.provision.clone(),
                 mode: Mode::Fork {
                     name: guard.name().to_string(),
-                    guard: Mutex::new(Some(guard)),
+                    guard: Mutex::new(Some(Box::new(guard))),
                 },
                 kept_clones: AtomicUsize::new(0),
             }),

@@ -3,6 +3,7 @@
 //! shared across the processes of a run. Checked at process level against the fake CLI, with
 //! a wrapper runner such as a user writes to log or add a flag.
 
+#[allow(dead_code)]
 #[path = "common/attack_harness.rs"]
 mod attack_harness;
 
@@ -145,7 +146,7 @@ fn a_custom_process_runner_shares_packs_across_processes() {
     let mut paths = Vec::new();
     let mut stderr = String::new();
     for _ in 0..2 {
-        let (mut c, words) = holder(dirs.child("pack", &envs));
+        let (c, words) = holder(dirs.child("pack", &envs));
         paths.push(words[0].clone());
         let out = c.wait_with_output().unwrap();
         stderr.push_str(&String::from_utf8_lossy(&out.stderr));
