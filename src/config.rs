@@ -108,6 +108,9 @@ pub struct Config {
     pub strict_egress: bool,
     /// `SMOLVM_HARNESS_ARTIFACTS`.
     pub artifacts: Artifacts,
+    /// `SMOLVM_HARNESS_GOLDEN_GRACE`: how long a golden shared across processes outlives the
+    /// last process that held it.
+    pub golden_grace: Duration,
 }
 
 /// Where a failing test's machines leave their artifacts (`SMOLVM_HARNESS_ARTIFACTS`): the
@@ -143,6 +146,7 @@ impl Default for Config {
             output_cap: DEFAULT_OUTPUT_CAP,
             strict_egress: false,
             artifacts: Artifacts::TargetDir,
+            golden_grace: crate::golden::DEFAULT_GOLDEN_GRACE,
         }
     }
 }
@@ -202,6 +206,9 @@ impl Config {
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_REQUIRE") {
             cfg.require = parse_bool("SMOLVM_HARNESS_REQUIRE", &v)?;
+        }
+        if let Some(v) = lookup("SMOLVM_HARNESS_GOLDEN_GRACE") {
+            cfg.golden_grace = parse_duration_var("SMOLVM_HARNESS_GOLDEN_GRACE", &v)?;
         }
         if let Some(v) = lookup("SMOLVM_HARNESS_STRICT_EGRESS") {
             cfg.strict_egress = parse_bool("SMOLVM_HARNESS_STRICT_EGRESS", &v)?;

@@ -505,17 +505,6 @@ fn shared_cache() -> &'static Mutex<HashMap<String, GoldenSlot>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// `SMOLVM_HARNESS_GOLDEN_GRACE`, read here (the watcher, which retires goldens, does not
-/// read our variables: the grace is written into the ledger).
-fn grace() -> Result<Duration> {
-    match std::env::var("SMOLVM_HARNESS_GOLDEN_GRACE") {
-        Ok(v) if !v.trim().is_empty() => {
-            crate::config::parse_duration_var("SMOLVM_HARNESS_GOLDEN_GRACE", &v)
-        }
-        _ => Ok(DEFAULT_GOLDEN_GRACE),
-    }
-}
-
 /// One golden per run and key across processes, under a lock in the state directory: the
 /// first process makes it, the others join it (and hold it while they run).
 fn shared_across_processes(
@@ -568,8 +557,10 @@ fn shared_across_processes(
     }
     let shared = SharedGolden {
         key: dir_key.clone(),
-        grace_secs: grace()?.as_secs(),
+        grace_secs: config()?.golden_grace.as_secs(),
     };
+    // Held before it exists: nothing retires a golden under the process still making it.
+    cleanup::hold_golden(&dir_key)?;
     let golden = builder.create_with(Some(shared))?;
     let text = match &golden.inner.mode {
         Mode::Fork { name, .. } => format!("fork\n{name}\n"),
@@ -578,9 +569,6 @@ fn shared_across_processes(
     state_dir::open_or_replace(&record, Access::Write)?
         .write_all(text.as_bytes())
         .map_err(|e| Error::io("record shared golden", &record, e))?;
-    if golden.forks() {
-        cleanup::hold_golden(&dir_key)?;
-    }
     drop(lock_file);
     Ok(golden)
 }
