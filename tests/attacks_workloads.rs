@@ -497,3 +497,137 @@ fn attack_artifacts_follow_a_planted_directory_symlink() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Ports
+// ---------------------------------------------------------------------------------------
+
+/// Promise (`MachineBuilder::start`): "when it failed because a host port picked by
+/// `MachineBuilder::publish` was taken meanwhile, it is made again with other ports first".
+/// A *fixed* host port (`port(HOST, GUEST)`) that is taken is not a picked port, and making
+/// the machine again cannot help (the same port is sent each time); yet a builder that also
+/// has one `publish` makes and deletes 5 machines before returning the error.
+#[test]
+fn attack_taken_fixed_port_is_retried_as_if_it_were_picked() {
+    let st = tempfile::tempdir().unwrap();
+    let log = st.path().join("calls.jsonl");
+    let s = fake(st.path(), "1.9.2").with_process_env("SMOLVM_FAKE_LOG", log.to_str().unwrap());
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    let r = Machine::builder()
+        .smolvm(s.clone())
+        .image("alpine")
+        .net()
+        .port(taken, 80)
+        .publish(81)
+        .start();
+    assert!(r.is_err(), "the fixed host port is taken");
+    drop(r);
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    let creates = calls
+        .lines()
+        .filter(|l| l.contains("\"create\""))
+        .count();
+    assert!(names(&s).is_empty());
+    assert_eq!(
+        creates, 1,
+        "a taken fixed port made {creates} machines:\n{calls}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets on smolvm 0.8.x: the refusal list
+// ---------------------------------------------------------------------------------------
+
+/// Promise (`CreateOptions::secret_env`, 0.8.1–0.9.x): "KEY must then not be a variable
+/// smolvm itself reads (`HOME`, `PATH`, `TMPDIR`, `XDG_*`, `SMOLVM_*`, `RUST_*`, `LD_*`, …)".
+/// The refusal is by prefix `LANG` (meant for `LANG`, `LANGUAGE`), which also refuses
+/// ordinary secret names no program reads, such as `LANGFUSE_SECRET_KEY`.
+#[test]
+fn attack_0_8_secret_refusal_list_refuses_ordinary_keys() {
+    let st = tempfile::tempdir().unwrap();
+    let s = fake(st.path(), "0.8.2");
+    let mut wrongly_refused = Vec::new();
+    for key in ["LANGFUSE_SECRET_KEY", "LANGCHAIN_API_KEY", "SHELLY_TOKEN"] {
+        let r = Machine::builder()
+            .smolvm(s.clone())
+            .image("alpine")
+            .net()
+            .secret_env(key, "ordinary-secret-77")
+            .start();
+        match r {
+            Ok(vm) => {
+                let out = vm.sh(&format!("echo ${key}")).unwrap();
+                assert_eq!(out.stdout_str(), "ordinary-secret-77\n", "{key}");
+            }
+            Err(e) => wrongly_refused.push(format!("{key}: {e}")),
+        }
+    }
+    assert!(wrongly_refused.is_empty(), "{}", wrongly_refused.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Custom runners
+// ---------------------------------------------------------------------------------------
+
+/// A wrapper runner that forgets `Invocation::env` except the fake's state (a runner that
+/// rebuilds the environment, or runs smolvm over ssh).
+#[derive(Debug)]
+struct DropsSecretEnv;
+
+impl smolvm_harness::runner::Runner for DropsSecretEnv {
+    fn run(
+        &self,
+        inv: &smolvm_harness::runner::Invocation,
+    ) -> smolvm_harness::Result<smolvm_harness::runner::RawOutput> {
+        let mut inv = inv.clone();
+        inv.env.retain(|(k, _)| k.starts_with("SMOLVM_FAKE"));
+        smolvm_harness::runner::ProcessRunner.run(&inv)
+    }
+}
+
+/// Promise (`Runner`): a runner that runs real smolvm processes keeps the crate's
+/// guarantees; one that drops the invocation's env breaks secrets. The failure should at
+/// least be an error that names the secret, never a guest that silently lacks it.
+#[test]
+fn probe_runner_that_drops_env_fails_clearly() {
+    let st = tempfile::tempdir().unwrap();
+    let s = fake(st.path(), "1.9.2").with_runner(DropsSecretEnv);
+    let r = Machine::builder()
+        .smolvm(s.clone())
+        .image("alpine")
+        .net()
+        .secret_env("TOKEN", "dropped-secret-55")
+        .start();
+    let err = r.map(drop).unwrap_err().to_string();
+    assert!(err.contains("TOKEN") && err.contains("env_unset"), "{err}");
+    assert!(!err.contains("dropped-secret-55"), "{err}");
+    assert!(names(&fake(st.path(), "1.9.2")).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Debug / Display
+// ---------------------------------------------------------------------------------------
+
+/// Promise: secret values never appear in `Debug` of any type (builder, command, options).
+#[test]
+fn probe_debug_of_every_workload_type_hides_secrets() {
+    const V: &str = "debug-secret-3c3c";
+    let st = tempfile::tempdir().unwrap();
+    let b = Machine::builder()
+        .smolvm(fake(st.path(), "1.9.2"))
+        .image("alpine")
+        .net()
+        .env("PLAIN", V)
+        .secret_env("TOKEN", V);
+    let shown = format!("{b:?}");
+    assert!(!shown.contains(V), "{shown}");
+    let vm = b.start().unwrap();
+    let mut cmd = vm.command(&["true"]);
+    cmd.secret_env("X", V).env("Y", V);
+    let shown = format!("{cmd:?} {vm:?}");
+    assert!(!shown.contains(V), "{shown}");
+    let out = cmd.run().unwrap();
+    let shown = format!("{out:?}");
+    assert!(!shown.contains(V), "{shown}");
+}
