@@ -49,8 +49,10 @@ fn workloads_child() {
                 .image("alpine")
                 .allow_cidr("10.0.0.0/8")
                 .create();
-            let by_client =
-                plain().machine_create("web", &CreateOptions::image("alpine").allow_cidr("10.0.0.0/8"));
+            let by_client = plain().machine_create(
+                "web",
+                &CreateOptions::image("alpine").allow_cidr("10.0.0.0/8"),
+            );
             println!(
                 "\nRESULT builder={} client={}",
                 kind(&by_builder.map(drop)),
@@ -115,7 +117,10 @@ fn attack_secret_scrub_list_is_shared_by_machines_of_one_name_on_two_smolvms() {
     vm.sh("echo token=$TOKEN > /dev/console")
         .unwrap()
         .assert_success();
-    assert!(!vm.console_log().unwrap().contains(SECRET_A), "scrubbed at first");
+    assert!(
+        !vm.console_log().unwrap().contains(SECRET_A),
+        "scrubbed at first"
+    );
 
     // Another smolvm state, the same machine name, another secret; then deleted.
     sb.machine_create(
@@ -227,10 +232,14 @@ fn attack_exec_secret_on_the_console_leaks_into_messages_and_artifacts() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut leaks = Vec::new();
     if err.contains(SESSION) {
-        leaks.push(format!("wait_for_log's NotReady quotes a command's secret: {err}"));
+        leaks.push(format!(
+            "wait_for_log's NotReady quotes a command's secret: {err}"
+        ));
     }
     if console.contains(SESSION) {
-        leaks.push(format!("the saved console.log holds a command's secret:\n{console}"));
+        leaks.push(format!(
+            "the saved console.log holds a command's secret:\n{console}"
+        ));
     }
     assert!(leaks.is_empty(), "{}", leaks.join("\n\n"));
 }
@@ -282,10 +291,18 @@ fn probe_secret_forgotten_after_guard_drop() {
         .unwrap();
     s.machine_start("wl-forget").unwrap();
     let out = s
-        .machine_exec("wl-forget", &["sh", "-c", "echo [$TOKEN]"], &ExecOptions::default())
+        .machine_exec(
+            "wl-forget",
+            &["sh", "-c", "echo [$TOKEN]"],
+            &ExecOptions::default(),
+        )
         .unwrap();
     s.machine_delete("wl-forget").unwrap();
-    assert_eq!(out.stdout_str(), "[]\n", "the old machine's secret reached a new one");
+    assert_eq!(
+        out.stdout_str(),
+        "[]\n",
+        "the old machine's secret reached a new one"
+    );
 }
 
 /// Promise: "through any clone of this client" (`Smolvm::machine_create`); and a client made
@@ -306,7 +323,11 @@ fn probe_secret_reaches_start_and_exec_of_another_client_of_the_same_binary() {
     let started = other.machine_start("wl-two-clients");
     let out = other.machine_exec(
         "wl-two-clients",
-        &["sh", "-c", "test \"$TOKEN\" = two-clients-secret && echo same"],
+        &[
+            "sh",
+            "-c",
+            "test \"$TOKEN\" = two-clients-secret && echo same",
+        ],
         &ExecOptions::default(),
     );
     other.machine_delete("wl-two-clients").unwrap();
@@ -340,7 +361,10 @@ fn attack_extra_args_swallow_the_positional_name_before_1_0_2() {
             .net()
             .extra_args(extra.iter().copied())
             .create();
-        let name = made.as_ref().map(|m| m.name().to_string()).map_err(|e| e.to_string());
+        let name = made
+            .as_ref()
+            .map(|m| m.name().to_string())
+            .map_err(|e| e.to_string());
         drop(made);
         let left = names(&s);
         for n in &left {
@@ -524,10 +548,7 @@ fn attack_taken_fixed_port_is_retried_as_if_it_were_picked() {
     assert!(r.is_err(), "the fixed host port is taken");
     drop(r);
     let calls = std::fs::read_to_string(&log).unwrap_or_default();
-    let creates = calls
-        .lines()
-        .filter(|l| l.contains("\"create\""))
-        .count();
+    let creates = calls.lines().filter(|l| l.contains("\"create\"")).count();
     assert!(names(&s).is_empty());
     assert_eq!(
         creates, 1,
@@ -630,4 +651,72 @@ fn probe_debug_of_every_workload_type_hides_secrets() {
     let out = cmd.run().unwrap();
     let shown = format!("{out:?}");
     assert!(!shown.contains(V), "{shown}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Volumes
+// ---------------------------------------------------------------------------------------
+
+/// Promise (`CreateOptions::volume`): "The host directory must exist; it is sent absolute
+/// and canonical. The guest path must be absolute"; system paths smolvm refuses are refused
+/// before smolvm is called, also behind a symlink.
+#[test]
+fn probe_volume_inputs_are_refused_before_smolvm() {
+    let st = tempfile::tempdir().unwrap();
+    let s = fake(st.path(), "1.9.2");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("f");
+    std::fs::write(&file, "x").unwrap();
+    let to_etc = tmp.path().join("etc-link");
+    std::os::unix::fs::symlink("/etc", &to_etc).unwrap();
+    let ok_dir = tmp.path().join("ok");
+    std::fs::create_dir(&ok_dir).unwrap();
+    let cases: Vec<(&str, CreateOptions)> = vec![
+        (
+            "missing",
+            CreateOptions::image("alpine")
+                .net()
+                .volume(tmp.path().join("nope"), "/d"),
+        ),
+        (
+            "file",
+            CreateOptions::image("alpine").net().volume(&file, "/d"),
+        ),
+        (
+            "symlink to /etc",
+            CreateOptions::image("alpine").net().volume(&to_etc, "/d"),
+        ),
+        (
+            "relative guest",
+            CreateOptions::image("alpine").net().volume(&ok_dir, "d"),
+        ),
+        (
+            "guest with colon",
+            CreateOptions::image("alpine").net().volume(&ok_dir, "/a:b"),
+        ),
+        (
+            "guest twice",
+            CreateOptions::image("alpine")
+                .net()
+                .volume(&ok_dir, "/d")
+                .volume_ro(tmp.path(), "/d"),
+        ),
+    ];
+    for (what, opts) in cases {
+        let r = s.machine_create("wl-vol", &opts);
+        assert!(
+            matches!(r, Err(Error::InvalidInput { .. })),
+            "{what}: {r:?}"
+        );
+    }
+    assert!(names(&s).is_empty());
+    // A host path with `:` on 0.8.x.
+    let colon = tmp.path().join("a:b");
+    std::fs::create_dir(&colon).unwrap();
+    let old = fake(st.path(), "0.8.2");
+    let r = old.machine_create(
+        "wl-vol",
+        &CreateOptions::image("alpine").net().volume(&colon, "/d"),
+    );
+    assert!(matches!(r, Err(Error::InvalidInput { .. })), "{r:?}");
 }
