@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{scrub_machine_output, Smolvm};
+use crate::cli::Smolvm;
 use crate::config::{config, Artifacts};
 use crate::transcript::TranscriptEntry;
 
@@ -80,9 +80,18 @@ pub(crate) fn save(
         },
         Err(e) => return Saved::Failed(format!("bad configuration: {e}")),
     };
-    let dir = root.join(path_component(test)).join(path_component(name));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Saved::Failed(format!("could not create {}: {e}", dir.display()));
+    if let Err(e) = std::fs::create_dir_all(&root) {
+        return Saved::Failed(format!("could not create {}: {e}", root.display()));
+    }
+    // Below the root, one level at a time, each a directory of ours and never a symlink:
+    // the root may be shared (the temp-dir fallback, a shared SMOLVM_HARNESS_ARTIFACTS), and
+    // a planted link there must not send our files elsewhere.
+    let test_dir = root.join(path_component(test));
+    let dir = test_dir.join(path_component(name));
+    for level in [&test_dir, &dir] {
+        if let Err(e) = crate::state_dir::ensure_dir(level) {
+            return Saved::Failed(format!("could not use {}: {e}", level.display()));
+        }
     }
     let mut files = Vec::new();
     let mut text = String::new();
@@ -100,7 +109,7 @@ pub(crate) fn save(
     let missing = match smolvm.machine_data_dir(name) {
         Ok(data_dir) => {
             let mut missing = None;
-            match read_log(name, &data_dir.join(CONSOLE_LOG)) {
+            match read_log(smolvm, name, &data_dir.join(CONSOLE_LOG)) {
                 Ok(log) => match write_file(&dir.join("console.log"), &log) {
                     Ok(()) => files.insert(0, "console.log"),
                     Err(e) => missing = Some(format!("could not write it: {e}")),
@@ -109,7 +118,7 @@ pub(crate) fn save(
             }
             let startup = data_dir.join(STARTUP_ERROR_LOG);
             if startup.exists() {
-                if let Ok(log) = read_log(name, &startup) {
+                if let Ok(log) = read_log(smolvm, name, &startup) {
                     if write_file(&dir.join(STARTUP_ERROR_LOG), &log).is_ok() {
                         files.push(STARTUP_ERROR_LOG);
                     }
@@ -131,7 +140,7 @@ pub(crate) const LOG_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// A host log of machine `name`, lossy UTF-8, its last [`LOG_LIMIT`] bytes (from a line start,
 /// after a line that says what was left out), secrets scrubbed. A missing file is `""`.
-pub(crate) fn read_log(name: &str, path: &Path) -> std::io::Result<String> {
+pub(crate) fn read_log(smolvm: &Smolvm, name: &str, path: &Path) -> std::io::Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
@@ -161,7 +170,7 @@ pub(crate) fn read_log(name: &str, path: &Path) -> std::io::Result<String> {
         file.read_to_end(&mut bytes)?;
     }
     let text = String::from_utf8_lossy(&bytes);
-    Ok(format!("{note}{}", scrub_machine_output(name, &text)))
+    Ok(format!("{note}{}", smolvm.scrub_output(name, &text)))
 }
 
 /// Write `text` to `path`, replacing a file but never following a symlink there (the fallback
@@ -300,13 +309,16 @@ mod tests {
     #[test]
     fn a_missing_log_is_empty_and_a_huge_one_keeps_its_tail() {
         let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(read_log("m", &tmp.path().join("nope.log")).unwrap(), "");
+        assert_eq!(
+            read_log(&Smolvm::simulated(), "m", &tmp.path().join("nope.log")).unwrap(),
+            ""
+        );
         let path = tmp.path().join("big.log");
         let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
         let mut text = line.repeat((LOG_LIMIT as usize / line.len()) + 10);
         text.push_str("the end\n");
         std::fs::write(&path, &text).unwrap();
-        let log = read_log("m", &path).unwrap();
+        let log = read_log(&Smolvm::simulated(), "m", &path).unwrap();
         assert!(log.starts_with("[… "), "{}", &log[..200]);
         assert!(log.contains("of big.log left out"), "{}", &log[..200]);
         assert!(log.ends_with("the end\n"));

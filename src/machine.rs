@@ -514,7 +514,7 @@ impl MachineBuilder {
                     return Err(err);
                 }
             }
-            if attempt < attempts && is_port_taken(&err) {
+            if attempt < attempts && is_port_taken(&err) && !self.fixed_port_taken(&err) {
                 attempt += 1;
                 diag::log(&format!(
                     "smolvm-harness: a published host port of machine {} was taken before it \
@@ -922,6 +922,32 @@ fn pick_host_ports(mut options: CreateOptions, guests: &[u16]) -> Result<CreateO
         options = options.port(port, guest);
     }
     Ok(options)
+}
+
+impl MachineBuilder {
+    /// Whether the taken port is one given with `port()`: making the machine again with the
+    /// same fixed port cannot help. smolvm names the port when another of its machines holds
+    /// it; otherwise each fixed port is tried on the loopback.
+    fn fixed_port_taken(&self, err: &Error) -> bool {
+        let fixed: Vec<u16> = self.options.ports().iter().map(|p| p.host).collect();
+        if fixed.is_empty() {
+            return false;
+        }
+        if let Error::Failed { stderr, .. } = err {
+            let text = String::from_utf8_lossy(stderr);
+            let named = text
+                .split("host port ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u16>().ok());
+            if let Some(port) = named {
+                return fixed.contains(&port);
+            }
+        }
+        fixed
+            .iter()
+            .any(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_err())
+    }
 }
 
 /// smolvm's words for a host port that is taken at start: by another of its machines, or by

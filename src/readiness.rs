@@ -12,7 +12,6 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::{read_log, CONSOLE_LOG};
-use crate::cli::scrub_machine_output;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
 
@@ -37,7 +36,8 @@ impl Machine {
             .smolvm()
             .machine_data_dir(self.name())?
             .join(CONSOLE_LOG);
-        read_log(self.name(), &path).map_err(|e| Error::io("read the console log", path, e))
+        read_log(self.smolvm(), self.name(), &path)
+            .map_err(|e| Error::io("read the console log", path, e))
     }
 
     /// Call `probe` until it answers `Ok(true)`, for at most `timeout`. Between tries it
@@ -72,7 +72,7 @@ impl Machine {
         poll(
             timeout,
             &format!("the condition of wait_until on machine {}", self.name()),
-            || {
+            |_| {
                 Ok(if probe(self)? {
                     Probe::Ready
                 } else {
@@ -102,8 +102,11 @@ impl Machine {
         if path.contains('\0') {
             return Err(Error::invalid("guest path", "contains NUL"));
         }
-        poll(timeout, &format!("guest file {path}"), || {
-            let out = self.exec(&["test", "-e", path])?;
+        poll(timeout, &format!("guest file {path}"), |left| {
+            let out = match self.probe_exec(&["test", "-e", path], left)? {
+                Ok(out) => out,
+                Err(late) => return Ok(late),
+            };
             Ok(if out.success() {
                 Probe::Ready
             } else {
@@ -144,8 +147,12 @@ impl Machine {
         poll(
             timeout,
             &format!("guest port {guest_port} to listen (in /proc/net/tcp, not published)"),
-            || {
-                let out = self.exec(&["cat", "/proc/net/tcp", "/proc/net/tcp6"])?;
+            |left| {
+                let out =
+                    match self.probe_exec(&["cat", "/proc/net/tcp", "/proc/net/tcp6"], left)? {
+                        Ok(out) => out,
+                        Err(late) => return Ok(late),
+                    };
                 // No IPv6 in the guest: `cat` fails on tcp6 but printed tcp.
                 Ok(if listens_on(&out.stdout_str(), guest_port) {
                     Probe::Ready
@@ -179,10 +186,24 @@ impl Machine {
         }
         let what = format!(
             "{:?} in the console log",
-            scrub_machine_output(self.name(), pattern)
+            self.smolvm().scrub_output(self.name(), pattern)
         );
-        poll(timeout, &what, || {
-            let log = self.console_log()?;
+        poll(timeout, &what, |left| {
+            let path = match self
+                .smolvm()
+                .with_timeout(left)
+                .machine_data_dir(self.name())
+            {
+                Ok(dir) => dir.join(CONSOLE_LOG),
+                Err(Error::Timeout { .. }) => {
+                    return Ok(Probe::NotYet(format!(
+                        "`machine data-dir` did not answer within {left:?}"
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
+            let log = read_log(self.smolvm(), self.name(), &path)
+                .map_err(|e| Error::io("read the console log", path, e))?;
             Ok(if log.contains(pattern) {
                 Probe::Ready
             } else if log.trim().is_empty() {
@@ -193,11 +214,29 @@ impl Machine {
         })
     }
 
+    /// Run a probe command with `left` as its host-side limit: `Ok(Err(not yet))` when it
+    /// did not answer in time, an error when smolvm failed.
+    fn probe_exec(
+        &self,
+        argv: &[&str],
+        left: Duration,
+    ) -> Result<std::result::Result<crate::ExecOutput, Probe>> {
+        let client = self.smolvm().with_timeout(left);
+        match client.machine_exec(self.name(), argv, &crate::ExecOptions::default()) {
+            Ok(out) => Ok(Ok(out)),
+            Err(Error::Timeout { .. }) => Ok(Err(Probe::NotYet(format!(
+                "`{}` did not answer within {left:?}",
+                argv.join(" ")
+            )))),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `exit N` and the tails of stderr and stdout, scrubbed.
     fn describe_exec(&self, what: &str, out: &crate::ExecOutput) -> String {
         let mut text = format!("`{what}` exited {}", out.code());
         for (name, stream) in [("stderr", out.stderr_str()), ("stdout", out.stdout_str())] {
-            let stream = scrub_machine_output(self.name(), &stream);
+            let stream = self.smolvm().scrub_output(self.name(), &stream);
             if !stream.trim().is_empty() {
                 text.push_str(&format!("; {name}:\n{}", tail(&stream)));
             }
@@ -214,16 +253,27 @@ enum Probe {
 }
 
 const FIRST_DELAY: Duration = Duration::from_millis(50);
+/// The shortest limit a probing smolvm call gets, near the deadline.
+const MIN_PROBE: Duration = Duration::from_millis(200);
 const MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Run `probe` until ready, an error, or `timeout`.
-fn poll(timeout: Duration, what: &str, mut probe: impl FnMut() -> Result<Probe>) -> Result<()> {
+fn poll(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut(Duration) -> Result<Probe>,
+) -> Result<()> {
     let start = Instant::now();
     // A timeout too large to add is no deadline at all.
     let deadline = start.checked_add(timeout);
     let mut delay = FIRST_DELAY;
     loop {
-        let last = match probe()? {
+        // A probe that is a smolvm call gets the time left as its limit (at least
+        // MIN_PROBE), so a hung call cannot hold the wait past its deadline.
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let last = match probe(left.max(MIN_PROBE))? {
             Probe::Ready => return Ok(()),
             Probe::NotYet(last) => last,
         };
@@ -250,7 +300,7 @@ fn wait_for_host_port(guest_port: u16, host_port: u16, timeout: Duration) -> Res
     poll(
         timeout,
         &format!("guest port {guest_port} via host {addr}"),
-        || Ok(probe_host_port(addr)),
+        |_| Ok(probe_host_port(addr)),
     )
 }
 

@@ -254,7 +254,8 @@ pub(crate) fn validate_ports(ports: &[(u16, u16)]) -> Result<()> {
             return Err(Error::invalid(
                 "port",
                 format!(
-                    "host port 0 (for guest port {guest}): smolvm has no ephemeral host port;                      use MachineBuilder::publish({guest}) to have one picked"
+                    "host port 0 (for guest port {guest}): smolvm has no ephemeral host port; \
+                     use MachineBuilder::publish({guest}) to have one picked"
                 ),
             ));
         }

@@ -91,7 +91,8 @@ fn sizing_ports_volumes_and_hosts_both_dialects() {
         want.push(format!("{host}:/ro:ro"));
         want.extend(["--dns".to_string(), "9.9.9.9".to_string()]);
         if !name_flag {
-            want.push("web".into());
+            // After extra arguments, `--` keeps a flag that takes a value from taking the name.
+            want.extend(["--".to_string(), "web".to_string()]);
         }
         assert_eq!(sent(&runner), [want], "{version}");
     }

@@ -337,13 +337,31 @@ impl Smolvm {
         if options.restricts_egress() && !dialect.enforces_egress {
             warn_unenforced_egress(dialect.version);
         }
-        let values = options.env_values();
-        // Known before the call, so that an error quoting a guest's output is scrubbed too.
-        if !values.is_empty() {
-            lock(secrets_book()).insert(name.to_string(), values);
-        }
+        // Known before the call, so that an error quoting a guest's output is scrubbed too;
+        // added to (never replacing) what a live machine of that name already has, in case
+        // this create is refused as a duplicate.
+        self.remember_values(name, options.env_values());
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
-        check(&cmd, out)?;
+        let out = check(&cmd, out)?;
+        // smolvm says which machine it made; an extra argument read as the name (before
+        // 1.0.2, where the name is a positional) would make another one, which nothing of
+        // ours would ever delete.
+        if let Some(made) = output::created_name(&String::from_utf8_lossy(&out.stdout)) {
+            if made != name {
+                let deleted = self.machine_delete(&made);
+                return Err(Error::invalid(
+                    "extra create argument",
+                    format!(
+                        "smolvm made machine {made:?} instead of {name:?}: an extra argument was \
+                         read as the machine name ({})",
+                        match deleted {
+                            Ok(()) => "it was deleted".to_string(),
+                            Err(e) => format!("deleting it failed: {e}"),
+                        }
+                    ),
+                ));
+            }
+        }
         let plan = options.secret_plan(dialect);
         if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
             lock(plan_book()).insert(self.book_key(name), plan);
@@ -394,8 +412,7 @@ impl Smolvm {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
-        lock(secrets_book()).remove(name);
-        lock(plan_book()).remove(&self.book_key(name));
+        self.forget_machine(name);
         Ok(())
     }
 
@@ -438,8 +455,10 @@ impl Smolvm {
         if let Some(t) = options.guest_timeout() {
             host_timeout = host_timeout.max(t.saturating_add(Duration::from_secs(10)));
         }
-        let secrets = options.secret_values();
-        let (cmd, out) = self.run_with(Some(name), args, env, &secrets, host_timeout)?;
+        // The guest may print them anywhere (its console log too): scrubbed from everything
+        // quoted of this machine from now on, until it is deleted.
+        self.remember_values(name, options.values_to_scrub());
+        let (cmd, out) = self.run_with(Some(name), args, env, &[], host_timeout)?;
         if out.code != Some(0) && is_smolvm_error(&out) {
             return Err(failed(&cmd, out));
         }
@@ -541,11 +560,9 @@ impl Smolvm {
         let dialect = self.dialect()?;
         let golden_plan = self.secret_plan(golden);
         let (args, plan) = options.argv(golden, clone, dialect, &golden_plan)?;
-        let mut values = machine_secrets(golden);
+        let mut values = self.machine_secrets(golden);
         values.extend(options.values());
-        if !values.is_empty() {
-            lock(secrets_book()).insert(clone.to_string(), values);
-        }
+        self.remember_values(clone, values);
         // smolvm reads the golden's secrets when it boots the clone.
         let env = plan.host_vars.clone();
         let (cmd, out) = self.run_with(Some(clone), args, env, &[], self.timeout())?;
@@ -562,10 +579,7 @@ impl Smolvm {
     /// shared by the run), so that this process's forks and execs of it supply them.
     pub(crate) fn adopt_secrets(&self, name: &str, options: &CreateOptions) -> Result<()> {
         let dialect = self.dialect()?;
-        let values = options.env_values();
-        if !values.is_empty() {
-            lock(secrets_book()).insert(name.to_string(), values);
-        }
+        self.remember_values(name, options.env_values());
         let plan = options.secret_plan(dialect);
         if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
             lock(plan_book()).insert(self.book_key(name), plan);
@@ -594,8 +608,7 @@ impl Smolvm {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
-        lock(secrets_book()).remove(name);
-        lock(plan_book()).remove(&self.book_key(name));
+        self.forget_machine(name);
         Ok(())
     }
 
@@ -689,7 +702,7 @@ impl Smolvm {
         let result = self.inner.runner.run(&inv);
         let mut secrets = extra_secrets.to_vec();
         if let Some(m) = machine {
-            secrets.extend(machine_secrets(m));
+            secrets.extend(self.machine_secrets(m));
         }
         let command = inv.command_line().with_secrets(&secrets);
         let trace = config().map(|c| c.trace).unwrap_or(false);
@@ -725,10 +738,11 @@ pub fn is_available() -> bool {
     Smolvm::from_env().is_available()
 }
 
-/// Env values given to `machine create`, per machine name, for as long as the machine may
-/// exist: a guest can print them (`env`), and then they are in output an error quotes.
-fn secrets_book() -> &'static Mutex<HashMap<String, Vec<String>>> {
-    static BOOK: OnceLock<Mutex<HashMap<String, Vec<String>>>> = OnceLock::new();
+/// Env and secret values of each machine, by (smolvm, machine name), for as long as the
+/// machine may exist: a guest can print them (`env`, its console), and then they are in
+/// output a message, a wait's report or an artifact quotes.
+fn secrets_book() -> &'static Mutex<HashMap<(String, String), Vec<String>>> {
+    static BOOK: OnceLock<Mutex<HashMap<(String, String), Vec<String>>>> = OnceLock::new();
     BOOK.get_or_init(Default::default)
 }
 
@@ -756,6 +770,43 @@ impl Smolvm {
             format!("in-process:{}", self.runner_id())
         };
         (scope, name.to_string())
+    }
+
+    /// `text` (guest output, a console log) with every env and secret value known for
+    /// `machine` on this smolvm scrubbed out, as errors scrub the output they quote.
+    pub(crate) fn scrub_output(&self, machine: &str, text: &str) -> String {
+        CommandLine::new("smolvm", &[])
+            .with_secrets(&self.machine_secrets(machine))
+            .redact_output(text)
+    }
+
+    fn machine_secrets(&self, machine: &str) -> Vec<String> {
+        lock(secrets_book())
+            .get(&self.book_key(machine))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Add values to scrub for `machine`, keeping the ones it has.
+    fn remember_values(&self, machine: &str, values: Vec<String>) {
+        let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        if values.is_empty() {
+            return;
+        }
+        let mut book = lock(secrets_book());
+        let known = book.entry(self.book_key(machine)).or_default();
+        for v in values {
+            if !known.contains(&v) {
+                known.push(v);
+            }
+        }
+    }
+
+    /// The machine is deleted: forget its secrets and values.
+    fn forget_machine(&self, machine: &str) {
+        let key = self.book_key(machine);
+        lock(secrets_book()).remove(&key);
+        lock(plan_book()).remove(&key);
     }
 
     fn secret_plan(&self, name: &str) -> SecretPlan {
@@ -789,21 +840,6 @@ fn custom_runner_notice(runner: &dyn fmt::Debug, program: &Path) {
             program.display()
         ));
     }
-}
-
-fn machine_secrets(machine: &str) -> Vec<String> {
-    lock(secrets_book())
-        .get(machine)
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// `text` (guest output, a console log) with every secret known for `machine` scrubbed out,
-/// as errors scrub the output they quote.
-pub(crate) fn scrub_machine_output(machine: &str, text: &str) -> String {
-    CommandLine::new("smolvm", &[])
-        .with_secrets(&machine_secrets(machine))
-        .redact_output(text)
 }
 
 /// `Ok` for exit 0, else [`Error::Failed`].

@@ -477,6 +477,10 @@ impl CreateOptions {
         }
         args.extend(self.extra_args.iter().cloned());
         if !dialect.name_flag {
+            if !self.extra_args.is_empty() {
+                // An extra flag that takes a value must not take the name instead.
+                args.push("--".into());
+            }
             args.push(name.to_string());
         }
         Ok(args)
@@ -490,8 +494,7 @@ impl CreateOptions {
                 host_vars: self
                     .secret_env
                     .iter()
-                    .enumerate()
-                    .map(|(i, (k, v))| (host_var("SECRET", i, k), v.clone()))
+                    .map(|(k, v)| (host_var("SECRET", k), v.clone()))
                     .collect(),
                 per_exec: Vec::new(),
             }
@@ -513,8 +516,7 @@ impl CreateOptions {
         }
         self.secret_env
             .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.clone(), host_var("SECRET", i, k)))
+            .map(|(k, _)| (k.clone(), host_var("SECRET", k)))
             .collect()
     }
 }
@@ -632,8 +634,8 @@ impl ForkOptions {
             args.push(format!("--env={k}={v}"));
         }
         let mut plan = golden_plan.clone();
-        for (i, (k, v)) in self.secret_env.iter().enumerate() {
-            let var = host_var("CLONE_SECRET", i, k);
+        for (k, v) in &self.secret_env {
+            let var = host_var("CLONE_SECRET", k);
             args.push("--secret-env".into());
             args.push(format!("{k}={var}"));
             plan.host_vars.push((var, v.clone()));
@@ -664,21 +666,29 @@ pub(super) struct SecretPlan {
     pub(super) per_exec: Vec<(String, String)>,
 }
 
-/// The host variable smolvm reads a secret from: named after the key when the key is a
-/// plain identifier (readable in `ps`), else after its position.
-fn host_var(kind: &str, index: usize, key: &str) -> String {
-    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+/// The host variable smolvm reads a secret from: named after the key when the key is an
+/// identifier (readable in `ps`), else after the key's bytes in hex, under another prefix
+/// (`…_SECRETHEX_…`), so that no two keys of one machine ever share a variable.
+fn host_var(kind: &str, key: &str) -> String {
+    let ident = key
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+    if !key.is_empty() && ident {
         format!("SMOLVM_HARNESS_{kind}_{key}")
     } else {
-        format!("SMOLVM_HARNESS_{kind}_{index}")
+        let hex: String = key.bytes().map(|b| format!("{b:02X}")).collect();
+        format!("SMOLVM_HARNESS_{kind}HEX_{hex}")
     }
 }
 
 /// Variables smolvm (or the loader, or a Rust runtime) reads from its own environment: on
 /// smolvm < 1.0.0 a secret is passed under its own key in that environment, so it must not
 /// be one of these.
-const HOST_ONLY_VARS: &[&str] = &["HOME", "PATH", "TMPDIR", "USER", "SHELL", "PWD", "TZ"];
-const HOST_ONLY_PREFIXES: &[&str] = &["XDG_", "SMOLVM", "RUST_", "LD_", "DYLD_", "LC_", "LANG"];
+const HOST_ONLY_VARS: &[&str] = &[
+    "HOME", "PATH", "TMPDIR", "USER", "SHELL", "PWD", "TZ", "LANG", "LANGUAGE",
+];
+const HOST_ONLY_PREFIXES: &[&str] = &["XDG_", "SMOLVM", "RUST_", "LD_", "DYLD_", "LC_"];
 
 fn validate_secret_keys(secrets: &[(String, String)]) -> Result<()> {
     for (i, (k, _)) in secrets.iter().enumerate() {
@@ -715,7 +725,8 @@ fn check_secrets_version(secrets: &[(String, String)], dialect: Dialect) -> Resu
                 "secret env key",
                 format!(
                     "{k:?}: on smolvm {} a secret is passed in smolvm's own environment under \
-                     its key, and smolvm reads {k} itself; use another key (or smolvm ≥ 1.0.0)",
+                     its key, and smolvm (or its loader or runtime) may read {k} itself; use \
+                     another key (or smolvm ≥ 1.0.0)",
                     dialect.version
                 ),
             ));
@@ -930,9 +941,9 @@ impl ExecOptions {
         for (k, v) in &self.env {
             args.push(format!("--env={k}={v}"));
         }
-        for (i, (k, v)) in secrets.iter().enumerate() {
+        for (k, v) in &secrets {
             if dialect.secret_env {
-                let var = host_var("EXEC_SECRET", i, k);
+                let var = host_var("EXEC_SECRET", k);
                 args.push("--secret-env".into());
                 args.push(format!("{k}={var}"));
                 env.push((var, v.clone()));
@@ -946,10 +957,12 @@ impl ExecOptions {
         Ok((args, env))
     }
 
-    /// The non-empty secret values of this command, to scrub from its output.
-    pub(super) fn secret_values(&self) -> Vec<String> {
-        self.secret_env
+    /// The env and secret values of this command, to scrub from what is quoted of its
+    /// machine.
+    pub(super) fn values_to_scrub(&self) -> Vec<String> {
+        self.env
             .iter()
+            .chain(&self.secret_env)
             .map(|(_, v)| v.clone())
             .filter(|v| !v.is_empty())
             .collect()

@@ -363,3 +363,12 @@ pub(super) fn parse_fork_remaps(stderr: &str) -> Vec<super::PortMapping> {
         })
         .collect()
 }
+
+/// The name in `machine create`'s first line, `Created machine: NAME`, if it printed one.
+pub(super) fn created_name(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Created machine: "))
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+}
