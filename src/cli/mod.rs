@@ -741,15 +741,18 @@ pub fn is_available() -> bool {
 /// Env and secret values of each machine, by (smolvm, machine name), for as long as the
 /// machine may exist: a guest can print them (`env`, its console), and then they are in
 /// output a message, a wait's report or an artifact quotes.
-fn secrets_book() -> &'static Mutex<HashMap<(String, String), Vec<String>>> {
-    static BOOK: OnceLock<Mutex<HashMap<(String, String), Vec<String>>>> = OnceLock::new();
+fn secrets_book() -> &'static Mutex<HashMap<BookKey, Vec<String>>> {
+    static BOOK: OnceLock<Mutex<HashMap<BookKey, Vec<String>>>> = OnceLock::new();
     BOOK.get_or_init(Default::default)
 }
 
+/// (which smolvm, machine name): see [`Smolvm::book_key`].
+type BookKey = (String, String);
+
 /// How each machine's secrets reach it, by (smolvm, machine name): kept in memory only, for
 /// as long as the machine may exist.
-fn plan_book() -> &'static Mutex<HashMap<(String, String), SecretPlan>> {
-    static BOOK: OnceLock<Mutex<HashMap<(String, String), SecretPlan>>> = OnceLock::new();
+fn plan_book() -> &'static Mutex<HashMap<BookKey, SecretPlan>> {
+    static BOOK: OnceLock<Mutex<HashMap<BookKey, SecretPlan>>> = OnceLock::new();
     BOOK.get_or_init(Default::default)
 }
 
@@ -757,7 +760,7 @@ impl Smolvm {
     /// Which smolvm a machine name belongs to: the program and its process env for real
     /// processes (any client of the same binary and state reaches the machine), the runner's
     /// state otherwise.
-    fn book_key(&self, name: &str) -> (String, String) {
+    fn book_key(&self, name: &str) -> BookKey {
         let scope = if self.inner.process_runner {
             let env: Vec<String> = self
                 .inner
