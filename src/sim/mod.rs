@@ -262,7 +262,7 @@ use state::State;
 /// The subcommand keys the knobs (`fail`, `latency`, `hang`) accept.
 pub const KNOB_KEYS: &[&str] = &[
     "version", "pack", "create", "start", "stop", "delete", "exec", "cp", "ls", "status",
-    "data-dir",
+    "data-dir", "fork",
 ];
 
 /// smolvm's per-stream cap on non-streaming exec output (`MAX_EXEC_OUTPUT`, 11 MiB).
@@ -420,7 +420,14 @@ pub(crate) fn drive(call: &Call<'_>, backend: &dyn Backend) -> Result<Outcome, S
         }
     }
     let delete_confirmed =
-        matches!(cmd, Command::Delete { force: false, .. }) && (call.confirm_delete)();
+        matches!(
+            cmd,
+            Command::Delete {
+                force: false,
+                cascade: false,
+                ..
+            }
+        ) && (call.confirm_delete)();
     let ctx = Ctx {
         features: f,
         now_secs: apply::now_secs(),
