@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::grammar::{
-    parse_env_spec, parse_labels, validate_name, Command, CreateArgs, ExecArgs, Features,
-    ForkArgs, PackArgs,
+    parse_env_spec, parse_labels, validate_name, Command, CreateArgs, ExecArgs, Features, ForkArgs,
+    PackArgs,
 };
 use super::guest::{Effect, GuestJob};
 use super::net::{self, Bound, HostNet};
@@ -882,9 +882,10 @@ fn parse_fork_env(specs: &[String], clone: &str) -> Result<Vec<(String, String)>
         let Some((key, value)) = spec.split_once('=') else {
             return Err(format!("expected KEY=VALUE, got '{spec}'"));
         };
-        let ident = key.bytes().enumerate().all(|(i, b)| {
-            b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
-        });
+        let ident = key
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
         if key.is_empty() || !ident {
             return Err(format!(
                 "invalid key '{key}': must match [A-Za-z_][A-Za-z0-9_]*"
@@ -994,8 +995,7 @@ fn fork(a: &ForkArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
         let pinned = pin.map(|i| pins.remove(i).0);
         // Under TSI (before 1.1.0) only a listening guest server holds its host port; the
         // clone inherits the golden's servers.
-        let bind_now =
-            f.virtio_net_ports() || g.listeners.iter().any(|l| l.port == guest);
+        let bind_now = f.virtio_net_ports() || g.listeners.iter().any(|l| l.port == guest);
         let (h2, listener) = match pinned {
             Some(p) => (p, None),
             None => match net::bind_any() {
@@ -1127,7 +1127,11 @@ fn fork(a: &ForkArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
         "Forked '{golden}' -> '{clone}'. Golden stays frozen as the fork base (do not start it \
          again while clones exist).\n"
     ));
-    out(0, format!("Machine '{clone}' running (PID: {pid})\n"), stderr)
+    out(
+        0,
+        format!("Machine '{clone}' running (PID: {pid})\n"),
+        stderr,
+    )
 }
 
 fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {

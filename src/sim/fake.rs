@@ -434,9 +434,7 @@ fn helper_snapshot(dir: &Path, machine: &str, boot: u64) -> Option<SimMachine> {
     state
         .get(machine)
         .filter(|m| {
-            m.state.vmm_alive()
-                && m.boots == boot
-                && m.helpers.contains(&std::process::id())
+            m.state.vmm_alive() && m.boots == boot && m.helpers.contains(&std::process::id())
         })
         .cloned()
 }

@@ -651,7 +651,16 @@ const MACHINE_USAGE: &str = "smolvm machine <COMMAND>";
 /// Subcommands that exist in the real CLI but are not modelled; they get a clear message
 /// instead of a misleading clap error.
 const UNSIMULATED_MACHINE: &[&str] = &[
-    "run", "update", "logs", "images", "prune", "monitor", "resize", "export", "attach", "shell",
+    "run",
+    "update",
+    "logs",
+    "images",
+    "prune",
+    "monitor",
+    "resize",
+    "export",
+    "attach",
+    "shell",
     "fork-release",
 ];
 

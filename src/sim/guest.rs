@@ -640,7 +640,11 @@ impl Guest<'_> {
         }
         let prefix = format!("{}/", full.trim_end_matches('/'));
         KNOWN.contains(&full)
-            || self.job.mounts.iter().any(|m| m.target.starts_with(&prefix))
+            || self
+                .job
+                .mounts
+                .iter()
+                .any(|m| m.target.starts_with(&prefix))
             || full == self.job.workdir
             || self.dirs.contains(full)
             || self.files.keys().any(|f| f.starts_with(&prefix))

@@ -419,15 +419,14 @@ pub(crate) fn drive(call: &Call<'_>, backend: &dyn Backend) -> Result<Outcome, S
             return finish(backend, runtime_error(&msg));
         }
     }
-    let delete_confirmed =
-        matches!(
-            cmd,
-            Command::Delete {
-                force: false,
-                cascade: false,
-                ..
-            }
-        ) && (call.confirm_delete)();
+    let delete_confirmed = matches!(
+        cmd,
+        Command::Delete {
+            force: false,
+            cascade: false,
+            ..
+        }
+    ) && (call.confirm_delete)();
     let ctx = Ctx {
         features: f,
         now_secs: apply::now_secs(),

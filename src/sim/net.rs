@@ -50,12 +50,14 @@ pub(crate) fn serve_conn(
     snapshot: &dyn Fn() -> Option<SimMachine>,
 ) {
     // A frozen golden's forwards stay bound by its paused VMM, but nothing answers.
-    let kind = snapshot().filter(|m| m.state == SimState::Running).and_then(|m| {
-        m.listeners
-            .iter()
-            .find(|l| l.port == guest)
-            .map(|l| l.kind.clone())
-    });
+    let kind = snapshot()
+        .filter(|m| m.state == SimState::Running)
+        .and_then(|m| {
+            m.listeners
+                .iter()
+                .find(|l| l.port == guest)
+                .map(|l| l.kind.clone())
+        });
     let Some(kind) = kind else {
         let _ = stream.shutdown(Shutdown::Both);
         return;
@@ -135,10 +137,7 @@ pub(crate) fn http_response(m: &SimMachine, dir: &str, head: &[u8]) -> Vec<u8> {
     let full = format!("{}{}", dir.trim_end_matches('/'), path);
     // A file under a `-v` mount is read from the host directory, as it is now.
     let body = match mounted_path(&m.mounts, &full) {
-        Some((host, _)) => host
-            .is_file()
-            .then(|| std::fs::read(&host).ok())
-            .flatten(),
+        Some((host, _)) => host.is_file().then(|| std::fs::read(&host).ok()).flatten(),
         None => m.files.get(&full).cloned(),
     };
     match body {
