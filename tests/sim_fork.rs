@@ -404,6 +404,14 @@ fn fork_exists_from_1_0_0_positional_until_1_0_2() {
             (2, "error: unexpected argument '--cascade' found")
         );
     }
+    // `--cascade` joins `delete` in 1.7.0, after `--name` (1.0.2).
+    for front in Front::both(Version::new(1, 6, 0)) {
+        let o = front.run(&["machine", "delete", "--cascade", "--name", "g"]);
+        assert_eq!(
+            (o.code, first_line(&o.stderr)),
+            (2, "error: unexpected argument '--cascade' found")
+        );
+    }
     for front in Front::both(NEW) {
         let o = front.run(&["machine", "fork", "g", "c"]);
         assert_eq!(
