@@ -1650,6 +1650,61 @@ mod tests {
     }
 
     #[test]
+    fn fork_forms_per_version() {
+        assert_eq!(
+            first_err_line(p(Version::new(0, 9, 9), &["machine", "fork", "g", "c"])).1,
+            "error: unrecognized subcommand 'fork'"
+        );
+        let Command::Fork(a) = p(Version::new(1, 0, 0), &["machine", "fork", "g", "c"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((a.golden.as_str(), a.name.as_deref()), ("g", Some("c")));
+        let Command::Fork(a) = p(
+            NEW,
+            &[
+                "machine",
+                "fork",
+                "--golden",
+                "g",
+                "-n",
+                "c",
+                "-p",
+                "8080:80",
+                "-e",
+                "A=1",
+                "--secret-env",
+                "S=V",
+                "--forkable",
+            ],
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.ports, vec![(8080, 80)]);
+        assert_eq!(
+            (a.env, a.secret_env, a.forkable),
+            (vec!["A=1".to_string()], vec!["S=V".to_string()], true)
+        );
+        assert_eq!(
+            first_err_line(p(
+                Version::new(1, 6, 9),
+                &["machine", "fork", "--golden", "g", "-e", "A=1"]
+            ))
+            .1,
+            "error: unexpected argument '-e' found"
+        );
+        assert!(matches!(
+            p(Version::new(1, 0, 0), &["machine", "start", "--forkable"]).unwrap(),
+            Command::Start { forkable: true, .. }
+        ));
+        assert_eq!(
+            first_err_line(p(OLD, &["machine", "start", "--forkable"])).1,
+            "error: unexpected argument '--forkable' found"
+        );
+    }
+
+    #[test]
     fn pack_requires_output_and_image() {
         let (code, _) = first_err_line(p(NEW, &["pack", "create", "--image", "alpine"]));
         assert_eq!(code, 2);

@@ -762,7 +762,14 @@ mod tests {
         m.env = vec![("A".into(), "1".into()), ("A".into(), "2".into())];
         m.labels.insert("k".into(), "v".into());
         m.files.insert("/tmp/x".into(), vec![0, 1, 254, 255]);
+        let mut clone = m.clone();
+        m.state = SimState::Frozen;
+        m.forkable = true;
+        clone.name = "web-c".into();
+        clone.golden = Some("web".into());
+        clone.broken = true;
         s.machines.push(m);
+        s.machines.push(clone);
         s.data_dirs.insert("junk".into());
         let back = State::from_json_text(&s.to_json_text()).unwrap();
         assert_eq!(back, s);
@@ -795,6 +802,25 @@ mod tests {
         }
         assert_eq!(old["state"], "created");
         assert_eq!(old["pid"], Value::Null);
+    }
+
+    #[test]
+    fn mounted_paths_map_to_the_deepest_mount() {
+        let mount = |source: &str, target: &str, read_only| SimMount {
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        };
+        let mounts = [
+            mount("/h/a", "/data", false),
+            mount("/h/b", "/data/ro", true),
+        ];
+        let host = |p: &str| mounted_path(&mounts, p).map(|(h, ro)| (h.display().to_string(), ro));
+        assert_eq!(host("/data"), Some(("/h/a".into(), false)));
+        assert_eq!(host("/data/x/y"), Some(("/h/a/x/y".into(), false)));
+        assert_eq!(host("/data/ro/f"), Some(("/h/b/f".into(), true)));
+        assert_eq!(host("/datax"), None);
+        assert_eq!(host("/"), None);
     }
 
     #[test]
