@@ -1100,3 +1100,106 @@ fn in_process_forwarders_end_with_the_runner() {
     drop(runner);
     assert!(refused(port));
 }
+
+#[test]
+fn the_guest_sees_volume_mounts_live_and_ro_refuses_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("keep"), b"keep\n").unwrap();
+    let www_spec = format!("{}:/srv/www", www.display());
+    let ro_spec = format!("{}:/ro:ro", ro.display());
+    for v in [V082, NEW] {
+        for front in Front::both(v) {
+            let l = front.label();
+            let port = free_port();
+            let map = format!("{port}:8080");
+            let args = ["-v", &www_spec, "-v", &ro_spec, "-p", &map];
+            assert_eq!(front.create("m", &args).code, 0, "{l}");
+            front.start("m");
+            // Written on the host after start: the guest reads it, live.
+            std::fs::write(www.join("index.html"), b"from host\n").unwrap();
+            assert_eq!(
+                front.sh("m", "cat /srv/www/index.html").stdout,
+                "from host\n"
+            );
+            assert_eq!(
+                front
+                    .sh(
+                        "m",
+                        "test -f /srv/www/index.html && test -d /srv/www && test -d /srv && \
+                         test -e /ro/keep && grep -q host /srv/www/index.html && echo yes"
+                    )
+                    .stdout,
+                "yes\n",
+                "{l}"
+            );
+            std::fs::write(www.join("index.html"), b"changed\n").unwrap();
+            assert_eq!(front.sh("m", "cat /srv/www/index.html").stdout, "changed\n");
+            // Guest writes land on the host.
+            let o = front.sh(
+                "m",
+                "echo one > /srv/www/g.txt && echo two >> /srv/www/g.txt && mkdir -p \
+                 /srv/www/sub/deep && echo x > /srv/www/sub/deep/f",
+            );
+            assert_eq!(o.code, 0, "{l}: {o:?}");
+            assert_eq!(std::fs::read(www.join("g.txt")).unwrap(), b"one\ntwo\n");
+            assert_eq!(std::fs::read(www.join("sub/deep/f")).unwrap(), b"x\n");
+            assert!(front.machine("m").unwrap().files.is_empty(), "{l}");
+            assert_eq!(
+                front
+                    .sh("m", "rm -r /srv/www/sub && rm /srv/www/g.txt")
+                    .code,
+                0
+            );
+            assert!(
+                !www.join("sub").exists() && !www.join("g.txt").exists(),
+                "{l}"
+            );
+            // `:ro` refuses writes as Linux does.
+            let o = front.sh("m", "echo x > /ro/new");
+            assert_eq!(
+                (o.code, o.stderr.as_str()),
+                (1, "sh: can't create /ro/new: Read-only file system\n"),
+                "{l}"
+            );
+            let o = front.run(&["machine", "exec", "--name", "m", "--", "mkdir", "/ro/d"]);
+            assert_eq!(
+                (o.code, o.stderr.as_str()),
+                (
+                    1,
+                    "mkdir: can't create directory '/ro/d': Read-only file system\n"
+                )
+            );
+            let o = front.run(&["machine", "exec", "--name", "m", "--", "rm", "/ro/keep"]);
+            assert_eq!(
+                (o.code, o.stderr.as_str()),
+                (1, "rm: can't remove '/ro/keep': Read-only file system\n")
+            );
+            assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 1, "{l}");
+            assert_eq!(front.sh("m", "cat /ro/keep").stdout, "keep\n");
+            // busybox httpd serves the host directory's files.
+            assert_eq!(front.sh("m", "httpd -p 8080 -h /srv/www").code, 0);
+            let answer = exchange(port, b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            assert!(answer.ends_with(b"\r\n\r\nchanged\n"), "{l}: {answer:?}");
+            std::fs::write(www.join("late.txt"), b"late\n").unwrap();
+            let answer = exchange(port, b"GET /late.txt HTTP/1.0\r\n\r\n").unwrap();
+            assert!(answer.ends_with(b"\r\n\r\nlate\n"), "{l}: {answer:?}");
+            // cp reads and writes through the mount too.
+            let down = tmp.path().join("down");
+            front.ok(&[
+                "machine",
+                "cp",
+                "m:/srv/www/late.txt",
+                &down.display().to_string(),
+            ]);
+            assert_eq!(std::fs::read(&down).unwrap(), b"late\n");
+            front.delete("m");
+            for f in ["index.html", "late.txt"] {
+                std::fs::remove_file(www.join(f)).unwrap();
+            }
+        }
+    }
+}

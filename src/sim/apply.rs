@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::grammar::{
-    parse_env_spec, parse_labels, validate_name, Command, CreateArgs, ExecArgs, Features, PackArgs,
+    parse_env_spec, parse_labels, validate_name, Command, CreateArgs, ExecArgs, Features, ForkArgs,
+    PackArgs,
 };
 use super::guest::{Effect, GuestJob};
 use super::net::{self, Bound, HostNet};
@@ -126,6 +127,44 @@ fn not_running(name: &str) -> SimOutput {
     )
 }
 
+/// Exec or cp into a golden after its first fork: the VM is paused, its agent never answers
+/// (smolvm would fail to connect or hang; the simulation's words).
+fn frozen_error(name: &str) -> SimOutput {
+    error(
+        "",
+        format!(
+            "agent operation failed: connect: machine '{name}' is frozen as a fork base: its VM \
+             is paused and its agent does not answer"
+        ),
+    )
+}
+
+/// A clone whose golden was deleted with `-f`: its copy-on-write disks lost their backing
+/// files (the simulation's words).
+fn broken_error(op: &str, m: &SimMachine) -> SimOutput {
+    error(
+        "",
+        format!(
+            "agent operation failed: {op}: clone disk: backing file of clone '{}' is gone: \
+             golden '{}' was deleted (No such file or directory (os error 2))",
+            m.name,
+            m.golden.as_deref().unwrap_or("")
+        ),
+    )
+}
+
+/// The clones of `golden` that still depend on it (a broken clone no longer does), by name;
+/// `running_only` counts only live ones.
+fn clones_of(state: &State, golden: &str, running_only: bool) -> Vec<String> {
+    state
+        .machines
+        .iter()
+        .filter(|m| m.golden.as_deref() == Some(golden) && !m.broken)
+        .filter(|m| !running_only || m.state == SimState::Running)
+        .map(|m| m.name.clone())
+        .collect()
+}
+
 /// Apply one command to the state.
 pub(crate) fn apply(cmd: &Command, state: &mut State, ctx: &Ctx<'_>) -> Step {
     let f = ctx.features;
@@ -135,9 +174,14 @@ pub(crate) fn apply(cmd: &Command, state: &mut State, ctx: &Ctx<'_>) -> Step {
         Command::NotSimulated(what) => error("", format!("sim: subcommand not simulated: {what}")),
         Command::Pack(p) => pack(p),
         Command::Create(c) => create(c, state, ctx),
-        Command::Start { name } => start(name.as_deref(), state, ctx),
+        Command::Start { name, forkable } => start(name.as_deref(), *forkable, state, ctx),
         Command::Stop { name } => stop(name.as_deref().unwrap_or("default"), state, ctx),
-        Command::Delete { name, force } => delete(name, *force, state, ctx),
+        Command::Delete {
+            name,
+            force,
+            cascade,
+        } => delete(name, *force, *cascade, state, ctx),
+        Command::Fork(a) => fork(a, state, ctx),
         Command::Exec(e) => return exec(e, state, ctx),
         Command::Cp { src, dst } => cp(src, dst, state, ctx),
         Command::Ls { json, verbose } => ls(*json, *verbose, state, f),
@@ -589,7 +633,7 @@ fn resolve_secrets(
     Ok(out)
 }
 
-fn start(name: Option<&str>, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+fn start(name: Option<&str>, forkable: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     let f = ctx.features;
     let explicit = name.is_some();
     let name = name.unwrap_or("default");
@@ -608,11 +652,35 @@ fn start(name: Option<&str>, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     let Some(m) = state.get(name) else {
         return not_found(name);
     };
-    if m.state == SimState::Running {
+    // A frozen golden's VMM is alive (paused): before 1.3.0 start sees it running.
+    let frozen_guard = m.state == SimState::Frozen && f.frozen_state();
+    if m.state.vmm_alive() && !frozen_guard {
+        // `--forkable` is ignored here (§1.2).
         return ok(format!(
             "Machine '{name}' already running (PID: {})\n",
             m.pid.unwrap_or_default()
         ));
+    }
+    if frozen_guard {
+        let clones = clones_of(state, name, true);
+        return error(
+            "",
+            if clones.is_empty() {
+                format!(
+                    "'{name}' is frozen because it retains a reusable fork checkpoint; stop it \
+                     before restarting, or fork it again"
+                )
+            } else {
+                format!(
+                    "'{name}' is frozen because it is the fork base for {} live clone(s) ({})",
+                    clones.len(),
+                    clones.join(", ")
+                )
+            },
+        );
+    }
+    if m.broken {
+        return broken_error("start machine", m);
     }
     // Secret refs are resolved at every start, for the init and workload env (§2.3).
     if let Err(e) = resolve_secrets(&m.secret_refs, ctx) {
@@ -624,9 +692,7 @@ fn start(name: Option<&str>, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     if f.virtio_net_ports() {
         for (host, _) in &ports {
             let holder = state.machines.iter().find(|o| {
-                o.name != name
-                    && o.state == SimState::Running
-                    && o.ports.iter().any(|(h, _)| h == host)
+                o.name != name && o.state.vmm_alive() && o.ports.iter().any(|(h, _)| h == host)
             });
             if let Some(holder) = holder {
                 return error(
@@ -685,6 +751,7 @@ fn start(name: Option<&str>, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     }
     m.state = SimState::Running;
     m.pid = Some(pid);
+    m.forkable = forkable;
     m.booted = true;
     m.boots = boot;
     m.listeners.clear();
@@ -712,40 +779,85 @@ fn stop(name: &str, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     }
     // The agent manager makes the data directory even for unknown names (§0.7).
     ensure_data_dir(state, name, ctx);
-    let Some(m) = state.get_mut(name) else {
+    let Some(m) = state.get(name) else {
         return if f.stop_unknown_is_error() {
             not_found(name)
         } else {
             ok(format!("Machine '{name}' not found or not running\n"))
         };
     };
-    if m.state != SimState::Running {
+    if !m.state.vmm_alive() {
         return ok(format!(
             "Machine '{name}' is not running (state: {})\n",
-            m.state.as_str()
+            m.state.word(f)
         ));
     }
+    if m.state == SimState::Frozen && f.frozen_state() {
+        let clones = clones_of(state, name, true);
+        if !clones.is_empty() {
+            return error(
+                "",
+                format!(
+                    "machine '{name}' is the fork base for {} live clone(s) ({}); stop or \
+                     delete the clones first",
+                    clones.len(),
+                    clones.join(", ")
+                ),
+            );
+        }
+    }
+    let Some(m) = state.get_mut(name) else {
+        return not_found(name);
+    };
+    // Stopping a frozen golden kills its paused VMM and drops the retained checkpoint.
     m.state = SimState::Stopped;
     m.pid = None;
+    m.forkable = false;
     shut_down(m, ctx);
     ok(format!(
         "Stopping machine '{name}'...\nStopped machine: {name}\n"
     ))
 }
 
-fn delete(name: &str, force: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
-    let Some(m) = state.get(name) else {
+fn delete(name: &str, force: bool, cascade: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+    if state.get(name).is_none() {
         return not_found(name);
-    };
-    let running = m.state == SimState::Running;
+    }
+    let clones = clones_of(state, name, false);
+    if !clones.is_empty() && !force && !cascade {
+        return error(
+            "",
+            format!(
+                "machine '{name}' is the fork base for {} clone(s) ({}); delete the clones \
+                 first, use --cascade to remove them too, or --force to break them",
+                clones.len(),
+                clones.join(", ")
+            ),
+        );
+    }
     let mut stdout = String::new();
     let mut stderr = String::new();
-    if !force {
+    if !force && !cascade {
         stderr.push_str(&format!("Delete machine '{name}'? [y/N] "));
         if !ctx.delete_confirmed {
             return out(0, "Cancelled\n", stderr);
         }
     }
+    for clone in &clones {
+        if cascade {
+            remove_machine(clone, state, ctx, &mut stdout);
+        } else if let Some(c) = state.get_mut(clone) {
+            // `-f` goes ahead: the clones' copy-on-write backing files dangle (§0.4).
+            c.broken = true;
+        }
+    }
+    remove_machine(name, state, ctx, &mut stdout);
+    out(0, stdout, stderr)
+}
+
+/// Stop (from 0.8.1) and remove one machine and its data directory, saying so on `stdout`.
+fn remove_machine(name: &str, state: &mut State, ctx: &Ctx<'_>, stdout: &mut String) {
+    let running = state.get(name).is_some_and(|m| m.state.vmm_alive());
     // v0.8.0 removes the record and leaves a running VM orphaned; later versions stop it.
     if running && ctx.features.delete_stops_running() {
         stdout.push_str(&format!("Stopping machine '{name}'...\n"));
@@ -760,7 +872,266 @@ fn delete(name: &str, force: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutpu
     let _ = fs::remove_dir_all(data_dir_path(ctx.data_root, name));
     state.remove(name);
     stdout.push_str(&format!("Deleted machine: {name}\n"));
-    out(0, stdout, stderr)
+}
+
+/// `fork -e` (§1.2): `KEY=VALUE` with a shell-identifier key and a one-line value;
+/// `{index}` (always 0 for a single fork) and `{name}` are replaced in values.
+fn parse_fork_env(specs: &[String], clone: &str) -> Result<Vec<(String, String)>, String> {
+    let mut env = Vec::new();
+    for spec in specs {
+        let Some((key, value)) = spec.split_once('=') else {
+            return Err(format!("expected KEY=VALUE, got '{spec}'"));
+        };
+        let ident = key
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+        if key.is_empty() || !ident {
+            return Err(format!(
+                "invalid key '{key}': must match [A-Za-z_][A-Za-z0-9_]*"
+            ));
+        }
+        if value.contains(['\n', '\r']) {
+            return Err(format!("value of '{key}' must not contain a newline"));
+        }
+        let value = value.replace("{index}", "0").replace("{name}", clone);
+        env.push((key.to_string(), value));
+    }
+    Ok(env)
+}
+
+/// Where the clone's `-e` values are written in its guest (dotenv lines).
+const FORK_ENV_FILE: &str = "/etc/smolvm/fork-env";
+
+/// `machine fork` (§1.2, §1.3): checks in smolvm's order, then freeze the golden and boot a
+/// clone whose record is a copy of the golden's with its own name, pid and ports.
+fn fork(a: &ForkArgs, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
+    let f = ctx.features;
+    let golden = a.golden.as_str();
+    // `ForkCmd::run` checks this before anything is printed.
+    let Some(clone) = a.name.clone() else {
+        return error(
+            "",
+            "config operation failed: fork: --name is required for one clone; use --name-prefix \
+             with --count for a batch",
+        );
+    };
+    // Printed even when the fork then fails (§1.2).
+    let mut stderr = format!("Freezing golden '{golden}' as fork base...\n");
+    let fail = |stderr: &str, msg: String| out(1, "", format!("{stderr}Error: {msg}\n"));
+    if let Err(e) = validate_name(&clone) {
+        let e = e.replacen("machine name", "clone name", 1);
+        return fail(&stderr, format!("config operation failed: clone name: {e}"));
+    }
+    let fork_env = match parse_fork_env(&a.env, &clone) {
+        Ok(e) => e,
+        Err(e) => return fail(&stderr, format!("config operation failed: fork env: {e}")),
+    };
+    let own_refs = match parse_secret_refs(&a.secret_env, &a.secret_file) {
+        Ok(r) => r,
+        Err(e) => return fail(&stderr, format!("config operation failed: {e}")),
+    };
+    if a.forkable {
+        return fail(
+            &stderr,
+            "agent operation failed: fork: nested fork is not supported: a clone cannot be \
+             re-forked, so `forkable` on a fork has no effect (drop it)"
+                .into(),
+        );
+    }
+    if state.get(&clone).is_some() {
+        return fail(
+            &stderr,
+            format!("agent operation failed: fork: machine '{clone}' already exists"),
+        );
+    }
+    let Some(g) = state.get(golden) else {
+        return fail(&stderr, format!("vm not found: {golden}"));
+    };
+    match g.state {
+        SimState::Running if g.forkable => {}
+        // From 1.7.0 every VM has a control socket, so the VMM itself refuses.
+        SimState::Running if f.fork_env_and_cascade() => {
+            return fail(
+                &stderr,
+                "agent operation failed: fork: golden FORK failed: ERR EINVAL no memfd-backed \
+                 RAM (start the golden VM with SMOLVM_FORKABLE=1)"
+                    .into(),
+            )
+        }
+        SimState::Frozen if f.refuses_second_fork() => {
+            return fail(
+                &stderr,
+                format!(
+                    "agent operation failed: fork: golden '{golden}' is already paused; a valid \
+                     retained checkpoint is required"
+                ),
+            )
+        }
+        SimState::Frozen => {}
+        _ => {
+            return fail(
+                &stderr,
+                format!(
+                    "agent operation failed: fork: golden '{golden}' is not running forkable; \
+                     start it with `machine start --forkable --name {golden}`"
+                ),
+            )
+        }
+    }
+    // The clone boots with the golden's refs and its own, resolved now as at any boot.
+    let mut refs = g.secret_refs.clone();
+    refs.extend(own_refs);
+    if let Err(e) = resolve_secrets(&refs, ctx) {
+        return fail(&stderr, e);
+    }
+    // Each golden forward gets a fresh host port (bound at 127.0.0.1:0) or its `-p` pin.
+    let mut pins = a.ports.clone();
+    let mut ports = Vec::new();
+    let mut bound = Vec::new();
+    let mut remaps = String::new();
+    for (host, guest) in g.ports.clone() {
+        let pin = pins.iter().position(|(_, pg)| *pg == guest);
+        let pinned = pin.map(|i| pins.remove(i).0);
+        // Under TSI (before 1.1.0) only a listening guest server holds its host port; the
+        // clone inherits the golden's servers.
+        let bind_now = f.virtio_net_ports() || g.listeners.iter().any(|l| l.port == guest);
+        let (h2, listener) = match pinned {
+            Some(p) => (p, None),
+            None => match net::bind_any() {
+                Ok(l) => match l.local_addr() {
+                    Ok(addr) => (addr.port(), Some(l)),
+                    Err(e) => return fail(&stderr, format!("agent operation failed: fork: {e}")),
+                },
+                Err(e) => return fail(&stderr, format!("agent operation failed: fork: {e}")),
+            },
+        };
+        remaps.push_str(&format!(
+            "  port {host}->{guest} (golden) remapped to {h2}->{guest} (clone)\n"
+        ));
+        ports.push((h2, guest, bind_now, listener));
+    }
+    // Pins for guest ports the golden does not forward are added as they are.
+    for (h, g2) in pins {
+        let bind_now = f.virtio_net_ports() || g.listeners.iter().any(|l| l.port == g2);
+        ports.push((h, g2, bind_now, None));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (h, _, _, _) in &ports {
+        if !seen.insert(*h) {
+            return fail(
+                &stderr,
+                format!(
+                    "config operation failed: validate ports: duplicate host port {h}: each \
+                     host port can only be mapped once"
+                ),
+            );
+        }
+    }
+    for (h, guest, bind_now, listener) in ports.iter_mut() {
+        if !*bind_now {
+            continue;
+        }
+        let listener = match listener.take() {
+            Some(l) => l,
+            None => {
+                let holder = state
+                    .machines
+                    .iter()
+                    .find(|o| o.state.vmm_alive() && o.ports.iter().any(|(oh, _)| oh == h));
+                if let Some(holder) = holder {
+                    return fail(
+                        &stderr,
+                        format!(
+                            "config operation failed: start machine: host port {h} is already \
+                             in use by running machine '{}'",
+                            holder.name
+                        ),
+                    );
+                }
+                match net::bind(*h) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return fail(
+                            &stderr,
+                            format!(
+                                "config operation failed: start machine: failed to start virtio \
+                                 network runtime: {e}"
+                            ),
+                        )
+                    }
+                }
+            }
+        };
+        bound.push(Bound {
+            listener,
+            host: *h,
+            guest: *guest,
+        });
+    }
+    let mut c = g.clone();
+    stderr.push_str(&remaps);
+    stderr.push_str(&format!("Booting clone '{clone}' from snapshot...\n"));
+    let boot = 1;
+    let helper = if bound.is_empty() {
+        None
+    } else {
+        match ctx.net.serve(&clone, boot, bound) {
+            Ok(h) => h,
+            Err(e) => {
+                return fail(
+                    &stderr,
+                    format!(
+                        "config operation failed: start machine: failed to start virtio network \
+                         runtime: {e}"
+                    ),
+                )
+            }
+        }
+    };
+    let pid = state.take_pid();
+    c.name = clone.clone();
+    c.state = SimState::Running;
+    c.pid = Some(pid);
+    c.ports = ports.iter().map(|(h, g2, _, _)| (*h, *g2)).collect();
+    c.golden = Some(golden.to_string());
+    c.forkable = false;
+    c.broken = false;
+    c.booted = true;
+    c.boots = boot;
+    c.helpers = helper.into_iter().collect();
+    c.secret_refs = refs;
+    if !fork_env.is_empty() {
+        let mut dotenv = String::new();
+        for (k, v) in fork_env {
+            dotenv.push_str(&format!("{k}={v}\n"));
+            c.env.retain(|(key, _)| *key != k);
+            c.env.push((k, v));
+        }
+        c.dirs.insert("/etc/smolvm".into());
+        c.files.insert(FORK_ENV_FILE.into(), dotenv.into_bytes());
+    }
+    state.machines.push(c);
+    if let Some(g) = state.get_mut(golden) {
+        g.state = SimState::Frozen;
+    }
+    ensure_data_dir(state, &clone, ctx);
+    let console = format!(
+        "[    0.000000] smolvm-agent: resumed from the fork snapshot of '{golden}' as '{clone}'\n"
+    );
+    let _ = fs::write(
+        data_dir_path(ctx.data_root, &clone).join(CONSOLE_LOG),
+        console,
+    );
+    stderr.push_str(&format!(
+        "Forked '{golden}' -> '{clone}'. Golden stays frozen as the fork base (do not start it \
+         again while clones exist).\n"
+    ));
+    out(
+        0,
+        format!("Machine '{clone}' running (PID: {pid})\n"),
+        stderr,
+    )
 }
 
 fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {
@@ -773,8 +1144,14 @@ fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {
     let Some(m) = state.get(name) else {
         return Step::Done(not_found(name));
     };
+    if m.state == SimState::Frozen {
+        return Step::Done(frozen_error(name));
+    }
     if m.state != SimState::Running {
         return Step::Done(not_running(name));
+    }
+    if m.broken {
+        return Step::Done(broken_error("vm exec", m));
     }
     // §2.3: the record's refs plus the exec's own, every one resolved now.
     let mut refs = m.secret_refs.clone();
@@ -809,6 +1186,7 @@ fn exec(a: &ExecArgs, state: &mut State, ctx: &Ctx<'_>) -> Step {
             .unwrap_or_else(|| "/".to_string()),
         files: m.files.clone(),
         dirs: m.dirs.clone(),
+        mounts: m.mounts.clone(),
         listeners: m.listeners.clone(),
         timeout: a.timeout,
         image_machine: m.has_image(),
@@ -923,6 +1301,9 @@ fn cp(src: &str, dst: &str, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     let Some(m) = state.get_mut(name) else {
         return not_found(name);
     };
+    if m.state == SimState::Frozen {
+        return frozen_error(name);
+    }
     if m.state != SimState::Running {
         return not_running(name);
     }
@@ -931,10 +1312,28 @@ fn cp(src: &str, dst: &str, state: &mut State, ctx: &Ctx<'_>) -> SimOutput {
     } else {
         "file upload"
     };
+    if m.broken {
+        return broken_error(op, m);
+    }
     let path = match normalize_guest_path(guest_path) {
         Ok(p) => p,
         Err(e) => return error("", format!("agent operation failed: {op}: {e}")),
     };
+    // A path under a `-v` mount is the host directory's.
+    let mounted = super::state::mounted_path(&m.mounts, &path);
+    if let Some((mount_path, read_only)) = mounted {
+        let moved = if download {
+            fs::read(&mount_path).and_then(|b| fs::write(host, b))
+        } else if read_only {
+            Err(std::io::Error::from_raw_os_error(30))
+        } else {
+            fs::read(host).and_then(|b| fs::write(&mount_path, b))
+        };
+        return match moved {
+            Ok(()) => ok(""),
+            Err(e) => error("", format!("agent operation failed: {op}: {path}: {e}")),
+        };
+    }
     if download {
         let Some(bytes) = m.files.get(&path) else {
             return error(
@@ -984,7 +1383,7 @@ fn ls(json: bool, verbose: bool, state: &State, f: Features) -> SimOutput {
         };
         text.push_str(&row([
             &name,
-            m.state.as_str(),
+            m.state.word(f),
             &m.cpus.to_string(),
             &format!("{} MiB", m.memory_mib),
             &m.mounts.len().to_string(),
@@ -1014,6 +1413,9 @@ fn ls(json: bool, verbose: bool, state: &State, f: Features) -> SimOutput {
             }
             if let Some(wd) = &m.workdir {
                 text.push_str(&format!("  Workdir: {wd}\n"));
+            }
+            if m.forkable {
+                text.push_str("  Forkable: enabled\n");
             }
             text.push_str(&format!("  Created: {}\n\n", m.created_at));
         }
@@ -1049,7 +1451,7 @@ fn status(name: &str, json: bool, state: &mut State, ctx: &Ctx<'_>) -> SimOutput
             "Machine '{name}': running (PID: {})\n",
             m.pid.unwrap_or_default()
         ),
-        (s, true) => format!("Machine '{name}': {}\n", s.as_str()),
+        (s, true) => format!("Machine '{name}': {}\n", s.word(f)),
         (_, false) => format!("Machine '{name}': not running\n"),
     };
     ok(text)
@@ -1179,7 +1581,7 @@ mod tests {
         let mut s = State::default();
         let c = ctx(Version::new(1, 9, 2));
         assert_eq!(create(&create_args("a"), &mut s, &c).code, 0);
-        let o = delete("a", false, &mut s, &c);
+        let o = delete("a", false, false, &mut s, &c);
         assert_eq!(o.code, 0);
         assert_eq!(o.stdout, b"Cancelled\n");
         assert_eq!(o.stderr, b"Delete machine 'a'? [y/N] ");
@@ -1188,7 +1590,7 @@ mod tests {
             delete_confirmed: true,
             ..c
         };
-        assert_eq!(delete("a", false, &mut s, &yes).code, 0);
+        assert_eq!(delete("a", false, false, &mut s, &yes).code, 0);
         assert!(s.get("a").is_none());
     }
 
@@ -1201,8 +1603,8 @@ mod tests {
             let mut s = State::default();
             let c = ctx(v);
             create(&create_args("a"), &mut s, &c);
-            assert_eq!(start(Some("a"), &mut s, &c).code, 0);
-            let o = delete("a", true, &mut s, &c);
+            assert_eq!(start(Some("a"), false, &mut s, &c).code, 0);
+            let o = delete("a", true, false, &mut s, &c);
             let text = String::from_utf8(o.stdout).unwrap();
             assert_eq!(text.contains("Stopping machine 'a'..."), stops, "{v}");
             assert!(text.contains("Cleaning up data directory for vm: a\n"));
@@ -1214,11 +1616,11 @@ mod tests {
     fn start_without_name_creates_default() {
         let mut s = State::default();
         let c = ctx(Version::new(1, 9, 2));
-        let o = start(None, &mut s, &c);
+        let o = start(None, false, &mut s, &c);
         assert_eq!(o.code, 0);
         assert_eq!(s.get("default").map(|m| m.state), Some(SimState::Running));
         assert_eq!(
-            start(Some("nope"), &mut s, &c).stderr,
+            start(Some("nope"), false, &mut s, &c).stderr,
             b"Error: vm not found: nope\n"
         );
     }

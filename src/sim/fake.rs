@@ -11,7 +11,7 @@ use serde_json::json;
 use super::apply::Step;
 use super::grammar::{parse_duration, Features};
 use super::net::{self, Bound, HostNet};
-use super::state::{SimMachine, SimState, State};
+use super::state::{SimMachine, State};
 use super::{check_knob_key, drive, Backend, Call, Knobs, Outcome, SimOutput};
 use crate::error::{Error, Result, REDACTED};
 use crate::Version;
@@ -434,9 +434,7 @@ fn helper_snapshot(dir: &Path, machine: &str, boot: u64) -> Option<SimMachine> {
     state
         .get(machine)
         .filter(|m| {
-            m.state == SimState::Running
-                && m.boots == boot
-                && m.helpers.contains(&std::process::id())
+            m.state.vmm_alive() && m.boots == boot && m.helpers.contains(&std::process::id())
         })
         .cloned()
 }

@@ -90,6 +90,25 @@ impl Features {
     pub(crate) fn protects_boot(self) -> bool {
         self.since(1, 9, 0)
     }
+    /// `machine fork GOLDEN CLONE` and `machine start --forkable` (v1.0.0).
+    pub(crate) fn fork(self) -> bool {
+        self.since(1, 0, 0)
+    }
+    /// `fork -e/--env`, `--secret-env`, `--secret-file`; `delete --cascade`; every VM has a
+    /// control socket, so forking a non-forkable golden fails in the VMM (v1.7.0).
+    pub(crate) fn fork_env_and_cascade(self) -> bool {
+        self.since(1, 7, 0)
+    }
+    /// A frozen golden shows as `frozen`, and `start`/`stop` refuse it while it has clones
+    /// (v1.3.0, `25de6e8e`).
+    pub(crate) fn frozen_state(self) -> bool {
+        self.since(1, 3, 0)
+    }
+    /// A second single fork of a frozen golden is refused (v1.7.3 to v1.7.5; v1.7.6 keeps a
+    /// retained checkpoint).
+    pub(crate) fn refuses_second_fork(self) -> bool {
+        self.since(1, 7, 3) && !self.since(1, 7, 6)
+    }
     /// `data-dir` of an unknown name is `vm not found` instead of a path (v0.8.1).
     pub(crate) fn data_dir_unknown_is_error(self) -> bool {
         self.since(0, 8, 1)
@@ -139,6 +158,20 @@ pub(crate) struct ExecArgs {
     pub(crate) argv: Vec<String>,
 }
 
+/// Arguments of `machine fork` (single clone; batches are not simulated).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ForkArgs {
+    pub(crate) golden: String,
+    pub(crate) name: Option<String>,
+    /// `-p` pins, already parsed by clap's value parser.
+    pub(crate) ports: Vec<(u16, u16)>,
+    /// Raw `-e` specs, checked at run time.
+    pub(crate) env: Vec<String>,
+    pub(crate) secret_env: Vec<String>,
+    pub(crate) secret_file: Vec<String>,
+    pub(crate) forkable: bool,
+}
+
 /// Arguments of `pack create`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PackArgs {
@@ -159,6 +192,7 @@ pub(crate) enum Command {
     Create(Box<CreateArgs>),
     Start {
         name: Option<String>,
+        forkable: bool,
     },
     Stop {
         name: Option<String>,
@@ -166,7 +200,9 @@ pub(crate) enum Command {
     Delete {
         name: String,
         force: bool,
+        cascade: bool,
     },
+    Fork(ForkArgs),
     Exec(ExecArgs),
     Cp {
         src: String,
@@ -197,6 +233,7 @@ impl Command {
             Command::Start { .. } => "start",
             Command::Stop { .. } => "stop",
             Command::Delete { .. } => "delete",
+            Command::Fork(_) => "fork",
             Command::Exec(_) => "exec",
             Command::Cp { .. } => "cp",
             Command::Ls { .. } => "ls",
@@ -614,8 +651,17 @@ const MACHINE_USAGE: &str = "smolvm machine <COMMAND>";
 /// Subcommands that exist in the real CLI but are not modelled; they get a clear message
 /// instead of a misleading clap error.
 const UNSIMULATED_MACHINE: &[&str] = &[
-    "run", "update", "logs", "images", "prune", "monitor", "resize", "fork", "export", "attach",
+    "run",
+    "update",
+    "logs",
+    "images",
+    "prune",
+    "monitor",
+    "resize",
+    "export",
+    "attach",
     "shell",
+    "fork-release",
 ];
 
 /// Parse a full argv (without the program name) as smolvm `version` would.
@@ -675,10 +721,8 @@ fn parse_machine(args: &[String], f: Features) -> Result<Command, SimOutput> {
     let rest = &args[1..];
     match sub.as_str() {
         "create" => parse_create(rest, f),
-        "start" => Ok(match name_only("start", rest, f)? {
-            Ok(name) => Command::Start { name },
-            Err(help) => help,
-        }),
+        "start" => parse_start(rest, f),
+        "fork" if f.fork() => parse_fork(rest, f),
         "stop" => Ok(match name_only("stop", rest, f)? {
             Ok(name) => Command::Stop { name },
             Err(help) => help,
@@ -818,12 +862,78 @@ fn name_only(
     Ok(matches_or_help(&spec, args, f)?.map(|m| m.one("name")))
 }
 
+fn parse_start(args: &[String], f: Features) -> Result<Command, SimOutput> {
+    let mut opts = vec![Opt::value("name", Some('n'), "NAME")];
+    if f.fork() {
+        opts.push(Opt::flag("forkable", None));
+    }
+    let spec = Spec::new("smolvm machine start [OPTIONS]", opts);
+    Ok(match matches_or_help(&spec, args, f)? {
+        Ok(m) => Command::Start {
+            name: m.one("name"),
+            forkable: m.flag("forkable"),
+        },
+        Err(help) => help,
+    })
+}
+
+/// `machine fork`: `GOLDEN CLONE` positionals before 1.0.2, `--golden G -n C` after; `-e`
+/// and the secret flags from 1.7.0.
+fn parse_fork(args: &[String], f: Features) -> Result<Command, SimOutput> {
+    let mut opts = vec![
+        Opt::value("port", Some('p'), "HOST:GUEST")
+            .many()
+            .checked(check_port),
+        Opt::flag("forkable", None),
+    ];
+    if f.fork_env_and_cascade() {
+        opts.push(Opt::value("env", Some('e'), "KEY=VALUE").many());
+        opts.push(Opt::value("secret-env", None, "KEY=HOST_VAR").many());
+        opts.push(Opt::value("secret-file", None, "KEY=PATH").many());
+    }
+    let mut spec;
+    if f.name_flag() {
+        opts.push(Opt::value("golden", None, "GOLDEN"));
+        opts.push(Opt::value("name", Some('n'), "NAME"));
+        spec = Spec::new("smolvm machine fork [OPTIONS] --golden <GOLDEN>", opts);
+        spec.required_opts.push("golden");
+    } else {
+        spec = Spec::new("smolvm machine fork [OPTIONS] <GOLDEN> <CLONE>", opts);
+        spec.positionals = vec![("GOLDEN", true), ("CLONE", true)];
+    }
+    let m = match matches_or_help(&spec, args, f)? {
+        Ok(m) => m,
+        Err(help) => return Ok(help),
+    };
+    let (golden, name) = if f.name_flag() {
+        (m.one("golden").unwrap_or_default(), m.one("name"))
+    } else {
+        let mut p = m.positionals.iter().cloned();
+        (p.next().unwrap_or_default(), p.next())
+    };
+    Ok(Command::Fork(ForkArgs {
+        golden,
+        name,
+        ports: m
+            .all("port")
+            .iter()
+            .filter_map(|p| parse_port(p).ok())
+            .collect(),
+        env: m.all("env"),
+        secret_env: m.all("secret-env"),
+        secret_file: m.all("secret-file"),
+        forkable: m.flag("forkable"),
+    }))
+}
+
 fn parse_delete(args: &[String], f: Features) -> Result<Command, SimOutput> {
     let mut opts = vec![Opt::flag("force", Some('f'))];
     let mut spec;
     if f.name_flag() {
         opts.push(Opt::value("name", Some('n'), "NAME"));
-        opts.push(Opt::flag("cascade", None));
+        if f.fork_env_and_cascade() {
+            opts.push(Opt::flag("cascade", None));
+        }
         spec = Spec::new("smolvm machine delete [OPTIONS] --name <NAME>", opts);
         spec.required_opts.push("name");
     } else {
@@ -842,6 +952,7 @@ fn parse_delete(args: &[String], f: Features) -> Result<Command, SimOutput> {
     Ok(Command::Delete {
         name: name.unwrap_or_default(),
         force: m.flag("force"),
+        cascade: m.flag("cascade"),
     })
 }
 
@@ -1536,6 +1647,61 @@ mod tests {
             p(NEW, &["machine", "run"]).unwrap(),
             Command::NotSimulated(_)
         ));
+    }
+
+    #[test]
+    fn fork_forms_per_version() {
+        assert_eq!(
+            first_err_line(p(Version::new(0, 9, 9), &["machine", "fork", "g", "c"])).1,
+            "error: unrecognized subcommand 'fork'"
+        );
+        let Command::Fork(a) = p(Version::new(1, 0, 0), &["machine", "fork", "g", "c"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((a.golden.as_str(), a.name.as_deref()), ("g", Some("c")));
+        let Command::Fork(a) = p(
+            NEW,
+            &[
+                "machine",
+                "fork",
+                "--golden",
+                "g",
+                "-n",
+                "c",
+                "-p",
+                "8080:80",
+                "-e",
+                "A=1",
+                "--secret-env",
+                "S=V",
+                "--forkable",
+            ],
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.ports, vec![(8080, 80)]);
+        assert_eq!(
+            (a.env, a.secret_env, a.forkable),
+            (vec!["A=1".to_string()], vec!["S=V".to_string()], true)
+        );
+        assert_eq!(
+            first_err_line(p(
+                Version::new(1, 6, 9),
+                &["machine", "fork", "--golden", "g", "-e", "A=1"]
+            ))
+            .1,
+            "error: unexpected argument '-e' found"
+        );
+        assert!(matches!(
+            p(Version::new(1, 0, 0), &["machine", "start", "--forkable"]).unwrap(),
+            Command::Start { forkable: true, .. }
+        ));
+        assert_eq!(
+            first_err_line(p(OLD, &["machine", "start", "--forkable"])).1,
+            "error: unexpected argument '--forkable' found"
+        );
     }
 
     #[test]

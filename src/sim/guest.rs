@@ -7,7 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::state::{ListenKind, Listener};
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::state::{mounted_path, ListenKind, Listener, SimMount};
 use super::SimOutput;
 
 /// A change a guest makes to its machine, applied under the state lock as it happens
@@ -44,6 +48,8 @@ pub(crate) struct GuestJob {
     pub(crate) files: BTreeMap<String, Vec<u8>>,
     /// Directories made with `mkdir`.
     pub(crate) dirs: BTreeSet<String>,
+    /// `-v` mounts: paths under them are the host directory's, read and written live.
+    pub(crate) mounts: Vec<SimMount>,
     /// Servers already listening (for `/proc/net/tcp`).
     pub(crate) listeners: Vec<Listener>,
     /// `--timeout`: the guest is killed at this point and exec answers 124.
@@ -160,6 +166,11 @@ impl Guest<'_> {
             return Err(Stop::HostTimeout);
         }
         Ok(())
+    }
+
+    /// The host path behind a resolved guest path under a mount, and whether it is read-only.
+    fn mounted(&self, full: &str) -> Option<(PathBuf, bool)> {
+        mounted_path(&self.job.mounts, full)
     }
 
     fn resolve(&self, path: &str) -> String {
@@ -287,7 +298,7 @@ impl Guest<'_> {
             self.out.resize(self.out.len() + n, 0);
             return Ok(0);
         }
-        match self.files.get(&self.resolve(file)) {
+        match self.read_path(file) {
             Some(bytes) => {
                 let take = bytes.len().min(n);
                 self.out.extend_from_slice(&bytes[..take]);
@@ -524,6 +535,12 @@ impl Guest<'_> {
                     );
                     return Err(1);
                 }
+                if self.mounted(&full).is_some_and(|(_, ro)| ro) {
+                    self.err.extend_from_slice(
+                        format!("sh: can't create {path}: Read-only file system\n").as_bytes(),
+                    );
+                    return Err(1);
+                }
                 if !append {
                     self.write_file(&full, Vec::new(), false);
                 }
@@ -551,6 +568,19 @@ impl Guest<'_> {
     }
 
     fn write_file(&mut self, path: &str, data: Vec<u8>, append: bool) {
+        if let Some((host, read_only)) = self.mounted(path) {
+            // Straight to the host directory (a read-only mount was refused at open).
+            if !read_only {
+                let _ = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(host)
+                    .and_then(|mut f| f.write_all(&data));
+            }
+            return;
+        }
         let file = self.files.entry(path.to_string()).or_default();
         if !append {
             file.clear();
@@ -570,11 +600,17 @@ impl Guest<'_> {
             "/dev/null" => Some(Vec::new()),
             "/proc/net/tcp" => Some(proc_net_tcp(&self.listeners, false)),
             "/proc/net/tcp6" => Some(proc_net_tcp(&self.listeners, true)),
-            _ => self.files.get(&full).cloned(),
+            _ => match self.mounted(&full) {
+                Some((host, _)) => host.is_file().then(|| fs::read(&host).ok()).flatten(),
+                None => self.files.get(&full).cloned(),
+            },
         }
     }
 
     fn is_file(&self, full: &str) -> bool {
+        if let Some((host, _)) = self.mounted(full) {
+            return host.is_file();
+        }
         self.files.contains_key(full) || matches!(full, "/proc/net/tcp" | "/proc/net/tcp6")
     }
 
@@ -599,8 +635,16 @@ impl Guest<'_> {
             "/var/log",
             "/var/tmp",
         ];
+        if let Some((host, _)) = self.mounted(full) {
+            return host.is_dir();
+        }
         let prefix = format!("{}/", full.trim_end_matches('/'));
         KNOWN.contains(&full)
+            || self
+                .job
+                .mounts
+                .iter()
+                .any(|m| m.target.starts_with(&prefix))
             || full == self.job.workdir
             || self.dirs.contains(full)
             || self.files.keys().any(|f| f.starts_with(&prefix))
@@ -694,10 +738,26 @@ impl Guest<'_> {
             for part in full.split('/').filter(|p| !p.is_empty()) {
                 dir.push('/');
                 dir.push_str(part);
-                if !self.is_dir(&dir) {
-                    self.dirs.insert(dir.clone());
-                    let _ = (self.host)(&Effect::Mkdir(dir.clone()));
+                if self.is_dir(&dir) {
+                    continue;
                 }
+                if let Some((host, read_only)) = self.mounted(&dir) {
+                    let failure = if read_only {
+                        Some("Read-only file system".to_string())
+                    } else {
+                        fs::create_dir(&host).err().map(|e| io_reason(&e))
+                    };
+                    if let Some(why) = failure {
+                        self.err.extend_from_slice(
+                            format!("mkdir: can't create directory '{arg}': {why}\n").as_bytes(),
+                        );
+                        code = 1;
+                        break;
+                    }
+                    continue;
+                }
+                self.dirs.insert(dir.clone());
+                let _ = (self.host)(&Effect::Mkdir(dir.clone()));
             }
         }
         code
@@ -722,11 +782,31 @@ impl Guest<'_> {
                 code = 1;
                 continue;
             }
-            if !is_dir && !self.files.contains_key(&full) {
+            let mounted = self.mounted(&full);
+            let is_file = match &mounted {
+                Some((host, _)) => host.is_file(),
+                None => self.files.contains_key(&full),
+            };
+            if !is_dir && !is_file {
                 if !force {
                     self.err.extend_from_slice(
                         format!("rm: can't remove '{arg}': No such file or directory\n").as_bytes(),
                     );
+                    code = 1;
+                }
+                continue;
+            }
+            if let Some((host, read_only)) = mounted {
+                let removed = if read_only {
+                    Err("Read-only file system".to_string())
+                } else if is_dir {
+                    fs::remove_dir_all(&host).map_err(|e| io_reason(&e))
+                } else {
+                    fs::remove_file(&host).map_err(|e| io_reason(&e))
+                };
+                if let Err(why) = removed {
+                    self.err
+                        .extend_from_slice(format!("rm: can't remove '{arg}': {why}\n").as_bytes());
                     code = 1;
                 }
                 continue;
@@ -927,6 +1007,15 @@ fn proc_net_tcp(listeners: &[Listener], v6: bool) -> Vec<u8> {
         ));
     }
     text.into_bytes()
+}
+
+/// An I/O error as busybox words it (`strerror`, without Rust's `(os error N)`).
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 fn parent(path: &str) -> &str {
@@ -1265,6 +1354,7 @@ mod tests {
             workdir: "/".into(),
             files: BTreeMap::from([("/tmp/f".to_string(), b"hello\n".to_vec())]),
             dirs: BTreeSet::new(),
+            mounts: Vec::new(),
             listeners: Vec::new(),
             timeout: None,
             image_machine: true,

@@ -17,7 +17,8 @@
 //! # What is simulated
 //!
 //! `--version`; `pack create --image IMG -o OUT`; `machine` (alias `vm`) `create`, `start`,
-//! `stop`, `delete` (alias `rm`), `exec`, `cp`, `ls` (alias `list`), `status` and `data-dir`,
+//! `stop`, `delete` (alias `rm`), `exec`, `cp`, `ls` (alias `list`), `status`, `data-dir` and
+//! `fork` (below),
 //! with the flags the harness uses (those [`crate::Smolvm`]'s methods send; the full grammar,
 //! per version, is in this module's `grammar.rs`). Any other flag is clap's
 //! `unexpected argument` error; other real subcommands (`serve`, `machine run`, …) fail with
@@ -44,8 +45,8 @@
 //!   `/etc`, `/usr`, `/bin`, `/sbin`, `/lib`, `/proc`, `/sys`, `/dev`, `/run`; `/boot` from
 //!   1.9.0, the simulation's choice of version), guest absolute, no duplicate target. HOST is
 //!   resolved against the smolvm process's working directory (the test process's, in
-//!   process) and stored canonical. JSON `mounts` is a count. Guests do not see mounted
-//!   files.
+//!   process) and stored canonical. JSON `mounts` is a count. The guest sees the host
+//!   directory under GUEST, live (see "Guests").
 //! - `--allow-host HOST` (repeatable; implies `--net`). Hermetic, no DNS: an IP literal is
 //!   kept (`/32`, `/128`); `localhost` is `127.0.0.1/32` and `::1/128`; a name that is
 //!   `invalid`, ends in `.invalid` or is not a well-formed host name fails like an unknown
@@ -66,6 +67,66 @@
 //! `--overlay <GiB>`, `--volume <HOST:GUEST[:ro]>`, `--port <HOST:GUEST>`,
 //! `--allow-host <HOSTNAME>`, `--secret-env <KEY=HOST_VAR>`, `--secret-file <KEY=PATH>`,
 //! `--dns <IP>` (the last three are the simulation's choice).
+//!
+//! ## Fork: goldens and clones
+//!
+//! From 1.0.0, `machine start --name G --forkable` starts G forkable (before: clap's
+//! `unexpected argument '--forkable' found`); on a machine that is already running it prints
+//! `Machine 'G' already running (PID: n)`, exits 0 and leaves it as it was. `stop` clears
+//! forkability ([`SimMachine::forkable`]).
+//!
+//! `machine fork --golden G -n/--name C` (1.0.2+; `machine fork G C` on 1.0.0 and 1.0.1;
+//! before 1.0.0 clap's `unrecognized subcommand 'fork'`) takes `-p/--port H:G` pins and
+//! `--forkable` (always refused), and from 1.7.0 `-e/--env K=V`, `--secret-env`,
+//! `--secret-file` (`--count`, `--wait-ready`, `--hold` and the rest are not simulated).
+//! Without `--name` (1.0.2+) it is exit 1 `Error: config operation failed: fork: --name is
+//! required for one clone; …`. Otherwise it prints `Freezing golden 'G' as fork base...` on
+//! stderr first, even when it then fails, and checks, in smolvm's order and words: the clone
+//! name (`config operation failed: clone name: clone name contains invalid character: '.'`),
+//! the `-e` entries (`config operation failed: fork env: invalid key '1BAD': must match
+//! [A-Za-z_][A-Za-z0-9_]*`; the simulation's `expected KEY=VALUE, got 'K'` and `value of 'K'
+//! must not contain a newline`), the secret refs (as create's), `--forkable` (`nested fork is
+//! not supported …`), a taken clone name (`agent operation failed: fork: machine 'C' already
+//! exists`), then the golden: unknown (`vm not found: G`); not running, or before 1.7.0
+//! running without `--forkable` (``… golden 'G' is not running forkable; start it with
+//! `machine start --forkable --name G` ``); running without `--forkable` from 1.7.0 (`…
+//! golden FORK failed: ERR EINVAL no memfd-backed RAM (start the golden VM with
+//! SMOLVM_FORKABLE=1)`); frozen, on 1.7.3 to 1.7.5 only (`… golden 'G' is already paused; a
+//! valid retained checkpoint is required`). Then the clone's secret refs (the golden's, with
+//! the fork's replacing same-named ones) are resolved from smolvm's environment as at a
+//! start. A failed fork changes nothing.
+//!
+//! On success it prints one `  port H->P (golden) remapped to H2->P (clone)` line per golden
+//! forward (H2 the `-p` pin for P, else a fresh port from binding `127.0.0.1:0`; pins for
+//! other guest ports are added as they are), `Booting clone 'C' from snapshot...`, on stdout
+//! `Machine 'C' running (PID: n)`, then `Forked 'G' -> 'C'. Golden stays frozen as the fork
+//! base (do not start it again while clones exist).`, exit 0. The clone's record is a copy
+//! of the golden's (labels, env, secret refs, CPUs, memory, mounts, image, `created_at`) with
+//! its own name, pid and ports, [`SimMachine::golden`] set and `forkable` false; `-e` values
+//! replace same-named env entries and are written to `/etc/smolvm/fork-env` (`K=V` lines,
+//! `{name}` and `{index}` (0) replaced). Its guest files, directories and servers (a `httpd`
+//! started in the golden answers on the clone's ports) are copies of the golden's, private
+//! from then on; mounts are the same host directories. Its console log holds one line.
+//!
+//! The golden becomes [`SimState::Frozen`] for good (`frozen` in `ls`/`status` from 1.3.0,
+//! `unreachable` before; its VMM stays, with its pid and bound host ports, but nothing in it
+//! answers). Exec and cp into it fail with the simulation's `Error: agent operation failed:
+//! connect: machine 'G' is frozen as a fork base: its VM is paused and its agent does not
+//! answer`. From 1.3.0 `start` is refused (`'G' is frozen because it is the fork base for N
+//! live clone(s) (C1, C2)`, or with no running clone `… because it retains a reusable fork
+//! checkpoint; stop it before restarting, or fork it again`) and so is `stop` while clones
+//! run (`machine 'G' is the fork base for N live clone(s) (…); stop or delete the clones
+//! first`); a `stop` otherwise ends it (state `stopped`). Before 1.3.0 `start` says it is
+//! already running and `stop` stops it. `delete` without `-f` of a golden with clones is
+//! refused before the prompt (`machine 'G' is the fork base for N clone(s) (…); delete the
+//! clones first, use --cascade to remove them too, or --force to break them`); `delete -f`
+//! goes ahead and marks its clones [`SimMachine::broken`]: their exec, cp and start then fail
+//! with `agent operation failed: vm exec: clone disk: backing file of clone 'C' is gone:
+//! golden 'G' was deleted (No such file or directory (os error 2))` (`file upload`, `start
+//! machine`, … for the others), while `ls --json` still lists them. `delete --cascade --name
+//! G` (1.7.0+; clap's error before) deletes the clones, then G, with no prompt. `ls --json`
+//! has no golden or clone field (its `forkable` stays false, as smolvm's does for a CLI
+//! golden); `ls -v` adds `  Forkable: enabled` before `  Created:` for a forkable machine.
 //!
 //! ## Secrets at `start` and `exec`
 //!
@@ -109,6 +170,13 @@
 //! 127 with `sim: command not simulated: NAME (…)` on stderr. File writes, `mkdir`, `rm`,
 //! console output and servers are applied to the machine as they happen (dropped if it has
 //! stopped or rebooted meanwhile) and stay until `delete`; servers end at `stop`.
+//!
+//! Paths under a `-v` mount's GUEST are the host directory's, read and written as they are
+//! at that instant (`cat`, `grep`, `head`, `test`, redirections, `mkdir`, `rm`, `cp`, and the
+//! files `httpd` serves), by both front ends; the state holds none of them. Under a `:ro`
+//! mount a write fails as on Linux: `sh: can't create F: Read-only file system`,
+//! `mkdir: can't create directory 'D': Read-only file system`, `rm: can't remove 'F':
+//! Read-only file system` (exit 1).
 //!
 //! `httpd [-p [IP:]PORT] [-h DIR] [-v]` (busybox; `-f` is not simulated) daemonizes: it
 //! returns 0 at once and serves, until the machine stops, `GET`/`HEAD` of guest files under
@@ -198,8 +266,9 @@
 //!
 //! Summary lines after `Created machine: N`, the text tables of `ls`, help texts and clap's
 //! `tip:` lines are not reproduced; the `cp` progress bar is not printed; the VM is never
-//! `unreachable`/`failed`/`frozen`; the HEAD note about an unexpected executable name is not
-//! printed; `exec -d`, `cp --mode/--uid/--gid`, `fork`, `--outbound-localhost-only`,
+//! `unreachable`/`failed` (except a frozen golden before 1.3.0); the HEAD note about an
+//! unexpected executable name is not printed; `exec -d`, `cp --mode/--uid/--gid`, fork
+//! batches, `--wait-ready`/`--hold`, `fork-release`, `--outbound-localhost-only`,
 //! `--net-backend` and every flag not listed above are not simulated; `--allow-host` names
 //! are not resolved again at start, and egress is not enforced.
 //!
@@ -211,7 +280,10 @@
 //! failures, the tail of the registry-without-network message after "can never succeed",
 //! the `config operation failed: start machine:` prefix of both taken-port errors, the
 //! console log's lines, busybox's messages (`mkdir`, `rm`, `grep`, `sh: can't create`), the
-//! `httpd` answers' headers, and the `.invalid`/198.18.0.0/15 resolution rules.
+//! `httpd` answers' headers, the `.invalid`/198.18.0.0/15 resolution rules, and the fork
+//! texts marked as the simulation's above (exec into a frozen golden, a broken clone, the
+//! `-e` format and newline errors, the prefix-less `start` refusal, the cascade's output,
+//! which is each machine's `delete -f` lines, clones first).
 //!
 //! ```
 //! use smolvm_harness::sim::SimulatedRunner;
@@ -262,7 +334,7 @@ use state::State;
 /// The subcommand keys the knobs (`fail`, `latency`, `hang`) accept.
 pub const KNOB_KEYS: &[&str] = &[
     "version", "pack", "create", "start", "stop", "delete", "exec", "cp", "ls", "status",
-    "data-dir",
+    "data-dir", "fork",
 ];
 
 /// smolvm's per-stream cap on non-streaming exec output (`MAX_EXEC_OUTPUT`, 11 MiB).
@@ -419,8 +491,14 @@ pub(crate) fn drive(call: &Call<'_>, backend: &dyn Backend) -> Result<Outcome, S
             return finish(backend, runtime_error(&msg));
         }
     }
-    let delete_confirmed =
-        matches!(cmd, Command::Delete { force: false, .. }) && (call.confirm_delete)();
+    let delete_confirmed = matches!(
+        cmd,
+        Command::Delete {
+            force: false,
+            cascade: false,
+            ..
+        }
+    ) && (call.confirm_delete)();
     let ctx = Ctx {
         features: f,
         now_secs: apply::now_secs(),

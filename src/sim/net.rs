@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use super::state::{ListenKind, SimMachine};
+use super::state::{mounted_path, ListenKind, SimMachine, SimState};
 
 /// A host port bound for a machine's `-p HOST:GUEST` mapping.
 pub(crate) struct Bound {
@@ -32,6 +32,11 @@ pub(crate) fn bind(port: u16) -> io::Result<TcpListener> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port))
 }
 
+/// Bind `127.0.0.1:0`: a fresh free host port, as smolvm picks a clone's remapped ports.
+pub(crate) fn bind_any() -> io::Result<TcpListener> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+}
+
 /// How long an accept loop sleeps when nothing is pending.
 pub(crate) const ACCEPT_POLL: Duration = Duration::from_millis(10);
 
@@ -44,12 +49,15 @@ pub(crate) fn serve_conn(
     guest: u16,
     snapshot: &dyn Fn() -> Option<SimMachine>,
 ) {
-    let kind = snapshot().and_then(|m| {
-        m.listeners
-            .iter()
-            .find(|l| l.port == guest)
-            .map(|l| l.kind.clone())
-    });
+    // A frozen golden's forwards stay bound by its paused VMM, but nothing answers.
+    let kind = snapshot()
+        .filter(|m| m.state == SimState::Running)
+        .and_then(|m| {
+            m.listeners
+                .iter()
+                .find(|l| l.port == guest)
+                .map(|l| l.kind.clone())
+        });
     let Some(kind) = kind else {
         let _ = stream.shutdown(Shutdown::Both);
         return;
@@ -127,7 +135,12 @@ pub(crate) fn http_response(m: &SimMachine, dir: &str, head: &[u8]) -> Vec<u8> {
         path.to_string()
     };
     let full = format!("{}{}", dir.trim_end_matches('/'), path);
-    match m.files.get(&full) {
+    // A file under a `-v` mount is read from the host directory, as it is now.
+    let body = match mounted_path(&m.mounts, &full) {
+        Some((host, _)) => host.is_file().then(|| std::fs::read(&host).ok()).flatten(),
+        None => m.files.get(&full).cloned(),
+    };
+    match body {
         Some(body) => {
             let mut out = format!(
                 "HTTP/1.0 200 OK\r\nContent-type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -136,7 +149,7 @@ pub(crate) fn http_response(m: &SimMachine, dir: &str, head: &[u8]) -> Vec<u8> {
             )
             .into_bytes();
             if method == "GET" {
-                out.extend_from_slice(body);
+                out.extend_from_slice(&body);
             }
             out
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::apply::Step;
 use super::grammar::Features;
 use super::net::{self, Bound, HostNet};
-use super::state::{SimMachine, SimState, State};
+use super::state::{SimMachine, State};
 use super::{check_knob_key, drive, Backend, Call, Knobs, Outcome};
 use crate::error::{Error, Result};
 use crate::runner::{lock, Invocation, RawOutput, Runner};
@@ -55,7 +55,7 @@ fn snapshot(weak: &Weak<Shared>, name: &str, boot: u64) -> Option<SimMachine> {
     let state = lock(&shared.state);
     state
         .get(name)
-        .filter(|m| m.state == SimState::Running && m.boots == boot)
+        .filter(|m| m.state.vmm_alive() && m.boots == boot)
         .cloned()
 }
 

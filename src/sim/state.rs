@@ -24,6 +24,9 @@ pub enum SimState {
     Running,
     /// Stopped after running.
     Stopped,
+    /// A golden after its first `machine fork`: its VM is paused for good as the fork base
+    /// (smolvm's `frozen` from 1.3.0; `unreachable` before).
+    Frozen,
 }
 
 impl SimState {
@@ -33,7 +36,22 @@ impl SimState {
             SimState::Created => "created",
             SimState::Running => "running",
             SimState::Stopped => "stopped",
+            SimState::Frozen => "frozen",
         }
+    }
+
+    /// The word smolvm `version` prints: a frozen golden reads `unreachable` before 1.3.0.
+    pub(crate) fn word(self, f: Features) -> &'static str {
+        match self {
+            SimState::Frozen if !f.frozen_state() => "unreachable",
+            s => s.as_str(),
+        }
+    }
+
+    /// Whether the machine's VMM process is alive (running, or paused as a fork base): it
+    /// holds its pid and its host ports.
+    pub(crate) fn vmm_alive(self) -> bool {
+        matches!(self, SimState::Running | SimState::Frozen)
     }
 
     fn parse(s: &str) -> Option<SimState> {
@@ -41,6 +59,7 @@ impl SimState {
             "created" => SimState::Created,
             "running" => SimState::Running,
             "stopped" => SimState::Stopped,
+            "frozen" => SimState::Frozen,
             _ => return None,
         })
     }
@@ -57,6 +76,32 @@ pub struct SimMount {
     pub target: String,
     /// `:ro`.
     pub read_only: bool,
+}
+
+/// The host path behind the normalised absolute guest path `full` when it lies under a
+/// `-v` mount (the deepest mount wins), and whether that mount is read-only.
+pub(crate) fn mounted_path(mounts: &[SimMount], full: &str) -> Option<(std::path::PathBuf, bool)> {
+    mounts
+        .iter()
+        .filter_map(|m| {
+            let target = m.target.trim_end_matches('/');
+            let rest = if full == target {
+                ""
+            } else {
+                full.strip_prefix(target)?.strip_prefix('/')?
+            };
+            Some((target.len(), m, rest))
+        })
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, m, rest)| {
+            let base = std::path::Path::new(&m.source);
+            let path = if rest.is_empty() {
+                base.to_path_buf()
+            } else {
+                base.join(rest)
+            };
+            (path, m.read_only)
+        })
 }
 
 /// Where a secret's value comes from; the value itself is never stored.
@@ -140,6 +185,15 @@ pub struct SimMachine {
     pub dns: Option<String>,
     /// How many times the machine was started; a server of an earlier boot is gone.
     pub boots: u64,
+    /// Started with `machine start --forkable` (this boot): it can be forked, and `ls -v`
+    /// says `Forkable: enabled`. Kept while frozen; cleared by `stop`.
+    pub forkable: bool,
+    /// For a fork clone, the golden it was forked from (smolvm keeps this only in its
+    /// database record: `ls --json` has no such field).
+    pub golden: Option<String>,
+    /// A clone whose golden was deleted with `delete -f` while it lived: its copy-on-write
+    /// backing files are gone, so its exec, cp and start fail.
+    pub broken: bool,
     pub(crate) listeners: Vec<Listener>,
     /// Directories made in the guest with `mkdir`.
     pub(crate) dirs: BTreeSet<String>,
@@ -174,6 +228,9 @@ impl SimMachine {
             secret_refs: BTreeMap::new(),
             dns: None,
             boots: 0,
+            forkable: false,
+            golden: None,
+            broken: false,
             listeners: Vec::new(),
             dirs: BTreeSet::new(),
             helpers: Vec::new(),
@@ -190,6 +247,11 @@ impl SimMachine {
         self.listeners.iter().map(|l| l.port).collect()
     }
 
+    /// Whether this machine is frozen as a fork base.
+    pub fn is_frozen(&self) -> bool {
+        self.state == SimState::Frozen
+    }
+
     /// Whether exec runs inside an image container (timeouts append a message there).
     pub(crate) fn has_image(&self) -> bool {
         self.image.is_some()
@@ -203,7 +265,7 @@ impl SimMachine {
             o.insert(k.to_string(), v);
         };
         put("name", json!(self.name));
-        put("state", json!(self.state.as_str()));
+        put("state", json!(self.state.word(f)));
         put("cpus", json!(self.cpus));
         put("memory_mib", json!(self.memory_mib));
         put("pid", json!(self.pid));
@@ -272,6 +334,9 @@ impl SimMachine {
             }).collect::<Map<String, Value>>(),
             "dns": self.dns,
             "boots": self.boots,
+            "forkable": self.forkable,
+            "golden": self.golden,
+            "broken": self.broken,
             "listeners": self.listeners.iter().map(|l| match &l.kind {
                 ListenKind::Httpd { dir } => json!({"port": l.port, "httpd": dir}),
                 ListenKind::Echo => json!({"port": l.port, "echo": true}),
@@ -360,6 +425,9 @@ impl SimMachine {
         }
         m.dns = str_field(v, "dns")?;
         m.boots = v["boots"].as_u64().unwrap_or(0);
+        m.forkable = v["forkable"].as_bool().unwrap_or(false);
+        m.golden = str_field(v, "golden")?;
+        m.broken = v["broken"].as_bool().unwrap_or(false);
         m.listeners = v["listeners"]
             .as_array()
             .map(|a| {
@@ -694,7 +762,14 @@ mod tests {
         m.env = vec![("A".into(), "1".into()), ("A".into(), "2".into())];
         m.labels.insert("k".into(), "v".into());
         m.files.insert("/tmp/x".into(), vec![0, 1, 254, 255]);
+        let mut clone = m.clone();
+        m.state = SimState::Frozen;
+        m.forkable = true;
+        clone.name = "web-c".into();
+        clone.golden = Some("web".into());
+        clone.broken = true;
         s.machines.push(m);
+        s.machines.push(clone);
         s.data_dirs.insert("junk".into());
         let back = State::from_json_text(&s.to_json_text()).unwrap();
         assert_eq!(back, s);
@@ -727,6 +802,25 @@ mod tests {
         }
         assert_eq!(old["state"], "created");
         assert_eq!(old["pid"], Value::Null);
+    }
+
+    #[test]
+    fn mounted_paths_map_to_the_deepest_mount() {
+        let mount = |source: &str, target: &str, read_only| SimMount {
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        };
+        let mounts = [
+            mount("/h/a", "/data", false),
+            mount("/h/b", "/data/ro", true),
+        ];
+        let host = |p: &str| mounted_path(&mounts, p).map(|(h, ro)| (h.display().to_string(), ro));
+        assert_eq!(host("/data"), Some(("/h/a".into(), false)));
+        assert_eq!(host("/data/x/y"), Some(("/h/a/x/y".into(), false)));
+        assert_eq!(host("/data/ro/f"), Some(("/h/b/f".into(), true)));
+        assert_eq!(host("/datax"), None);
+        assert_eq!(host("/"), None);
     }
 
     #[test]
