@@ -241,6 +241,12 @@ impl GoldenBuilder {
         match golden.fork_clone(&ForkOptions::default()) {
             Ok(clone) => {
                 clone.delete()?;
+                // Frozen now: it runs nothing, so it no longer counts against the machine cap.
+                if let Mode::Fork { guard, .. } = &golden.inner.mode {
+                    if let Some(g) = lock(guard).as_mut() {
+                        g._slot = None;
+                    }
+                }
                 Ok(golden)
             }
             Err(e) => {
@@ -322,9 +328,9 @@ impl Golden {
     /// ```
     /// use smolvm_harness::{Golden, Smolvm};
     ///
-    /// let build = |g: smolvm_harness::GoldenBuilder| {
-    ///     g.smolvm(Smolvm::simulated()).image("alpine").net()
-    /// };
+    /// // One smolvm (here one simulation): a golden is shared per key and smolvm.
+    /// let smolvm = Smolvm::simulated();
+    /// let build = |g: smolvm_harness::GoldenBuilder| g.smolvm(smolvm.clone()).image("alpine").net();
     /// let a = Golden::shared("doc-shared", build)?;
     /// let b = Golden::shared("doc-shared", build)?;
     /// assert!(std::sync::Arc::ptr_eq(&a, &b));
