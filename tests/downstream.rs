@@ -26,8 +26,9 @@ use std::process::{Command, Output};
 use smolvm_harness::sim::{default_fake_state_dir, read_fake_state};
 
 /// The downstream crate's tests (`tests/downstream/tests/vm.rs`), by libtest name.
-const TESTS: [&str; 9] = [
+const TESTS: [&str; 10] = [
     "hello",
+    "sees_the_provisioned_files",
     "built_by_hand",
     "exit_codes::case_1_succeeds",
     "exit_codes::case_2_fails",
@@ -174,16 +175,23 @@ fn three_modes(runner: &[&str], passed: &str, failed: &str) {
     let mut cmd = cargo(tmp.path(), &with(&[]));
     cmd.env("SMOLVM_BIN", fake_bin())
         .env("SMOLVM_HARNESS_REQUIRE", "1")
-        .env("SMOLVM_FAKE_LOG", &log);
+        .env("SMOLVM_FAKE_LOG", &log)
+        // Under nextest the golden is the run's, retired this long after its last test.
+        .env("SMOLVM_HARNESS_GOLDEN_GRACE", "1s");
     let (out, text) = run(cmd);
     assert!(out.status.success(), "through the fake:\n{text}");
     assert!(!text.contains("SKIPPED"), "through the fake:\n{text}");
     assert!(text.contains(passed), "through the fake:\n{text}");
     let log = fs::read_to_string(&log).unwrap_or_default();
     let creates = log.matches(r#""machine","create""#).count();
-    let deletes = log.matches(r#""machine","delete""#).count();
+    let forks = log.matches(r#""machine","fork""#).count();
+    // One machine per test; the golden test's is a clone (plus the smoke fork the golden
+    // makes once), and its golden the one machine created for it.
     assert_eq!(creates, TESTS.len(), "one machine per test:\n{log}\n{text}");
-    assert_eq!(deletes, TESTS.len(), "each deleted:\n{log}\n{text}");
+    assert_eq!(
+        forks, 2,
+        "the smoke fork and the test's clone:\n{log}\n{text}"
+    );
     for guest in [
         r#""--","echo","hello"]"#,
         r#""sh","-c","echo $MODE $EXTRA"]"#,
@@ -194,18 +202,34 @@ fn three_modes(runner: &[&str], passed: &str, failed: &str) {
     // The fake's default state directory, under the TMPDIR it was given.
     let name = default_fake_state_dir();
     let state = tmp.path().join(name.file_name().expect("a directory name"));
-    let left = read_fake_state(&state).expect("read the fake's state");
+    // The run's golden goes after its grace (by the crash watcher), the rest at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let left = loop {
+        let left = read_fake_state(&state).expect("read the fake's state");
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(
         state.join("state.json").exists() && left.is_empty(),
         "machines left in {}: {left:?}",
         state.display()
     );
+    let log = fs::read_to_string(tmp.path().join("fake-log.jsonl")).unwrap_or_default();
+    let deletes = log.matches(r#""machine","delete""#).count();
+    assert_eq!(deletes, TESTS.len() + forks, "each deleted:\n{log}");
+    assert!(
+        log.contains(r#""delete","--cascade""#),
+        "the golden goes with --cascade:\n{log}"
+    );
 }
 
 #[test]
 fn cargo_test_in_three_modes() {
+    // Two test binaries (vm.rs, golden.rs): both run, also when the first fails.
     three_modes(
-        &["test"],
+        &["test", "--no-fail-fast"],
         "test result: ok. 9 passed; 0 failed",
         "test result: FAILED. 0 passed; 9 failed",
     );
@@ -228,8 +252,8 @@ fn cargo_nextest_in_three_modes() {
             "immediate",
             "--no-fail-fast",
         ],
-        "9 tests run: 9 passed",
-        "9 tests run: 0 passed, 9 failed",
+        "10 tests run: 10 passed",
+        "10 tests run: 0 passed, 10 failed",
     );
 }
 
@@ -251,6 +275,19 @@ fn readme_blocks_are_the_downstream_crates() {
     assert!(
         vm.contains(headline),
         "README's headline differs from tests/downstream/tests/vm.rs:\n{headline}"
+    );
+    let golden = fs::read_to_string(crate_dir().join("tests/golden.rs")).expect("golden.rs");
+    let start = readme
+        .find("use rstest::{fixture, rstest};")
+        .expect("README's golden block");
+    let end = start
+        + readme[start..]
+            .find("# fn main")
+            .expect("end of the golden block");
+    let block = &readme[start..end];
+    assert!(
+        golden.contains(block),
+        "README's golden block differs from tests/downstream/tests/golden.rs:\n{block}"
     );
 }
 
