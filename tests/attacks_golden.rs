@@ -34,6 +34,14 @@ fn recipe(g: GoldenBuilder, smolvm: Smolvm) -> GoldenBuilder {
         })
 }
 
+/// In-process tests on the fake share this process's machine slots (a cap of 2 by default):
+/// one at a time, so that their goldens do not deadlock on slots (see
+/// `two_goldens_made_at_once_under_a_cap_of_two_both_fork`).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn fake_with_log(state: &Path, log: &Path, version: &str) -> Smolvm {
     fake_at(state, version).with_process_env("SMOLVM_FAKE_LOG", log.to_str().unwrap())
 }
@@ -104,6 +112,39 @@ fn attack_golden_child() {
             let clone = golden.fork().unwrap();
             ready(&[golden.name().unwrap_or("cold"), clone.name()]);
             std::thread::sleep(Duration::from_secs(60));
+        }
+        // A failing test with a clone of the shared golden.
+        "shared-panic" => {
+            let golden = Golden::shared("suite", |g| recipe(g, smolvm)).unwrap();
+            let clone = golden.fork().unwrap();
+            ready(&[golden.name().unwrap_or("cold"), clone.name()]);
+            panic!("the test failed");
+        }
+        // Two tests of one process make a golden each at the same time (both provisioned
+        // before either forks); print whether each forks.
+        "two-goldens" => {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (smolvm, barrier) = (smolvm.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        let golden = recipe(Golden::builder(), smolvm)
+                            .provision(move |_| {
+                                barrier.wait();
+                                Ok(())
+                            })
+                            .create()
+                            .unwrap();
+                        golden.forks()
+                    })
+                })
+                .collect();
+            let forks: Vec<String> = threads
+                .into_iter()
+                .map(|t| t.join().unwrap().to_string())
+                .collect();
+            let words: Vec<&str> = forks.iter().map(String::as_str).collect();
+            ready(&words);
         }
         // Share a golden of the run, fork a clone, end.
         "shared" => {
@@ -274,6 +315,7 @@ fn sigkill_keeps_the_golden_of_a_kept_clone() {
 /// printed advice literally.
 #[test]
 fn the_printed_command_for_a_kept_golden_does_not_break_its_kept_clone() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("log.jsonl");
     let smolvm = fake_with_log(state.path(), &log, "1.9.2");
@@ -342,9 +384,52 @@ fn every_holder_sigkilled_the_watcher_retires_the_shared_golden() {
     assert!(dirs.broken().is_empty());
 }
 
+/// What held: `SMOLVM_HARNESS_KEEP=on-failure` with a failing test (per process, and shared
+/// by a run with a 1 s grace) and `always`: the clone and its golden both stay, unbroken.
+#[test]
+fn keep_env_keeps_clone_and_golden_together() {
+    let run = [
+        ("SMOLVM_HARNESS_RUN_ID", "keep-run"),
+        ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s"),
+    ];
+    for (what, scenario, keep, shared) in [
+        (
+            "on-failure, per process",
+            "shared-panic",
+            "on-failure",
+            false,
+        ),
+        ("on-failure, run", "shared-panic", "on-failure", true),
+        ("always, run", "shared", "always", true),
+    ] {
+        let dirs = Dirs::new();
+        let mut envs = vec![("SMOLVM_HARNESS_KEEP", keep)];
+        if shared {
+            envs.extend(run);
+        }
+        let out = run_to_end(dirs.child(scenario, &envs));
+        let words = ready_words(&out);
+        if shared {
+            // Past the grace: the watcher has looked at the golden.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let left = dirs.names();
+        assert!(
+            left.contains(&words[0]) && left.iter().any(|n| *n != words[0]),
+            "{what}: {left:?}\n{}",
+            watcher_log(dirs.harness.path())
+        );
+        assert!(dirs.broken().is_empty(), "{what}");
+        for n in left {
+            let _ = dirs.smolvm().machine_delete_cascade(&n);
+        }
+    }
+}
+
 /// What held: in-process, dropping the golden handle before a kept clone's guard keeps both.
 #[test]
 fn in_process_kept_clone_and_disabled_clone_keep_the_golden() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("log.jsonl");
     let smolvm = fake_with_log(state.path(), &log, "1.9.2");
@@ -493,7 +578,11 @@ fn cold_fallback_gives_each_clone_its_own_host_port() {
         .local_addr()
         .unwrap()
         .port();
-    for version in [Version::new(1, 7, 5), Version::new(1, 9, 2)] {
+    for version in [
+        Version::new(1, 9, 2),
+        Version::new(1, 7, 5),
+        Version::new(0, 8, 2),
+    ] {
         let smolvm = Smolvm::simulated_version(version);
         let golden = recipe(Golden::builder(), smolvm.clone())
             .port(free, 80)
@@ -511,11 +600,29 @@ fn cold_fallback_gives_each_clone_its_own_host_port() {
     }
 }
 
+/// Same promise: two goldens made at once under the default-sized cap of 2 (two tests of one
+/// `cargo test` process, or two nextest processes with different keys): each golden holds a
+/// slot while its smoke fork waits for another, so both wait for each other until
+/// `SMOLVM_HARNESS_TIMEOUT` (5 s here, 300 s by default) and then both go cold.
+#[test]
+fn two_goldens_made_at_once_under_a_cap_of_two_both_fork() {
+    let dirs = Dirs::new();
+    let envs = [
+        ("SMOLVM_HARNESS_MAX_MACHINES", "2"),
+        ("SMOLVM_HARNESS_TIMEOUT", "5s"),
+    ];
+    let out = run_to_end(dirs.child("two-goldens", &envs));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(ready_words(&out), ["true", "true"], "{}", stderr_of(&out));
+    assert!(dirs.names().is_empty(), "{:?}", dirs.names());
+}
+
 /// What held: fallback on 0.8.2 and 1.7.5 through the fake, with per-clone env and secrets:
 /// cold machines, provisioned per machine, the secret reaches the guest, the reason said
 /// once per process, nothing left.
 #[test]
 fn cold_fallback_per_clone_env_and_secrets_nothing_left() {
+    let _serial = serial();
     for version in ["0.8.2", "1.7.5"] {
         let state = tempfile::tempdir().unwrap();
         let log = state.path().join("log.jsonl");
@@ -562,6 +669,7 @@ fn cold_fallback_per_clone_env_and_secrets_nothing_left() {
 /// deletes the frozen golden. (At most two machines at once: the default cap.)
 #[test]
 fn a_failing_smoke_fork_falls_back_and_deletes_the_golden() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("log.jsonl");
     let smolvm =
@@ -582,6 +690,7 @@ fn a_failing_smoke_fork_falls_back_and_deletes_the_golden() {
 /// reason said once per process. Two goldens whose smoke fork fails the same way.
 #[test]
 fn a_failing_smoke_fork_is_said_once_per_process() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("log.jsonl");
     let smolvm =
@@ -615,6 +724,7 @@ fn a_machine_cap_of_one_does_not_turn_goldens_cold() {
 /// What held: a provision step that fails, or panics, leaves no machine and no ledger entry.
 #[test]
 fn a_failing_or_panicking_provision_leaves_nothing() {
+    let _serial = serial();
     let state = tempfile::tempdir().unwrap();
     let log = state.path().join("log.jsonl");
     let smolvm = fake_with_log(state.path(), &log, "1.9.2");
