@@ -146,6 +146,16 @@ fn attack_golden_child() {
             let words: Vec<&str> = forks.iter().map(String::as_str).collect();
             ready(&words);
         }
+        // A golden and a clone in statics; smolvm's deletes fail from now on in this process
+        // only (the watcher does not inherit it): the exit hook cannot delete the clone.
+        "static-delete-fails" => {
+            static GOLDEN: std::sync::OnceLock<Golden> = std::sync::OnceLock::new();
+            static CLONE: std::sync::OnceLock<smolvm_harness::Machine> = std::sync::OnceLock::new();
+            let golden = GOLDEN.get_or_init(|| recipe(Golden::builder(), smolvm).create().unwrap());
+            let clone = CLONE.get_or_init(|| golden.fork().unwrap());
+            ready(&[golden.name().unwrap(), clone.name()]);
+            std::env::set_var("SMOLVM_FAKE_FAIL", "delete");
+        }
         // Share a golden of the run, fork a clone, end.
         "shared" => {
             let golden = Golden::shared("suite", |g| recipe(g, smolvm)).unwrap();
@@ -424,6 +434,34 @@ fn keep_env_keeps_clone_and_golden_together() {
             let _ = dirs.smolvm().machine_delete_cascade(&n);
         }
     }
+}
+
+/// "It is never leaked: a golden of one process is deleted at its exit (after its clones)"
+/// (`Golden::shared`), and `Machine::delete`: "on failure it stays registered, so the exit
+/// hook and the next run's sweep try again". When the exit hook cannot delete a clone (a
+/// transient smolvm failure), the clone is left to the crash watcher, which deletes it; its
+/// golden must then go too, not stay forever as if kept.
+#[test]
+fn a_clone_left_to_the_watcher_at_exit_does_not_leak_its_golden() {
+    let dirs = Dirs::new();
+    let out = run_to_end(dirs.child("static-delete-fails", &[]));
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let words = ready_words(&out);
+    let (golden, clone) = (&words[0], &words[1]);
+    assert!(
+        wait_until(Duration::from_secs(20), || !dirs.names().contains(clone)),
+        "the watcher never deleted the clone: {:?}\n{}",
+        dirs.names(),
+        watcher_log(dirs.harness.path())
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || dirs.names().is_empty()),
+        "golden {golden} leaked after its clone was deleted: {:?}\nchild stderr: {}\nwatcher: {}",
+        dirs.names(),
+        stderr_of(&out),
+        watcher_log(dirs.harness.path())
+    );
+    assert!(dirs.broken().is_empty());
 }
 
 /// What held: in-process, dropping the golden handle before a kept clone's guard keeps both.
