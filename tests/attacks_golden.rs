@@ -514,6 +514,43 @@ fn the_next_runs_sweep_retires_a_finished_runs_golden() {
     }
 }
 
+/// "an entry goes only when its machine is deleted, kept, someone else's, or provably never
+/// created: a `machine create` still running (found by its mark on Linux) keeps it, however
+/// slow the pull" (sweep.rs), and "It is never leaked" (`Golden::shared`). The maker of a
+/// shared golden is SIGKILLed while its `machine create` (a slow pull, 4 s here) runs; the
+/// create lands after the 1 s grace.
+#[test]
+fn a_shared_golden_whose_create_lands_after_its_maker_died_is_not_leaked() {
+    let dirs = Dirs::new();
+    let envs = [
+        ("SMOLVM_HARNESS_RUN_ID", "slow-pull"),
+        ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s"),
+        ("SMOLVM_FAKE_LATENCY", "create=4s"),
+    ];
+    let mut child = dirs.child("shared", &envs).spawn().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || ledger_files(
+            dirs.harness.path()
+        )
+        .iter()
+        .any(|f| f.contains("golden"))),
+        "the golden was never registered"
+    );
+    sigkill_group(&mut child);
+    // The create lands at about 4 s; the watcher has had 1 s of grace and more.
+    assert!(
+        wait_until(Duration::from_secs(10), || !dirs.names().is_empty()),
+        "the create never landed"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || dirs.names().is_empty()),
+        "leaked: {:?}; ledger: {:?}\nwatcher: {}",
+        dirs.names(),
+        ledger_files(dirs.harness.path()),
+        watcher_log(dirs.harness.path())
+    );
+}
+
 /// What held: a process joining a golden made by another (same run) can exec in its clones
 /// the golden's secret and a per-clone one; no secret value reaches the fake's log (argv),
 /// the ledger, the holder files or the golden's record. After the holder is gone, the
