@@ -817,3 +817,90 @@ fn a_failing_or_panicking_provision_leaves_nothing() {
     assert!(panicked.is_err());
     assert!(names(&smolvm).is_empty(), "{:?}", names(&smolvm));
 }
+
+/// What held (or not): golden secrets inherited by clones for every source: an image and a
+/// pack (smolvm ignores `--secret-env` at `create --from`, so the crate passes pack secrets
+/// per exec), with a per-clone secret on top.
+#[test]
+fn golden_secrets_reach_clones_for_image_and_pack_sources() {
+    let smolvm = Smolvm::simulated();
+    let pack = smolvm_harness::Pack::create_with(&smolvm, "alpine:latest").unwrap();
+    for (what, builder) in [
+        ("image", Golden::builder().image("alpine:latest").net()),
+        ("pack", Golden::builder().from_pack(&pack)),
+    ] {
+        let golden = builder
+            .smolvm(smolvm.clone())
+            .secret_env("TOK", SECRET)
+            .provision(|m| m.sh("test -n \"$TOK\"")?.check())
+            .create()
+            .unwrap();
+        assert!(golden.forks(), "{what}");
+        let clone = golden
+            .fork_with(ForkOptions::default().secret_env("MINE", CLONE_SECRET))
+            .unwrap();
+        assert_eq!(
+            clone.sh("echo $TOK $MINE").unwrap().stdout_str(),
+            format!("{SECRET} {CLONE_SECRET}\n"),
+            "{what}"
+        );
+        let transcript: String = clone.transcript().iter().map(|e| e.to_string()).collect();
+        assert!(
+            !transcript.contains(SECRET) && !transcript.contains(CLONE_SECRET),
+            "{what}: {transcript}"
+        );
+    }
+}
+
+/// Design question, reported: "Every layer deletes a machine only when it is provably the
+/// test's own" (guide, "Cleanup guarantees") and "A `.name(..)` that belongs to someone else
+/// survives whatever ends the test" (README). A machine someone forks by hand from our golden
+/// is not the test's (only registry.rs says the cascade takes it); teardown deletes it.
+#[test]
+fn a_machine_forked_by_hand_from_our_golden_survives_teardown() {
+    let _serial = serial();
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("log.jsonl");
+    let smolvm = fake_with_log(state.path(), &log, "1.9.2");
+    let golden = recipe(Golden::builder(), smolvm.clone()).create().unwrap();
+    let gname = golden.name().unwrap().to_string();
+    smolvm
+        .machine_fork(&gname, "someone-elses", &ForkOptions::default())
+        .unwrap();
+    drop(golden);
+    let left = names(&smolvm);
+    let survived = left.iter().any(|n| n == "someone-elses");
+    for n in &left {
+        let _ = smolvm.machine_delete_cascade(n);
+    }
+    let _ = smolvm.machine_delete("someone-elses");
+    assert!(
+        survived,
+        "someone-elses was deleted with our golden; left: {left:?}"
+    );
+}
+
+/// What held: `Golden::shared` from eight threads of one process provisions once.
+#[test]
+fn shared_from_eight_threads_provisions_once() {
+    let smolvm = Smolvm::simulated();
+    let provisions = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (smolvm, provisions) = (smolvm.clone(), Arc::clone(&provisions));
+            std::thread::spawn(move || {
+                let golden = Golden::shared("eight-threads", move |g| {
+                    g.smolvm(smolvm).image("alpine").net().provision(move |_| {
+                        provisions.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                })
+                .unwrap();
+                golden.name().unwrap().to_string()
+            })
+        })
+        .collect();
+    let names: HashSet<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(names.len(), 1);
+    assert_eq!(provisions.load(Ordering::SeqCst), 1);
+}
