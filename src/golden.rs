@@ -212,7 +212,7 @@ impl GoldenBuilder {
             }),
         };
         if let Some(reason) = no_fork_reason(dialect.version) {
-            say_cold_once(&reason);
+            say_cold_once(&reason, &reason);
             return Ok(cold(reason));
         }
         let role = Role::Golden { shared };
@@ -237,25 +237,35 @@ impl GoldenBuilder {
                 kept_clones: AtomicUsize::new(0),
             }),
         };
-        // A smoke fork: the golden is frozen by it either way, so its outcome decides.
+        // The first fork freezes the golden, which then runs nothing: it gives its machine
+        // slot to the clone (with a cap of 1, the smoke fork could not run otherwise).
+        if let Mode::Fork { guard, .. } = &golden.inner.mode {
+            if let Some(g) = lock(guard).as_mut() {
+                g._slot = None;
+            }
+        }
+        // A smoke fork: the golden is frozen by it either way, so its outcome decides. Only
+        // smolvm refusing it means "cannot fork here"; anything else (a timeout, a full
+        // machine cap, a missing binary) is an error, and says nothing about forking.
         match golden.fork_clone(&ForkOptions::default()) {
             Ok(clone) => {
                 clone.delete()?;
-                // Frozen now: it runs nothing, so it no longer counts against the machine cap.
-                if let Mode::Fork { guard, .. } = &golden.inner.mode {
-                    if let Some(g) = lock(guard).as_mut() {
-                        g._slot = None;
-                    }
-                }
                 Ok(golden)
             }
-            Err(e) => {
-                let reason = format!("a first fork of the golden failed ({e})");
-                say_cold_once(&reason);
+            Err(e @ Error::Failed { .. }) => {
+                say_cold_once(
+                    "a first fork failed",
+                    &format!(
+                        "a first fork of a golden failed on smolvm {}: {e}",
+                        dialect.version
+                    ),
+                );
+                let reason = format!("a first fork failed on smolvm {}", dialect.version);
                 // Dropping the only handle deletes the golden (with --cascade).
                 drop(golden);
                 Ok(cold(reason))
             }
+            Err(e) => Err(e),
         }
     }
 }
@@ -285,10 +295,13 @@ impl Golden {
         match &self.inner.mode {
             Mode::Fork { .. } => self.fork_clone(&options),
             Mode::Cold { .. } => {
+                // Like a clone's, each machine's ports are fresh host ports: the recipe's
+                // fixed ones would collide from the second machine on.
                 let machine = self
                     .inner
                     .recipe
                     .clone()
+                    .ports_published_afresh()
                     .with_extra_env(options.env_pairs(), options.secret_pairs())
                     .start()?;
                 if let Some(provision) = &self.inner.provision {
@@ -476,11 +489,12 @@ fn no_fork_reason(version: crate::Version) -> Option<String> {
     None
 }
 
-fn say_cold_once(reason: &str) {
+/// Say once per process (per kind of reason) why goldens make cold machines.
+fn say_cold_once(kind: &str, reason: &str) {
     static SAID: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     let mut said = lock(SAID.get_or_init(Default::default));
-    if !said.iter().any(|r| r == reason) {
-        said.push(reason.to_string());
+    if !said.iter().any(|r| r == kind) {
+        said.push(kind.to_string());
         diag::log(&format!(
             "smolvm-harness: goldens make a cold machine (create, start, provision) per fork: \
              {reason}"
@@ -606,7 +620,7 @@ fn read_record(path: &std::path::Path) -> Option<Record> {
 
 fn builder_cold(builder: GoldenBuilder, reason: String) -> Result<Golden> {
     let smolvm = builder.machine.client();
-    say_cold_once(&reason);
+    say_cold_once(&reason, &reason);
     Ok(Golden {
         inner: Arc::new(Inner {
             smolvm,

@@ -398,6 +398,15 @@ impl MachineBuilder {
         self.options()
     }
 
+    /// Every fixed port (`port(h, g)`) turned into `publish(g)`: a fresh host port per machine
+    /// (a cold "clone" of a golden, as a fork remaps the golden's ports).
+    pub(crate) fn ports_published_afresh(mut self) -> MachineBuilder {
+        let fixed: Vec<u16> = self.options.ports().iter().map(|p| p.guest).collect();
+        self.options = self.options.without_ports();
+        self.publish.splice(0..0, fixed);
+        self
+    }
+
     /// Per-machine env and secrets on top of the recipe (a cold "clone" of a golden).
     pub(crate) fn with_extra_env(
         mut self,
@@ -666,6 +675,7 @@ impl Machine {
     pub fn delete(mut self) -> Result<()> {
         self.armed = false;
         cleanup::delete(&self.smolvm, &self.name, &self.role)?;
+        // (Only a golden can stay, and a golden's guard is never given to a user.)
         cleanup::unregister(&self.smolvm, &self.name);
         transcript::forget(&self.name);
         Ok(())
@@ -721,7 +731,7 @@ impl Machine {
         diag::log(&format!(
             "smolvm-harness: keeping machine {}; delete it with: {}",
             self.name,
-            delete_command(&self.smolvm, &self.name)
+            delete_command_for(&self.smolvm, &self.name, &self.role)
         ));
     }
 }
@@ -761,7 +771,9 @@ impl Drop for Machine {
             cleanup::delete(&self.smolvm, &self.name, &self.role)
         }));
         match result {
-            Ok(Ok(())) => cleanup::unregister(&self.smolvm, &self.name),
+            Ok(Ok(true)) => cleanup::unregister(&self.smolvm, &self.name),
+            // A golden with clones someone else made stays (said by `delete`).
+            Ok(Ok(false)) => cleanup::mark_kept(&self.smolvm, &self.name),
             Ok(Err(e)) => log_delete_failure(&self.name, &e),
             Err(_) => diag::log(&format!(
                 "smolvm-harness: failed to delete machine {}: the runner panicked",
@@ -824,6 +836,20 @@ pub(crate) fn delete_command(smolvm: &Smolvm, name: &str) -> String {
     } else {
         command_text(smolvm, &["machine", "delete", "-f", name])
     }
+}
+
+/// [`delete_command`] for a machine of this role: a golden is deleted with `--cascade` (its
+/// clones first), never with a bare `delete -f`, which would leave its clones broken.
+pub(crate) fn delete_command_for(smolvm: &Smolvm, name: &str, role: &cleanup::Role) -> String {
+    match role {
+        cleanup::Role::Golden { .. } => cascade_command(smolvm, name),
+        _ => delete_command(smolvm, name),
+    }
+}
+
+/// `machine delete --cascade --name NAME`, as the user would type it.
+pub(crate) fn cascade_command(smolvm: &Smolvm, name: &str) -> String {
+    command_text(smolvm, &["machine", "delete", "--cascade", "--name", name])
 }
 
 fn data_dir_command(smolvm: &Smolvm, name: &str) -> String {

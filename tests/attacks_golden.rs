@@ -777,7 +777,8 @@ fn a_failing_smoke_fork_is_said_once_per_process() {
         }
     });
     let cold_lines: Vec<&String> = said.iter().filter(|l| l.contains("cold machine")).collect();
-    assert_eq!(cold_lines.len(), 1, "{cold_lines:#?}");
+    // At most once: another test of this process may have said it already.
+    assert!(cold_lines.len() <= 1, "{cold_lines:#?}");
 }
 
 /// "Where fork cannot be used (smolvm before 1.7.6, a platform other than Linux or macOS, or

@@ -85,8 +85,10 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
     let mut tally = Tally::default();
     // One `machine ls` per smolvm state.
     let mut listings: HashMap<Scope, Option<Vec<crate::MachineInfo>>> = HashMap::new();
-    // Goldens with a clone that stays (kept, or left for a later layer): deleting them would
-    // break it.
+    // Goldens with a clone that stays: kept ones keep their golden (kept too); one left for a
+    // later layer (not deleted now) leaves its golden to that layer, which deletes it after
+    // the clone. Clones kept earlier by `keep`/`disable_cleanup` count as kept.
+    let mut clones_kept: HashSet<(Scope, String)> = registry::goldens_of_kept_clones();
     let mut clones_left: HashSet<(Scope, String)> = HashSet::new();
     for reg in drained {
         let client = cleanup_client(&reg);
@@ -97,12 +99,16 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             continue;
         }
         if let Role::Golden { .. } = reg.claim.role {
-            if clones_left.contains(&(scope.clone(), name.clone())) {
-                keep(&reg, &client);
-                diag::log(&format!(
-                    "smolvm-harness: golden machine {name} stays because a clone of it stays"
-                ));
+            let key = (scope.clone(), name.clone());
+            if clones_kept.contains(&key) {
+                keep(&reg, &client, "a clone of it is kept");
                 tally.kept += 1;
+                continue;
+            }
+            if clones_left.contains(&key) {
+                // Its ledger entry stays as it is: the watcher or the next sweep deletes
+                // the clone, then the golden.
+                tally.left += 1;
                 continue;
             }
         }
@@ -111,9 +117,9 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             _ => None,
         };
         if reg.claim.keep.keeps(failing) {
-            keep(&reg, &client);
+            keep(&reg, &client, "SMOLVM_HARNESS_KEEP");
             tally.kept += 1;
-            clones_left.extend(golden_of);
+            clones_kept.extend(golden_of);
             continue;
         }
         // Judged by the one rule, against one `machine ls` per smolvm state: a machine of
@@ -141,9 +147,16 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
         };
         match verdict {
             Verdict::Ours => match registry::delete(&client, &name, &reg.claim.role) {
-                Ok(()) => {
+                Ok(true) => {
                     drop_record(&reg);
                     tally.deleted += 1;
+                }
+                Ok(false) => {
+                    // A golden with clones someone else made: said by `delete`; kept.
+                    if let Some((path, entry)) = &reg.ledger {
+                        registry::keep_entry(path, entry.clone());
+                    }
+                    tally.kept += 1;
                 }
                 Err(e) => {
                     tally.left += 1;
@@ -151,7 +164,7 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
                     diag::log(&format!(
                         "smolvm-harness: could not delete machine {name}: {e}. It stays in the \
                          ledger for the crash watcher or the next sweep; by hand: {}",
-                        crate::machine::delete_command(&client, &name)
+                        crate::machine::delete_command_for(&client, &name, &reg.claim.role)
                     ));
                 }
             },
@@ -172,14 +185,14 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
     tally
 }
 
-fn keep(reg: &Registered, client: &Smolvm) {
+fn keep(reg: &Registered, client: &Smolvm, why: &str) {
     if let Some((path, entry)) = &reg.ledger {
         registry::keep_entry(path, entry.clone());
     }
     diag::log(&format!(
-        "smolvm-harness: keeping machine {} (SMOLVM_HARNESS_KEEP); delete it with: {}",
+        "smolvm-harness: keeping machine {} ({why}); delete it with: {}",
         reg.claim.name,
-        crate::machine::delete_command(client, &reg.claim.name)
+        crate::machine::delete_command_for(client, &reg.claim.name, &reg.claim.role)
     ));
 }
 

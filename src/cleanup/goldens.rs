@@ -18,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use super::ledger::{self, Entry};
-use super::owner::{judge, CreateState, Owner, Role, Verdict};
+use super::owner::{judge, Owner, Role, Verdict};
 use super::process::Liveness;
 use super::registry::{self, keep_entry};
 use crate::diag;
@@ -66,7 +66,11 @@ fn held() -> &'static Mutex<HashSet<PathBuf>> {
 /// Retire the shared goldens of the state directory `root` that nobody holds and whose grace
 /// is over. Returns how many shared goldens remain (held, in grace, or waiting for clones):
 /// the watcher stays up while there are any.
-pub(crate) fn retire(root: &Path) -> usize {
+///
+/// `this_run`: the run of the calling test process (the next run's sweep). A golden of another
+/// run that nobody holds is retired without waiting for its grace: no process of a run that
+/// has ended can join it. The watcher, which serves every run, passes `None`.
+pub(crate) fn retire(root: &Path, this_run: Option<&str>) -> usize {
     // The common case (no run ever shared a golden here) costs one stat.
     if fs::symlink_metadata(root.join("goldens")).is_err() {
         return 0;
@@ -91,7 +95,8 @@ pub(crate) fn retire(root: &Path) -> usize {
             remaining += 1;
             continue;
         };
-        if has_live_holder(&dir) || idle_secs(&dir) < shared.grace_secs {
+        let other_run = this_run.is_some() && entry.claim.run_id.as_deref() != this_run;
+        if has_live_holder(&dir) || (!other_run && idle_secs(&dir) < shared.grace_secs) {
             remaining += 1;
             continue;
         }
@@ -105,7 +110,10 @@ pub(crate) fn retire(root: &Path) -> usize {
                 "smolvm-harness: keeping golden machine {} because a clone of it is kept; \
                  delete it after its clones with: {}",
                 entry.claim.name,
-                cascade_command(entry)
+                crate::machine::cascade_command(
+                    &entry.target.client(entry.smolvm_version),
+                    &entry.claim.name
+                )
             ));
             keep_entry(path, entry.clone());
             continue;
@@ -144,14 +152,23 @@ fn delete_golden(path: &Path, entry: &Entry) -> bool {
             return false;
         }
     };
-    match judge(&entry.claim, seen.as_ref(), CreateState::Over) {
+    // Its maker may have died while the create ran: a create still running may land yet.
+    match judge(
+        &entry.claim,
+        seen.as_ref(),
+        super::sweep::create_state(entry),
+    ) {
         Verdict::Ours if entry.claim.keep == crate::KeepPolicy::Always => {
             keep_entry(path, entry.clone());
             true
         }
         Verdict::Ours => match registry::delete(&client, name, &entry.claim.role) {
-            Ok(()) => {
+            Ok(true) => {
                 ledger::remove(path);
+                true
+            }
+            Ok(false) => {
+                keep_entry(path, entry.clone());
                 true
             }
             Err(e) => {
@@ -167,14 +184,6 @@ fn delete_golden(path: &Path, entry: &Entry) -> bool {
             true
         }
     }
-}
-
-fn cascade_command(entry: &Entry) -> String {
-    format!(
-        "{} machine delete --cascade --name {}",
-        entry.target.program.display(),
-        entry.claim.name
-    )
 }
 
 /// Whether a process that holds the golden still runs; holder files of dead processes are

@@ -559,6 +559,36 @@ mod tests {
     }
 
     #[test]
+    fn roles_round_trip_and_bad_keys_are_refused() {
+        for role in [
+            Role::Machine,
+            Role::Golden { shared: None },
+            Role::Golden {
+                shared: Some(SharedGolden {
+                    key: "0123abcd".into(),
+                    grace_secs: 30,
+                }),
+            },
+            Role::Clone {
+                golden: "smt-golden-x".into(),
+            },
+        ] {
+            let mut e = entry("m");
+            e.claim.role = role.clone();
+            let back = Entry::from_json(&e.to_json().unwrap()).unwrap();
+            assert_eq!(back.claim.role, role);
+        }
+        let mut e = entry("m");
+        e.claim.role = Role::Golden {
+            shared: Some(SharedGolden {
+                key: "../../etc".into(),
+                grace_secs: 1,
+            }),
+        };
+        assert!(Entry::from_json(&e.to_json().unwrap()).is_none());
+    }
+
+    #[test]
     fn entries_round_trip_and_other_formats_are_ignored() {
         let e = entry("smt-a-1");
         let json = e.to_json().unwrap();

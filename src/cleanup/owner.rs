@@ -408,6 +408,29 @@ mod tests {
         assert_eq!(judge(&c, None, CreateState::Over), Verdict::Gone);
     }
 
+    /// A clone carries its golden's labels and creation time (smolvm copies the record): it
+    /// is ours by its generated name, whatever those say; a fork still running waits.
+    #[test]
+    fn a_clone_is_ours_by_name_whatever_its_copied_record_says() {
+        let mut c = claim(Evidence::GeneratedName, Stage::Created);
+        c.role = Role::Clone { golden: "g".into() };
+        let golden_labels = machine(&[(OWNER_LABEL, "1-someoneelse")]);
+        assert_eq!(
+            judge(&c, Some(&golden_labels), CreateState::Over),
+            Verdict::Ours
+        );
+        assert_eq!(judge(&c, None, CreateState::Over), Verdict::Gone);
+        c.stage = Stage::Creating;
+        assert_eq!(
+            judge(&c, Some(&golden_labels), CreateState::Running),
+            Verdict::Pending
+        );
+        assert!(
+            Role::Clone { golden: "g".into() }.rank() < Role::Machine.rank()
+                && Role::Machine.rank() < Role::Golden { shared: None }.rank()
+        );
+    }
+
     #[test]
     fn without_labels_the_evidence_of_the_name_decides() {
         for ev in [Evidence::GeneratedName, Evidence::AbsentBeforeCreate] {

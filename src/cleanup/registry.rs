@@ -155,6 +155,8 @@ pub(crate) fn register(
         role,
     };
     let scope = Scope::of(smolvm);
+    // Registered again (cleanup switched back on): no longer a kept clone.
+    kept_clones().remove(&(scope.clone(), name.to_string()));
     let (version, ledger) = match &scope {
         Scope::InProcess(_) => (None, None),
         Scope::Process(target) => {
@@ -207,14 +209,44 @@ pub(crate) fn fork(
     made_by(smolvm, name, || smolvm.machine_fork(golden, name, options))
 }
 
-/// Delete a machine of ours the way its role needs: a golden with `--cascade` (its clones of
-/// ours are gone by then; one someone forked by hand from our golden goes with it, where a
-/// bare `delete -f` would leave it broken), anything else with `delete -f`.
-pub(crate) fn delete(smolvm: &Smolvm, name: &str, role: &Role) -> Result<()> {
+/// Delete a machine of ours the way its role needs; `Ok(false)` when it must stay.
+///
+/// A golden goes only once it has no clone left (ours are deleted first, in every layer):
+/// with `--cascade`, never a bare `delete -f`, which would leave a clone broken. A golden that
+/// still has clones (someone forked it by hand) stays: they are not ours to delete or break.
+/// Anything else goes with `delete -f`.
+pub(crate) fn delete(smolvm: &Smolvm, name: &str, role: &Role) -> Result<bool> {
     match role {
-        Role::Golden { .. } => smolvm.machine_delete_cascade(name),
-        Role::Machine | Role::Clone { .. } => smolvm.machine_delete(name),
+        Role::Golden { .. } => {
+            if smolvm.golden_has_clones(name)? {
+                diag::log(&format!(
+                    "smolvm-harness: golden machine {name} stays: it has clones that are not \
+                     the harness's (forked by hand?). Delete them, then the golden with: {}",
+                    crate::machine::cascade_command(smolvm, name)
+                ));
+                return Ok(false);
+            }
+            smolvm.machine_delete_cascade(name)?;
+            Ok(true)
+        }
+        Role::Machine | Role::Clone { .. } => smolvm.machine_delete(name).map(|()| true),
     }
+}
+
+/// Clones kept in this process (`Machine::keep`, `disable_cleanup`), by smolvm state and
+/// clone name, with their golden: the exit hook must keep those goldens too, though the
+/// clones themselves are no longer registered.
+fn kept_clones() -> MutexGuard<'static, HashMap<(Scope, String), String>> {
+    static KEPT: OnceLock<Mutex<HashMap<(Scope, String), String>>> = OnceLock::new();
+    lock(KEPT.get_or_init(Default::default))
+}
+
+/// The goldens (by smolvm state) of the clones kept in this process.
+pub(crate) fn goldens_of_kept_clones() -> HashSet<(Scope, String)> {
+    kept_clones()
+        .iter()
+        .map(|((scope, _), golden)| (scope.clone(), golden.clone()))
+        .collect()
 }
 
 /// Run the call that makes a registered machine (create or fork), marked; on success the
@@ -294,7 +326,8 @@ pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
     };
     match judge(&claim, seen.as_ref(), CreateState::Over) {
         Verdict::Ours => match delete(smolvm, name, &claim.role) {
-            Ok(()) => forget(&key),
+            Ok(true) => forget(&key),
+            Ok(false) => mark_kept(smolvm, name),
             Err(e) => diag::log(&format!(
                 "smolvm-harness: failed to delete machine {name} left by a failed create: {e}"
             )),
@@ -355,7 +388,11 @@ fn forget(key: &Key) {
 /// The machine is kept on purpose: forget it in-process and mark it kept in the ledger, so
 /// no sweep or watcher ever deletes it.
 pub(crate) fn mark_kept(smolvm: &Smolvm, name: &str) {
-    let removed = registry().remove(&(Scope::of(smolvm), name.to_string()));
+    let key = (Scope::of(smolvm), name.to_string());
+    let removed = registry().remove(&key);
+    if let Some(Role::Clone { golden }) = removed.as_ref().map(|r| &r.claim.role) {
+        kept_clones().insert(key, golden.clone());
+    }
     if let Some((path, entry)) = removed.and_then(|r| r.ledger) {
         keep_entry(&path, entry);
     }

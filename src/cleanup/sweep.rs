@@ -76,7 +76,7 @@ pub fn sweep(smolvm: &Smolvm) -> Result<Vec<String>> {
     }
     // Goldens a run shared, once no process has held them for their grace period.
     if let Ok(root) = crate::state_dir::root() {
-        super::goldens::retire(&root);
+        super::goldens::retire(&root, super::owner::run_id().as_deref());
     }
     Ok(deleted)
 }
@@ -144,7 +144,9 @@ pub(crate) fn settle(
                 .collect();
             if clones.iter().any(|c| c.kept) {
                 diag::log(&format!(
-                    "smolvm-harness: keeping golden machine {name}: a clone of it is kept"
+                    "smolvm-harness: keeping golden machine {name}: a clone of it is kept; \
+                     delete it with: {}",
+                    crate::machine::delete_command_for(smolvm, &name, &entry.claim.role)
                 ));
                 keep_entry(&path, entry);
                 continue;
@@ -160,15 +162,16 @@ pub(crate) fn settle(
                     "smolvm-harness: keeping machine {name} of dead process {} \
                      (SMOLVM_HARNESS_KEEP); delete it with: {}",
                     entry.claim.owner.token(),
-                    crate::machine::delete_command(smolvm, &name)
+                    crate::machine::delete_command_for(smolvm, &name, &entry.claim.role)
                 ));
                 keep_entry(&path, entry);
             }
             Verdict::Ours => match super::registry::delete(smolvm, &name, &entry.claim.role) {
-                Ok(()) => {
+                Ok(true) => {
                     ledger::remove(&path);
                     settled.deleted.push(name);
                 }
+                Ok(false) => keep_entry(&path, entry),
                 Err(e) => {
                     diag::log(&format!(
                         "smolvm-harness: could not delete machine {name} left by dead process \
@@ -191,7 +194,7 @@ pub(crate) fn settle(
 }
 
 /// Whether the create an entry was written for may still be running.
-fn create_state(entry: &Entry) -> CreateState {
+pub(crate) fn create_state(entry: &Entry) -> CreateState {
     if entry.claim.stage == Stage::Created {
         return CreateState::Over;
     }

@@ -407,7 +407,7 @@ fn serve(socket: &Path) {
                 // from ever leaving. Leaving waits for it instead (below).
                 let (dir, left, flag) = (dir.clone(), goldens_left.clone(), retiring.clone());
                 let spawned = std::thread::Builder::new().spawn(move || {
-                    let retire = || super::goldens::retire(&dir);
+                    let retire = || super::goldens::retire(&dir, None);
                     if let Ok(n) = std::panic::catch_unwind(retire) {
                         left.store(n, Ordering::SeqCst);
                     }

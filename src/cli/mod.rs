@@ -575,6 +575,26 @@ impl Smolvm {
         )))
     }
 
+    /// Whether the golden `name` still has clones (which, once ours are deleted, someone
+    /// else made from it): a plain `machine delete` (no `-f`) refuses a golden with clones,
+    /// and otherwise asks `[y/N]`, which the closed stdin of every smolvm call answers No, so
+    /// nothing is deleted either way.
+    pub(crate) fn golden_has_clones(&self, name: &str) -> Result<bool> {
+        validate_machine_name(name)?;
+        let args = strings(&["machine", "delete", "--name", name]);
+        let (cmd, out) = self.run(Some(name), args, self.timeout())?;
+        match check(&cmd, out) {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(Error::Failed { ref stderr, .. })
+                if String::from_utf8_lossy(stderr).contains("is the fork base for") =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Remember the secrets of a machine another process created with `options` (a golden
     /// shared by the run), so that this process's forks and execs of it supply them.
     pub(crate) fn adopt_secrets(&self, name: &str, options: &CreateOptions) -> Result<()> {

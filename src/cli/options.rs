@@ -300,6 +300,12 @@ impl CreateOptions {
         &self.ports
     }
 
+    /// The same options without published ports.
+    pub(crate) fn without_ports(mut self) -> CreateOptions {
+        self.ports.clear();
+        self
+    }
+
     /// Whether an egress policy (`allow_cidr`, `allow_host`) is asked for.
     pub(crate) fn restricts_egress(&self) -> bool {
         !self.allow_cidrs.is_empty() || !self.allow_hosts.is_empty()
