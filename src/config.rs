@@ -491,6 +491,38 @@ mod tests {
     }
 
     #[test]
+    fn golden_grace_and_strict_egress() {
+        let one = |k: &'static str, v: &str| {
+            let v = v.to_string();
+            Config::from_lookup(move |key| (key == k).then(|| v.clone()))
+        };
+        let default = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(default.golden_grace, Duration::from_secs(30));
+        assert!(!default.strict_egress);
+        assert_eq!(
+            one("SMOLVM_HARNESS_GOLDEN_GRACE", "5m")
+                .unwrap()
+                .golden_grace,
+            Duration::from_secs(300)
+        );
+        let err = one("SMOLVM_HARNESS_GOLDEN_GRACE", "soon").unwrap_err();
+        assert!(
+            err.to_string().contains("SMOLVM_HARNESS_GOLDEN_GRACE"),
+            "{err}"
+        );
+        assert!(
+            one("SMOLVM_HARNESS_STRICT_EGRESS", "1")
+                .unwrap()
+                .strict_egress
+        );
+        let err = one("SMOLVM_HARNESS_STRICT_EGRESS", "maybe").unwrap_err();
+        assert!(
+            err.to_string().contains("SMOLVM_HARNESS_STRICT_EGRESS"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn default_state_dir_is_in_temp_and_names_the_uid() {
         assert_eq!(
             state_dir_default(Path::new("/tmp"), "1000"),
