@@ -363,9 +363,7 @@ impl Smolvm {
             }
         }
         let plan = options.secret_plan(dialect);
-        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
-            lock(plan_book()).insert(self.book_key(name), plan);
-        }
+        self.remember_plan(name, plan);
         Ok(())
     }
 
@@ -567,9 +565,7 @@ impl Smolvm {
         let env = plan.host_vars.clone();
         let (cmd, out) = self.run_with(Some(clone), args, env, &[], self.timeout())?;
         let out = check(&cmd, out)?;
-        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
-            lock(plan_book()).insert(self.book_key(clone), plan);
-        }
+        self.remember_plan(clone, plan);
         Ok(output::parse_fork_remaps(&String::from_utf8_lossy(
             &out.stderr,
         )))
@@ -601,9 +597,7 @@ impl Smolvm {
         let dialect = self.dialect()?;
         self.remember_values(name, options.env_values());
         let plan = options.secret_plan(dialect);
-        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
-            lock(plan_book()).insert(self.book_key(name), plan);
-        }
+        self.remember_plan(name, plan);
         Ok(())
     }
 
@@ -822,6 +816,13 @@ impl Smolvm {
             if !known.contains(&v) {
                 known.push(v);
             }
+        }
+    }
+
+    /// How `machine`'s secrets reach it from now on (nothing to remember if it has none).
+    fn remember_plan(&self, machine: &str, plan: SecretPlan) {
+        if !plan.host_vars.is_empty() || !plan.per_exec.is_empty() {
+            lock(plan_book()).insert(self.book_key(machine), plan);
         }
     }
 
