@@ -147,7 +147,7 @@ pub enum Error {
     /// A readiness wait ([`crate::Machine::wait_until`] and its siblings) ran out of time.
     #[error("timed out after {waited:?} waiting for {what}; last probe: {last}")]
     NotReady {
-        /// What was awaited, e.g. `guest port 8080 (host 127.0.0.1:41234)`.
+        /// What was awaited, e.g. `guest port 8080 via host 127.0.0.1:41234`.
         what: String,
         /// How long the wait lasted.
         waited: Duration,
