@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(smolvm_harness::sim::fake_cli_main());
+}
