@@ -193,10 +193,11 @@ impl GoldenBuilder {
     /// machine is made now, and [`Golden::fork`] makes cold machines (said once per process).
     /// Input is checked first, with no side effect on error.
     pub fn create(self) -> Result<Golden> {
-        self.create_with(None)
+        self.create_with(None, None)
     }
 
-    fn create_with(self, shared: Option<SharedGolden>) -> Result<Golden> {
+    /// `name_hint`: what generated names of the golden say (a shared golden's key).
+    fn create_with(self, shared: Option<SharedGolden>, name_hint: Option<&str>) -> Result<Golden> {
         let smolvm = self.machine.client();
         let options = self.machine.planned_options()?;
         options.validate()?;
@@ -216,14 +217,33 @@ impl GoldenBuilder {
             return Ok(cold(reason));
         }
         let role = Role::Golden { shared };
-        let guard = self
+        let mut guard = self
             .machine
             .clone()
-            .test_name(format!("golden-{}", current_test_name()))
+            .test_name(format!(
+                "golden-{}",
+                name_hint.unwrap_or(&current_test_name())
+            ))
             .create_as(role)?;
-        smolvm.machine_start_forkable(guard.name())?;
-        if let Some(provision) = &self.provision {
-            provision(&guard)?;
+        let made =
+            smolvm
+                .machine_start_forkable(guard.name())
+                .and_then(|()| match &self.provision {
+                    Some(provision) => provision(&guard),
+                    None => Ok(()),
+                });
+        if let Err(e) = made {
+            // Said as the golden's, with its transcript and console log saved as for a
+            // failing test, before the guard deletes it: every test that needed this golden
+            // fails with this error.
+            diag::log(&format!(
+                "smolvm-harness: making golden machine {} failed (start --forkable or its \
+                 provisioning step): {e}",
+                guard.name()
+            ));
+            guard.failed = true;
+            drop(guard);
+            return Err(e);
         }
         let golden = Golden {
             inner: Arc::new(Inner {
@@ -338,6 +358,13 @@ impl Golden {
     /// when every test process was killed), or else by the next run's sweep. A later test
     /// that needs it after that makes a new one.
     ///
+    /// One key, one recipe: a second call with the same key and another recipe (image,
+    /// options, client) is [`Error::InvalidInput`] in the process that made the golden (the
+    /// provisioning closure cannot be compared, and in another process of the run the first
+    /// recipe wins). A golden that could not be made is not remembered: the next test that
+    /// needs it tries again, and fails the same way if the cause stays; the failure is said
+    /// as the golden's, and its transcript and console log are saved as for a failing test.
+    ///
     /// ```
     /// use smolvm_harness::{Golden, Smolvm};
     ///
@@ -365,16 +392,26 @@ impl Golden {
         );
         // Held while making it: a second caller waits; other keys are not held up.
         let mut slot = lock(&slot);
-        if let Some(golden) = slot.as_ref() {
+        let recipe = builder.machine.recipe_fingerprint()?;
+        if let Some((first, golden)) = slot.as_ref() {
+            if *first != recipe {
+                return Err(Error::invalid(
+                    "golden key",
+                    format!(
+                        "{key:?} was first made from another recipe (image, options or \
+                         client); give each recipe its own key"
+                    ),
+                ));
+            }
             return Ok(Arc::clone(golden));
         }
         let run = cleanup::run_id();
         let golden = match (run, cleanup::target_digest(&smolvm)) {
             (Some(run), Some(target)) => shared_across_processes(builder, key, &run, &target)?,
-            _ => builder.create()?,
+            _ => builder.create_with(None, Some(key))?,
         };
         let golden = Arc::new(golden);
-        *slot = Some(Arc::clone(&golden));
+        *slot = Some((recipe, Arc::clone(&golden)));
         Ok(golden)
     }
 
@@ -422,6 +459,7 @@ impl Golden {
             ports,
             test,
             _reservation: reservation,
+            failed: false,
             golden: Some(Arc::new(CloneLink {
                 inner: Arc::clone(&self.inner),
                 kept: AtomicUsize::new(0),
@@ -483,7 +521,7 @@ fn no_fork_reason(version: crate::Version) -> Option<String> {
     }
     if !version.dialect().reforkable {
         return Some(format!(
-            "smolvm {version} cannot fork one golden repeatedly (from 1.7.6)"
+            "smolvm {version} cannot fork one golden more than once (smolvm 1.7.6 and later can)"
         ));
     }
     None
@@ -518,7 +556,8 @@ fn validate_key(key: &str) -> Result<()> {
     }
 }
 
-type GoldenSlot = Arc<Mutex<Option<Arc<Golden>>>>;
+/// A key's golden in this process, with the recipe it was made from.
+type GoldenSlot = Arc<Mutex<Option<(String, Arc<Golden>)>>>;
 
 fn shared_cache() -> &'static Mutex<HashMap<String, GoldenSlot>> {
     static CACHE: OnceLock<Mutex<HashMap<String, GoldenSlot>>> = OnceLock::new();
@@ -581,7 +620,7 @@ fn shared_across_processes(
     };
     // Held before it exists: nothing retires a golden under the process still making it.
     cleanup::hold_golden(&dir_key)?;
-    let golden = builder.create_with(Some(shared))?;
+    let golden = builder.create_with(Some(shared), Some(key))?;
     let text = match &golden.inner.mode {
         Mode::Fork { name, .. } => format!("fork\n{name}\n"),
         Mode::Cold { reason } => format!("cold\n{reason}\n"),

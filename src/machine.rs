@@ -95,6 +95,9 @@ pub struct Machine {
     pub(crate) test: String,
     /// The name, reserved on this smolvm state; released after `Drop::drop` has run.
     pub(crate) _reservation: cleanup::Reservation,
+    /// Set when the harness itself saw this machine fail (a golden whose provisioning
+    /// failed): its drop then reports and saves artifacts as for a failing test.
+    pub(crate) failed: bool,
     /// A clone's hold on its golden: released after `Drop::drop` has deleted the clone, so
     /// the golden always goes after its clones.
     pub(crate) golden: Option<Arc<crate::golden::CloneLink>>,
@@ -392,6 +395,12 @@ impl MachineBuilder {
         }
     }
 
+    /// What describes the machine this builder makes (secret values not included), to tell
+    /// two recipes apart.
+    pub(crate) fn recipe_fingerprint(&self) -> Result<String> {
+        Ok(format!("{:?} publish={:?}", self.options()?, self.publish))
+    }
+
     /// The create options as they will be sent, before host ports are picked: for checks
     /// made before anything happens, and for what a golden's clones inherit.
     pub(crate) fn planned_options(&self) -> Result<CreateOptions> {
@@ -474,6 +483,7 @@ impl MachineBuilder {
                         ports: options.ports().to_vec(),
                         test: self.test_name.clone().unwrap_or_else(current_test_name),
                         _reservation: reservation,
+                        failed: false,
                         golden: None,
                         _slot: slot,
                     })
@@ -742,7 +752,7 @@ impl Drop for Machine {
             return;
         }
         self.armed = false;
-        let failing = std::thread::panicking();
+        let failing = std::thread::panicking() || self.failed;
         let policy = self.keep_policy.unwrap_or_else(|| config_or_default().keep);
         let action = drop_action(policy, failing);
         if failing {

@@ -280,11 +280,15 @@ fn poll(
         let now = Instant::now();
         let left = match deadline {
             Some(d) if now >= d => {
+                // Whole milliseconds: what a reader of the message can use.
+                let waited = now - start;
                 return Err(Error::NotReady {
                     what: what.to_string(),
-                    waited: now - start,
+                    waited: Duration::from_millis(
+                        waited.as_millis().try_into().unwrap_or(u64::MAX),
+                    ),
                     last,
-                })
+                });
             }
             Some(d) => d - now,
             None => delay,

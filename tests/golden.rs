@@ -145,6 +145,53 @@ fn a_kept_clone_keeps_its_golden() {
     assert!(left.contains(&kept) && left.contains(&name), "{left:?}");
 }
 
+#[test]
+fn one_key_one_recipe_and_the_golden_is_named_after_its_key() {
+    let smolvm = Smolvm::simulated();
+    let a = Golden::shared("recipe-key", |g| recipe(g, smolvm.clone())).unwrap();
+    assert!(
+        a.name().unwrap().contains("golden-recipe-key"),
+        "{:?}",
+        a.name()
+    );
+    let again = Golden::shared("recipe-key", |g| recipe(g, smolvm.clone())).unwrap();
+    assert!(Arc::ptr_eq(&a, &again));
+    let err = Golden::shared("recipe-key", |g| recipe(g, smolvm.clone()).cpus(2)).unwrap_err();
+    assert!(
+        matches!(err, smolvm_harness::Error::InvalidInput { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("another recipe"), "{err}");
+}
+
+#[test]
+fn a_failing_provision_is_said_as_the_goldens_and_leaves_artifacts() {
+    let smolvm = Smolvm::simulated();
+    let (result, said) = smolvm_harness::diag::capture(|| {
+        Golden::builder()
+            .smolvm(smolvm.clone())
+            .image("alpine")
+            .net()
+            .provision(|m| {
+                m.sh("echo provisioning went wrong > /dev/console; exit 7")?
+                    .check()
+            })
+            .create()
+    });
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("exit 7"), "{err}");
+    let text = said.join("\n");
+    assert!(text.contains("making golden machine"), "{text}");
+    let dir = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("artifacts: "))
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or_else(|| panic!("no artifacts in {text}"));
+    let console = std::fs::read_to_string(Path::new(dir).join("console.log")).unwrap();
+    assert!(console.contains("provisioning went wrong"), "{console}");
+    assert!(smolvm.machine_list().unwrap().is_empty());
+}
+
 // ---- the fake CLI, through real processes ----
 
 /// Every bare `delete -f` of a golden while a clone of it lived, replayed from the log.

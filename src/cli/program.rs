@@ -41,6 +41,14 @@ pub(super) fn describe_lookup(program: &Path) -> String {
     let from_env = std::env::var_os("SMOLVM_BIN").is_some_and(|v| Path::new(&v) == program);
     let has_dir = program.components().count() > 1 || program.is_absolute();
     match (from_env, has_dir) {
+        (true, _) if !program.exists() && program.to_string_lossy().contains("/examples/") => {
+            // The usual slip with an example fake: not built yet, or built elsewhere.
+            format!(
+                "SMOLVM_BIN={} is not an executable file (no such file: `cargo build --examples` \
+                 builds it, under $CARGO_TARGET_DIR when that is set)",
+                program.display()
+            )
+        }
         (true, _) => format!("SMOLVM_BIN={} is not an executable file", program.display()),
         (false, true) => format!("{} is not an executable file", program.display()),
         (false, false) => format!("`{}` is not on PATH", program.display()),
