@@ -108,7 +108,7 @@ pub(crate) fn retire(root: &Path, this_run: Option<&str>) -> usize {
         if clones.iter().any(|c| c.kept) {
             diag::log(&format!(
                 "smolvm-harness: keeping golden machine {} because a clone of it is kept; \
-                 delete it after its clones with: {}",
+                 delete both with: {}",
                 entry.claim.name,
                 crate::machine::cascade_command(
                     &entry.target.client(entry.smolvm_version),
