@@ -258,6 +258,24 @@ fn fake_goldens_fork_and_clean_up_in_order() {
     assert_eq!(bare_deletes_under_clones(&log), Vec::<String>::new());
 }
 
+#[test]
+fn a_panicking_test_leaves_no_golden_nor_clone() {
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("log.jsonl");
+    let smolvm = fake_with_log(state.path(), &log);
+    let golden = recipe(Golden::builder(), smolvm.clone()).create().unwrap();
+    let clone = golden.fork().unwrap();
+    let ((), _said) = smolvm_harness::diag::capture(|| {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let (_golden, _clone) = (golden, clone);
+            panic!("the test fails with its golden and clone alive");
+        }));
+        assert!(result.is_err());
+    });
+    assert!(names(&smolvm).is_empty(), "left: {:?}", names(&smolvm));
+    assert_eq!(bare_deletes_under_clones(&log), Vec::<String>::new());
+}
+
 /// Child scenarios, run by the tests below through this same binary.
 #[test]
 #[ignore = "a child process of the tests below"]
