@@ -142,6 +142,25 @@ pub struct Dialect {
 }
 
 impl Dialect {
+    /// `Ok` if this version has `feature` (one of the fields above), else
+    /// [`Error::Unsupported`] naming what was asked and from which version smolvm has it.
+    pub(crate) fn require(
+        self,
+        feature: bool,
+        what: &'static str,
+        since: &'static str,
+    ) -> Result<(), Error> {
+        if feature {
+            Ok(())
+        } else {
+            Err(Error::Unsupported {
+                what,
+                version: self.version,
+                reason: since,
+            })
+        }
+    }
+
     /// The dialect of a version.
     pub fn for_version(version: Version) -> Dialect {
         Dialect {

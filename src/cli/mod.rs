@@ -514,13 +514,11 @@ impl Smolvm {
     pub fn machine_start_forkable(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         let dialect = self.dialect()?;
-        if !dialect.fork {
-            return Err(Error::Unsupported {
-                what: "machine start --forkable",
-                version: dialect.version,
-                reason: "smolvm has fork from 1.0.0",
-            });
-        }
+        dialect.require(
+            dialect.fork,
+            "machine start --forkable",
+            "smolvm has fork from 1.0.0",
+        )?;
         if let Some(info) = self.machine_status(name)? {
             if info.state == MachineState::Running {
                 return Err(Error::invalid(
@@ -608,13 +606,11 @@ impl Smolvm {
     pub fn machine_delete_cascade(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         let dialect = self.dialect()?;
-        if !dialect.cascade {
-            return Err(Error::Unsupported {
-                what: "machine delete --cascade",
-                version: dialect.version,
-                reason: "smolvm has --cascade from 1.7.0",
-            });
-        }
+        dialect.require(
+            dialect.cascade,
+            "machine delete --cascade",
+            "smolvm has --cascade from 1.7.0",
+        )?;
         let args = strings(&["machine", "delete", "--cascade", "--name", name]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
         match check(&cmd, out) {

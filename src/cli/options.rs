@@ -587,10 +587,7 @@ impl ForkOptions {
 
     pub(crate) fn validate(&self) -> Result<()> {
         for (k, v) in self.env.iter().chain(&self.secret_env) {
-            let ident = k.bytes().enumerate().all(|(i, b)| {
-                b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
-            });
-            if k.is_empty() || !ident {
+            if !is_identifier(k) {
                 return Err(Error::invalid(
                     "fork env key",
                     format!("{k:?} must match [A-Za-z_][A-Za-z0-9_]*"),
@@ -615,21 +612,16 @@ impl ForkOptions {
         dialect: Dialect,
         golden_plan: &SecretPlan,
     ) -> Result<(Vec<String>, SecretPlan)> {
-        if !dialect.fork {
-            return Err(Error::Unsupported {
-                what: "machine fork",
-                version: dialect.version,
-                reason: "smolvm has fork from 1.0.0 (usable for repeated forks of one golden \
-                         from 1.7.6)",
-            });
-        }
-        if !self.is_empty() && !dialect.cascade {
-            return Err(Error::Unsupported {
-                what: "fork --env/--secret-env",
-                version: dialect.version,
-                reason: "per-clone env and secrets are in smolvm from 1.7.0",
-            });
-        }
+        dialect.require(
+            dialect.fork,
+            "machine fork",
+            "smolvm has fork from 1.0.0 (usable for repeated forks of one golden from 1.7.6)",
+        )?;
+        dialect.require(
+            self.is_empty() || dialect.cascade,
+            "fork --env/--secret-env",
+            "per-clone env and secrets are in smolvm from 1.7.0",
+        )?;
         let mut args = strings(&["machine", "fork"]);
         if dialect.name_flag {
             args.extend(strings(&["--golden", golden, "--name", clone]));
@@ -660,6 +652,16 @@ impl ForkOptions {
     }
 }
 
+/// `[A-Za-z_][A-Za-z0-9_]*`: smolvm's rule for fork env keys, and the keys that can name a
+/// host variable as they are.
+fn is_identifier(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
+}
+
 /// `KEY=VALUE` pairs for a smolvm process's environment.
 pub(super) type EnvPairs = Vec<(String, String)>;
 
@@ -676,11 +678,7 @@ pub(super) struct SecretPlan {
 /// identifier (readable in `ps`), else after the key's bytes in hex, under another prefix
 /// (`…_SECRETHEX_…`), so that no two keys of one machine ever share a variable.
 fn host_var(kind: &str, key: &str) -> String {
-    let ident = key
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
-    if !key.is_empty() && ident {
+    if is_identifier(key) {
         format!("SMOLVM_HARNESS_{kind}_{key}")
     } else {
         let hex: String = key.bytes().map(|b| format!("{b:02X}")).collect();

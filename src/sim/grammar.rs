@@ -813,11 +813,7 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
         Ok(m) => m,
         Err(help) => return Ok(help),
     };
-    let name = if f.name_flag() {
-        m.one("name")
-    } else {
-        m.positionals.first().cloned()
-    };
+    let name = name_of(&m, f);
     let cidrs = m
         .all("allow-cidr")
         .iter()
@@ -848,6 +844,15 @@ fn parse_create(args: &[String], f: Features) -> Result<Command, SimOutput> {
         workdir: m.one("workdir"),
         command: m.trailing,
     })))
+}
+
+/// The machine name: `--name` from 1.0.2, the first positional before.
+fn name_of(m: &Matches, f: Features) -> Option<String> {
+    if f.name_flag() {
+        m.one("name")
+    } else {
+        m.positionals.first().cloned()
+    }
 }
 
 fn name_only(
@@ -944,11 +949,7 @@ fn parse_delete(args: &[String], f: Features) -> Result<Command, SimOutput> {
         Ok(m) => m,
         Err(help) => return Ok(help),
     };
-    let name = if f.name_flag() {
-        m.one("name")
-    } else {
-        m.positionals.first().cloned()
-    };
+    let name = name_of(&m, f);
     Ok(Command::Delete {
         name: name.unwrap_or_default(),
         force: m.flag("force"),
@@ -1056,11 +1057,7 @@ fn parse_data_dir(args: &[String], f: Features) -> Result<Command, SimOutput> {
         Ok(m) => m,
         Err(help) => return Ok(help),
     };
-    let name = if f.name_flag() {
-        m.one("name")
-    } else {
-        m.positionals.first().cloned()
-    };
+    let name = name_of(&m, f);
     Ok(Command::DataDir {
         name: name.unwrap_or_default(),
     })
