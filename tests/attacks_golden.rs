@@ -55,8 +55,8 @@ fn attack_golden_child() {
     let Ok(scenario) = std::env::var(SCENARIO) else {
         return;
     };
-    let state = std::env::var("AG_FAKE_STATE").unwrap();
-    let log = std::env::var("AG_FAKE_LOG").unwrap();
+    let state = std::env::var(CHILD_FAKE_STATE).unwrap();
+    let log = std::env::var(CHILD_FAKE_LOG).unwrap();
     let version = std::env::var("AG_FAKE_VERSION").unwrap_or_else(|_| "1.9.2".into());
     let smolvm = fake_with_log(Path::new(&state), Path::new(&log), &version);
     match scenario.as_str() {
@@ -167,53 +167,6 @@ fn attack_golden_child() {
     }
 }
 
-struct Dirs {
-    fake: tempfile::TempDir,
-    harness: tempfile::TempDir,
-}
-
-impl Dirs {
-    fn new() -> Dirs {
-        Dirs {
-            fake: tempfile::tempdir().unwrap(),
-            harness: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn log(&self) -> PathBuf {
-        self.fake.path().join("log.jsonl")
-    }
-
-    fn child(&self, scenario: &str, envs: &[(&str, &str)]) -> Command {
-        let mut cmd = child_of(ENTRY, SCENARIO, self.harness.path(), scenario, &[]);
-        cmd.arg("--ignored")
-            .env_remove("NEXTEST_RUN_ID")
-            .env_remove("SMOLVM_HARNESS_RUN_ID")
-            .env_remove("SMOLVM_HARNESS_GOLDEN_GRACE")
-            .env("AG_FAKE_STATE", self.fake.path())
-            .env("AG_FAKE_LOG", self.log())
-            .envs(envs.iter().copied());
-        cmd
-    }
-
-    fn smolvm(&self) -> Smolvm {
-        fake_at(self.fake.path(), "1.9.2")
-    }
-
-    fn names(&self) -> Vec<String> {
-        names(&self.smolvm())
-    }
-
-    fn broken(&self) -> Vec<String> {
-        read_fake_state(self.fake.path())
-            .unwrap()
-            .into_iter()
-            .filter(|m| m.broken)
-            .map(|m| m.name)
-            .collect()
-    }
-}
-
 fn signal_group(c: &mut std::process::Child, signal: i32) {
     let pgid = libc::pid_t::try_from(c.id()).unwrap();
     // SAFETY: signals the group our unreaped child leads.
@@ -243,7 +196,7 @@ fn ready_words(out: &std::process::Output) -> Vec<String> {
 #[test]
 fn sigterm_keeps_the_golden_of_a_kept_clone() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let dirs = Dirs::new();
+        let dirs = Dirs::new(ENTRY, SCENARIO);
         let (mut child, words) = holder(dirs.child("keep-then-hold", &[]));
         let (golden, kept, live) = (&words[0], &words[1], &words[2]);
         signal_group(&mut child, signal);
@@ -262,7 +215,7 @@ fn sigterm_keeps_the_golden_of_a_kept_clone() {
 /// `cargo test`, one golden per process, kept in a static) with `Machine::keep` on a clone.
 #[test]
 fn exit_hook_keeps_the_golden_of_a_kept_clone_of_a_shared_golden() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let out = run_to_end(dirs.child("shared-keep-exit", &[]));
     assert!(out.status.success(), "{}", stderr_of(&out));
     let words = ready_words(&out);
@@ -279,7 +232,7 @@ fn exit_hook_keeps_the_golden_of_a_kept_clone_of_a_shared_golden() {
 /// sweeps leave it alone too."
 #[test]
 fn exit_hook_leaves_a_clone_with_cleanup_disabled() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let out = run_to_end(dirs.child("shared-disable-exit", &[]));
     assert!(out.status.success(), "{}", stderr_of(&out));
     let words = ready_words(&out);
@@ -296,7 +249,7 @@ fn exit_hook_leaves_a_clone_with_cleanup_disabled() {
 #[test]
 fn sigkill_keeps_the_golden_of_a_kept_clone() {
     for watcher in ["on", "off"] {
-        let dirs = Dirs::new();
+        let dirs = Dirs::new(ENTRY, SCENARIO);
         let env = [("SMOLVM_HARNESS_WATCHER", watcher)];
         let (mut child, words) = holder(dirs.child("keep-then-hold", &env));
         let (golden, kept, live) = (words[0].clone(), words[1].clone(), words[2].clone());
@@ -368,7 +321,7 @@ fn the_printed_command_for_a_kept_golden_does_not_break_its_kept_clone() {
 /// the grace; nothing is ever broken.
 #[test]
 fn every_holder_sigkilled_the_watcher_retires_the_shared_golden() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let envs = [
         ("SMOLVM_HARNESS_RUN_ID", "killed-run"),
         ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s"),
@@ -412,7 +365,7 @@ fn keep_env_keeps_clone_and_golden_together() {
         ("on-failure, run", "shared-panic", "on-failure", true),
         ("always, run", "shared", "always", true),
     ] {
-        let dirs = Dirs::new();
+        let dirs = Dirs::new(ENTRY, SCENARIO);
         let mut envs = vec![("SMOLVM_HARNESS_KEEP", keep)];
         if shared {
             envs.extend(run);
@@ -443,7 +396,7 @@ fn keep_env_keeps_clone_and_golden_together() {
 /// golden must then go too, not stay forever as if kept.
 #[test]
 fn a_clone_left_to_the_watcher_at_exit_does_not_leak_its_golden() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let out = run_to_end(dirs.child("static-delete-fails", &[]));
     assert!(out.status.success(), "{}", stderr_of(&out));
     let words = ready_words(&out);
@@ -492,7 +445,7 @@ fn in_process_kept_clone_and_disabled_clone_keep_the_golden() {
 /// again, must be gone after "the next run's sweep".
 #[test]
 fn the_next_runs_sweep_retires_a_finished_runs_golden() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let off = ("SMOLVM_HARNESS_WATCHER", "off");
     let a = run_to_end(dirs.child("shared", &[off, ("SMOLVM_HARNESS_RUN_ID", "run-a")]));
     assert!(a.status.success(), "{}", stderr_of(&a));
@@ -521,7 +474,7 @@ fn the_next_runs_sweep_retires_a_finished_runs_golden() {
 /// create lands after the 1 s grace.
 #[test]
 fn a_shared_golden_whose_create_lands_after_its_maker_died_is_not_leaked() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let envs = [
         ("SMOLVM_HARNESS_RUN_ID", "slow-pull"),
         ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s"),
@@ -557,7 +510,7 @@ fn a_shared_golden_whose_create_lands_after_its_maker_died_is_not_leaked() {
 /// watcher retires the golden after a 1 s grace.
 #[test]
 fn a_joining_process_gets_the_golden_secret_and_nothing_leaks() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let envs = [
         ("SMOLVM_HARNESS_RUN_ID", "secret-run"),
         ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s"),
@@ -607,7 +560,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// (fake states) with the same key and run get a golden each.
 #[test]
 fn goldens_are_per_run_and_per_target() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let other = tempfile::tempdir().unwrap();
     let grace = ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s");
     let a = dirs
@@ -620,7 +573,7 @@ fn goldens_are_per_run_and_per_target() {
         .unwrap();
     let c = dirs
         .child("shared", &[grace, ("SMOLVM_HARNESS_RUN_ID", "r1")])
-        .env("AG_FAKE_STATE", other.path())
+        .env(CHILD_FAKE_STATE, other.path())
         .spawn()
         .unwrap();
     let mut goldens = HashSet::new();
@@ -681,7 +634,7 @@ fn cold_fallback_gives_each_clone_its_own_host_port() {
 /// `SMOLVM_HARNESS_TIMEOUT` (5 s here, 300 s by default) and then both go cold.
 #[test]
 fn two_goldens_made_at_once_under_a_cap_of_two_both_fork() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let envs = [
         ("SMOLVM_HARNESS_MAX_MACHINES", "2"),
         ("SMOLVM_HARNESS_TIMEOUT", "5s"),
@@ -787,7 +740,7 @@ fn a_failing_smoke_fork_is_said_once_per_process() {
 /// slot makes the smoke fork fail, and the whole run goes cold.
 #[test]
 fn a_machine_cap_of_one_does_not_turn_goldens_cold() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let out = run_to_end(dirs.child("shared", &[("SMOLVM_HARNESS_MAX_MACHINES", "1")]));
     assert!(out.status.success(), "{}", stderr_of(&out));
     let word = ready_words(&out)[0].clone();

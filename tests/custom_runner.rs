@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use attack_harness::{child_of, fake_at, holder, ledger_files, names, sigkill_group, wait_until};
+use attack_harness::{
+    fake_at, holder, ledger_files, names, sigkill_group, wait_until, Dirs, CHILD_FAKE_STATE,
+};
 use smolvm_harness::runner::{Invocation, ProcessRunner, RawOutput, Runner};
 use smolvm_harness::{Machine, Pack, Result, Smolvm};
 
@@ -57,7 +59,7 @@ impl Runner for InProcessMock {
 }
 
 fn client() -> Smolvm {
-    let state = std::env::var("CUSTOM_RUNNER_FAKE_STATE").expect("fake state");
+    let state = std::env::var(CHILD_FAKE_STATE).expect("fake state");
     fake_at(Path::new(&state), "1.9.2").with_runner(Counting::default())
 }
 
@@ -81,30 +83,9 @@ fn custom_runner_child() {
     }
 }
 
-struct Dirs {
-    fake: tempfile::TempDir,
-    harness: tempfile::TempDir,
-}
-
-impl Dirs {
-    fn new() -> Dirs {
-        Dirs {
-            fake: tempfile::tempdir().unwrap(),
-            harness: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn child(&self, scenario: &str, envs: &[(&str, &str)]) -> std::process::Command {
-        let mut cmd = child_of(ENTRY, SCENARIO, self.harness.path(), scenario, envs);
-        cmd.arg("--ignored")
-            .env("CUSTOM_RUNNER_FAKE_STATE", self.fake.path());
-        cmd
-    }
-}
-
 #[test]
 fn a_custom_process_runner_keeps_crash_cleanup() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let (mut c, words) = holder(dirs.child("hold", &[]));
     let fake = fake_at(dirs.fake.path(), "1.9.2");
     assert_eq!(names(&fake), [words[0].clone()]);
@@ -123,7 +104,7 @@ fn a_custom_process_runner_keeps_crash_cleanup() {
 
 #[test]
 fn a_custom_process_runner_counts_against_the_machine_cap() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let (mut c, _) = holder(dirs.child("hold", &[("SMOLVM_HARNESS_MAX_MACHINES", "1")]));
     let slot = dirs.harness.path().join("slots").join("slot-0.lock");
     let file = std::fs::File::open(&slot).expect("the machine took a slot");
@@ -136,7 +117,7 @@ fn a_custom_process_runner_counts_against_the_machine_cap() {
 
 #[test]
 fn a_custom_process_runner_shares_packs_across_processes() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let log = dirs.fake.path().join("log.jsonl");
     let log_str = log.to_str().unwrap();
     let envs = [

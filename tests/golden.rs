@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -283,8 +282,8 @@ fn golden_child() {
     let Ok(scenario) = std::env::var(SCENARIO) else {
         return;
     };
-    let state = std::env::var("GOLDEN_FAKE_STATE").unwrap();
-    let log = std::env::var("GOLDEN_FAKE_LOG").unwrap();
+    let state = std::env::var(CHILD_FAKE_STATE).unwrap();
+    let log = std::env::var(CHILD_FAKE_LOG).unwrap();
     let smolvm = fake_with_log(Path::new(&state), Path::new(&log));
     match scenario.as_str() {
         // A golden in a static with a live clone in another: only the exit hook settles them.
@@ -320,57 +319,24 @@ fn golden_child() {
     }
 }
 
-struct Dirs {
-    fake: tempfile::TempDir,
-    harness: tempfile::TempDir,
-}
-
-impl Dirs {
-    fn new() -> Dirs {
-        Dirs {
-            fake: tempfile::tempdir().unwrap(),
-            harness: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn log(&self) -> std::path::PathBuf {
-        self.fake.path().join("log.jsonl")
-    }
-
-    fn child(&self, scenario: &str, envs: &[(&str, &str)]) -> Command {
-        let mut cmd = child_of(ENTRY, SCENARIO, self.harness.path(), scenario, &[]);
-        // Not one run with this test process (nextest), unless a scenario says so.
-        cmd.arg("--ignored")
-            .env_remove("NEXTEST_RUN_ID")
-            .env_remove("SMOLVM_HARNESS_RUN_ID")
-            .env("GOLDEN_FAKE_STATE", self.fake.path())
-            .env("GOLDEN_FAKE_LOG", self.log())
-            .envs(envs.iter().copied());
-        cmd
-    }
-
-    fn smolvm(&self) -> Smolvm {
-        fake_at(self.fake.path(), "1.9.2")
-    }
-
-    fn assert_clean(&self, what: &str) {
-        assert!(
-            wait_until(Duration::from_secs(30), || names(&self.smolvm()).is_empty()),
-            "{what}: machines left: {:?}\nwatcher.log: {}",
-            names(&self.smolvm()),
-            watcher_log(self.harness.path())
-        );
-        assert_eq!(
-            bare_deletes_under_clones(&self.log()),
-            Vec::<String>::new(),
-            "{what}"
-        );
-    }
+/// Nothing left, and no bare `delete -f` of a golden under a live clone in the fake's log.
+fn assert_clean(dirs: &Dirs, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(30), || dirs.names().is_empty()),
+        "{what}: machines left: {:?}\nwatcher.log: {}",
+        dirs.names(),
+        watcher_log(dirs.harness.path())
+    );
+    assert_eq!(
+        bare_deletes_under_clones(&dirs.log()),
+        Vec::<String>::new(),
+        "{what}"
+    );
 }
 
 #[test]
 fn a_golden_in_a_static_is_deleted_at_exit_after_its_clone() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let out = run_to_end(dirs.child("static", &[]));
     assert!(
         out.status.success(),
@@ -382,7 +348,7 @@ fn a_golden_in_a_static_is_deleted_at_exit_after_its_clone() {
         "left: {:?}",
         names(&dirs.smolvm())
     );
-    dirs.assert_clean("static at exit");
+    assert_clean(&dirs, "static at exit");
 }
 
 #[test]
@@ -392,7 +358,7 @@ fn signals_and_sigkill_leave_no_golden_nor_clone() {
         ("SIGTERM", libc::SIGTERM, vec![]),
         ("SIGKILL, watcher", libc::SIGKILL, vec![]),
     ] {
-        let dirs = Dirs::new();
+        let dirs = Dirs::new(ENTRY, SCENARIO);
         let env_refs: Vec<(&str, &str)> =
             envs.iter().map(|(k, v): &(&str, &str)| (*k, *v)).collect();
         let (mut child, words) = holder(dirs.child("hold", &env_refs));
@@ -401,13 +367,13 @@ fn signals_and_sigkill_leave_no_golden_nor_clone() {
         // SAFETY: signals the group our unreaped child leads.
         unsafe { libc::killpg(pgid, signal) };
         let _ = child.wait();
-        dirs.assert_clean(what);
+        assert_clean(&dirs, what);
     }
 }
 
 #[test]
 fn sigkill_without_a_watcher_is_settled_by_the_next_runs_sweep() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let (mut child, _) = holder(dirs.child("hold", &[("SMOLVM_HARNESS_WATCHER", "off")]));
     sigkill_group(&mut child);
     assert_eq!(names(&dirs.smolvm()).len(), 3, "nothing ran after SIGKILL");
@@ -418,12 +384,12 @@ fn sigkill_without_a_watcher_is_settled_by_the_next_runs_sweep() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dirs.assert_clean("sigkill, then the next run");
+    assert_clean(&dirs, "sigkill, then the next run");
 }
 
 #[test]
 fn one_golden_per_key_for_a_run_of_eight_processes() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new(ENTRY, SCENARIO);
     let envs = [
         ("SMOLVM_HARNESS_RUN_ID", "golden-run-1"),
         ("SMOLVM_HARNESS_GOLDEN_GRACE", "1s"),
@@ -455,5 +421,5 @@ fn one_golden_per_key_for_a_run_of_eight_processes() {
         .count();
     assert_eq!(forkable_starts, 1, "one golden made for the run");
     // Nobody holds it any more: the watcher retires it after the grace.
-    dirs.assert_clean("shared golden after the run");
+    assert_clean(&dirs, "shared golden after the run");
 }

@@ -126,3 +126,70 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// Where a child scenario finds its fake's state and log (set by [`Dirs::child`]).
+pub const CHILD_FAKE_STATE: &str = "HARNESS_TEST_FAKE_STATE";
+pub const CHILD_FAKE_LOG: &str = "HARNESS_TEST_FAKE_LOG";
+
+/// A fake's state and a harness state directory of one test, and its child scenarios: this
+/// binary re-run as `entry` with `scenario_var` set.
+pub struct Dirs {
+    pub fake: tempfile::TempDir,
+    pub harness: tempfile::TempDir,
+    entry: &'static str,
+    scenario_var: &'static str,
+}
+
+impl Dirs {
+    pub fn new(entry: &'static str, scenario_var: &'static str) -> Dirs {
+        Dirs {
+            fake: tempfile::tempdir().unwrap(),
+            harness: tempfile::tempdir().unwrap(),
+            entry,
+            scenario_var,
+        }
+    }
+
+    pub fn log(&self) -> std::path::PathBuf {
+        self.fake.path().join("log.jsonl")
+    }
+
+    /// The child `scenario` (an `#[ignore]`d entry), not one run with this test process
+    /// (nextest) unless `envs` say so, with the fake's state and log in [`CHILD_FAKE_STATE`]
+    /// and [`CHILD_FAKE_LOG`].
+    pub fn child(&self, scenario: &str, envs: &[(&str, &str)]) -> Command {
+        let mut cmd = child_of(
+            self.entry,
+            self.scenario_var,
+            self.harness.path(),
+            scenario,
+            &[],
+        );
+        cmd.arg("--ignored")
+            .env_remove("NEXTEST_RUN_ID")
+            .env_remove("SMOLVM_HARNESS_RUN_ID")
+            .env_remove("SMOLVM_HARNESS_GOLDEN_GRACE")
+            .env(CHILD_FAKE_STATE, self.fake.path())
+            .env(CHILD_FAKE_LOG, self.log())
+            .envs(envs.iter().copied());
+        cmd
+    }
+
+    pub fn smolvm(&self) -> Smolvm {
+        fake_at(self.fake.path(), "1.9.2")
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        names(&self.smolvm())
+    }
+
+    /// Clones left broken by a bare `delete -f` of their golden.
+    pub fn broken(&self) -> Vec<String> {
+        smolvm_harness::sim::read_fake_state(self.fake.path())
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.broken)
+            .map(|m| m.name)
+            .collect()
+    }
+}
