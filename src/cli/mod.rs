@@ -405,11 +405,7 @@ impl Smolvm {
             strings(&["machine", "delete", "-f", name])
         };
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
-        match check(&cmd, out) {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
+        check_deleted(&cmd, out)?;
         self.forget_machine(name);
         Ok(())
     }
@@ -613,11 +609,7 @@ impl Smolvm {
         )?;
         let args = strings(&["machine", "delete", "--cascade", "--name", name]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
-        match check(&cmd, out) {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
+        check_deleted(&cmd, out)?;
         self.forget_machine(name);
         Ok(())
     }
@@ -859,6 +851,16 @@ fn custom_runner_notice(runner: &dyn fmt::Debug, program: &Path) {
              sweep) reaches smolvm by running {} directly, not through the runner",
             program.display()
         ));
+    }
+}
+
+/// A delete's outcome: a machine that does not exist counts as deleted (deletes are
+/// idempotent), any other failure is an error.
+fn check_deleted(cmd: &CommandLine, out: RawOutput) -> Result<()> {
+    match check(cmd, out) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
