@@ -16,6 +16,7 @@ mod machine;
 mod names;
 mod pack;
 mod readiness;
+mod remote;
 pub mod runner;
 pub mod sim;
 pub mod skip;
