@@ -3,5 +3,9 @@
 #![allow(dead_code)] // wired into `Smolvm` in the next commits
 
 pub(crate) mod endpoint;
+#[cfg(feature = "remote")]
+pub(crate) mod http;
+#[cfg(feature = "remote-tls")]
+mod tls;
 
 pub(crate) use endpoint::Endpoint;

@@ -1,0 +1,338 @@
+//! A blocking HTTP/1.1 exchange, as small as `smolvm serve` needs: one request per
+//! connection (`Connection: close`), the body framed by `Content-Length` or chunked (parsed
+//! by `httparse`), over a unix socket, TCP, or TLS (feature `remote-tls`).
+//!
+//! Every socket has read and write timeouts, so a server that accepts and never answers
+//! costs at most the call's timeout; and every open socket is listed, so the signal cleanup
+//! can shut the ones in flight ([`cancel_in_flight`]) the way it kills smolvm processes.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::Endpoint;
+use crate::runner::lock;
+
+/// A whole response.
+#[derive(Debug, Clone)]
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Response {
+    pub(crate) fn is_json(&self) -> bool {
+        self.content_type
+            .as_deref()
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"))
+    }
+}
+
+/// One request body: its content type and bytes.
+pub(crate) struct Body<'a> {
+    pub(crate) content_type: &'static str,
+    pub(crate) bytes: &'a [u8],
+}
+
+/// The largest response head read; `smolvm serve` sends a handful of headers.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Send one request and read the whole response. `path` is already percent-encoded
+/// ([`encode_path`]). `timeout` bounds the connect and each read and write; `max_body`
+/// bounds what is kept of the response (more is an error, not a truncated JSON).
+pub(crate) fn send(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<Body<'_>>,
+    timeout: Duration,
+    max_body: usize,
+) -> io::Result<Response> {
+    // A zero timeout means "none" to the socket calls: never let it through.
+    let timeout = timeout.max(Duration::from_millis(1));
+    match endpoint {
+        Endpoint::Unix(path_) => {
+            let s = UnixStream::connect(path_)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            let _listed = Listed::new(Socket::Unix(s.try_clone()?));
+            exchange(s, endpoint, method, path, body, max_body)
+        }
+        Endpoint::Tcp { host, port, tls } => {
+            let s = connect_tcp(host, *port, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            s.set_nodelay(true)?;
+            let _listed = Listed::new(Socket::Tcp(s.try_clone()?));
+            if *tls {
+                #[cfg(feature = "remote-tls")]
+                {
+                    let stream = super::tls::connect(s, host)?;
+                    return exchange(stream, endpoint, method, path, body, max_body);
+                }
+                #[cfg(not(feature = "remote-tls"))]
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "https needs smolvm-harness built with the `remote-tls` feature",
+                ));
+            }
+            exchange(s, endpoint, method, path, body, max_body)
+        }
+    }
+}
+
+/// Connect to the first address of `host` that answers, each try bounded by what is left of
+/// `timeout`.
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
+    for addr in (host, port).to_socket_addrs()? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting took over {timeout:?}"),
+            ));
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The protocol over any byte stream.
+fn exchange<S: Read + Write>(
+    mut stream: S,
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<Body<'_>>,
+    max_body: usize,
+) -> io::Result<Response> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
+        endpoint.host_header()
+    );
+    let payload: &[u8] = match &body {
+        Some(b) => {
+            head.push_str(&format!("Content-Type: {}\r\n", b.content_type));
+            b.bytes
+        }
+        None => &[],
+    };
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(payload)?;
+    stream.flush()?;
+
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = read_some(&mut stream, &mut chunk)?;
+        if n == 0 {
+            return Err(bad("the server closed the connection before answering"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let len = match parsed
+            .parse(&buf)
+            .map_err(|e| bad(&format!("not an HTTP response: {e}")))?
+        {
+            httparse::Status::Partial if buf.len() > MAX_HEAD => {
+                return Err(bad("response head too large"))
+            }
+            httparse::Status::Partial => continue,
+            httparse::Status::Complete(len) => len,
+        };
+        let status = parsed.code.unwrap_or(0);
+        let header = |name: &str| {
+            parsed
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+        };
+        let content_type = header("content-type");
+        let chunked = header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
+        let mut rest = buf.split_off(len);
+        // `Connection: close`: the end of the stream ends the body in every framing. Read it
+        // all (bounded), then frame.
+        let limit = max_body.saturating_mul(2).saturating_add(MAX_HEAD);
+        loop {
+            let n = read_some(&mut stream, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+            if rest.len() > limit {
+                return Err(bad(&format!(
+                    "response body over {max_body} bytes (SMOLVM_HARNESS_OUTPUT_CAP)"
+                )));
+            }
+            if let Some(n) = length.filter(|_| !chunked) {
+                if rest.len() >= n {
+                    break;
+                }
+            }
+        }
+        let body = if chunked {
+            dechunk(&rest)?
+        } else if let Some(n) = length {
+            if rest.len() < n {
+                return Err(bad("the response body is shorter than its Content-Length"));
+            }
+            rest.truncate(n);
+            rest
+        } else {
+            rest
+        };
+        if body.len() > max_body {
+            return Err(bad(&format!(
+                "response body over {max_body} bytes (SMOLVM_HARNESS_OUTPUT_CAP)"
+            )));
+        }
+        return Ok(Response {
+            status,
+            content_type,
+            body,
+        });
+    }
+}
+
+/// `read`, where a peer that closes a TLS stream without `close_notify` (or a reset after
+/// the whole answer) counts as the end of the stream.
+fn read_some<S: Read>(stream: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // A socket read timeout on unix.
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let (skip, size) = match httparse::parse_chunk_size(data) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) => return Err(bad("truncated chunked body")),
+            Err(_) => return Err(bad("bad chunk size")),
+        };
+        data = &data[skip..];
+        let size = usize::try_from(size).map_err(|_| bad("chunk too large"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 || &data[size..size + 2] != b"\r\n" {
+            return Err(bad("truncated chunk"));
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// Percent-encode a path for a URL, keeping `/` (the `{*path}` of the files route) and the
+/// unreserved characters.
+pub(crate) fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// An open socket, as the signal cleanup can shut it.
+enum Socket {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// Sockets of requests in flight, by id, with the pid that opened each (a child forked
+/// without exec inherits the list and must not shut its parent's).
+fn in_flight() -> &'static Mutex<HashMap<u64, (u32, Socket)>> {
+    static IN_FLIGHT: OnceLock<Mutex<HashMap<u64, (u32, Socket)>>> = OnceLock::new();
+    IN_FLIGHT.get_or_init(Default::default)
+}
+
+/// A socket's place in [`in_flight`], for as long as its request runs.
+struct Listed(u64);
+
+impl Listed {
+    fn new(socket: Socket) -> Listed {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        lock(in_flight()).insert(id, (std::process::id(), socket));
+        Listed(id)
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        lock(in_flight()).remove(&self.0);
+    }
+}
+
+/// Shut every request of this process still in flight (its read or write then fails at
+/// once). For the signal cleanup: a call blocked on a slow server must not hold it for the
+/// call's whole timeout. The server may still finish what it was asked (a create): the
+/// ledger entry of such a machine then stays for the watcher and the next run's sweep.
+pub(crate) fn cancel_in_flight() -> usize {
+    let me = std::process::id();
+    let map = lock(in_flight());
+    let mut n = 0;
+    for (pid, socket) in map.values() {
+        if *pid != me {
+            continue;
+        }
+        n += 1;
+        let _ = match socket {
+            Socket::Unix(s) => s.shutdown(Shutdown::Both),
+            Socket::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dechunk_reassembles_and_refuses_truncation() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
+        assert_eq!(dechunk(body).unwrap(), b"Wikipedia");
+        assert!(dechunk(b"4\r\nWik").is_err());
+        assert!(dechunk(b"zz\r\n").is_err());
+    }
+
+    #[test]
+    fn paths_are_percent_encoded_but_slashes_kept() {
+        assert_eq!(encode_path("/tmp/a b%.txt"), "/tmp/a%20b%25.txt");
+        assert_eq!(encode_path("/é"), "/%C3%A9");
+    }
+}
