@@ -155,6 +155,41 @@ pub enum Error {
         last: String,
     },
 
+    /// A `smolvm serve` API answered a request with an error ([`crate::Smolvm::remote`],
+    /// `SMOLVM_HOST`): its JSON `{"error", "code"}`, or the plain text of a 400, 413 or 422.
+    /// The request is shown as `METHOD URL PATH` with its body, env values redacted.
+    ///
+    /// ```
+    /// # use smolvm_harness::Error;
+    /// fn gone(e: &Error) -> bool {
+    ///     matches!(e, Error::Api { status: 404, .. }) // or, for any front end: e.is_not_found()
+    /// }
+    /// ```
+    #[error("{request} answered {status}{}: {}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(), request.redact_output(message))]
+    Api {
+        /// The request, redacted.
+        request: CommandLine,
+        /// The HTTP status.
+        status: u16,
+        /// smolvm's error code (`NOT_FOUND`, `CONFLICT`, `BAD_REQUEST`, `PORT_IN_USE`, …);
+        /// `None` for a plain-text answer.
+        code: Option<String>,
+        /// smolvm's message, or the plain-text body (capped; values of the request's env
+        /// scrubbed when shown).
+        message: String,
+    },
+
+    /// A `smolvm serve` API could not be reached, or stopped answering: connection refused,
+    /// no socket, a TLS failure, or no answer within the call's timeout.
+    #[error("{request}: could not reach the smolvm API: {source}")]
+    Unreachable {
+        /// The request, redacted.
+        request: CommandLine,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+
     /// A file operation of the harness itself (temp dirs, ledger, locks) failed.
     #[error("failed to {action} `{}`: {source}", path.display())]
     Io {
@@ -183,6 +218,7 @@ impl Error {
             | Error::Timeout { command, .. }
             | Error::Failed { command, .. }
             | Error::Parse { command, .. } => Some(command),
+            Error::Api { request, .. } | Error::Unreachable { request, .. } => Some(request),
             _ => None,
         }
     }
@@ -197,10 +233,12 @@ impl Error {
 
     /// True when smolvm said the machine does not exist (`Error: vm not found: NAME`, or the
     /// `status --json` wording `Error: config operation failed: machine status: machine
-    /// 'NAME' not found`). Nothing else counts: an idempotent delete must not swallow other
-    /// failures that happen to say "not found".
+    /// 'NAME' not found`; over the API, a 404 with code `NOT_FOUND`). Nothing else counts: an
+    /// idempotent delete must not swallow other failures that happen to say "not found" (a
+    /// route the server does not have is a 404 without that code).
     pub fn is_not_found(&self) -> bool {
         match self {
+            Error::Api { status, code, .. } => *status == 404 && code.as_deref() == Some("NOT_FOUND"),
             Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).lines().any(|l| {
                 l.starts_with("Error: vm not found:")
                     || (l.starts_with("Error: config operation failed: machine status: machine '")
@@ -376,6 +414,8 @@ pub struct CommandLine(std::sync::Arc<CommandLineInner>);
 
 #[derive(PartialEq, Eq)]
 struct CommandLineInner {
+    /// An API request (`METHOD URL PATH BODY`), shown without shell quoting.
+    request: bool,
     program: String,
     args: Vec<String>,
     secrets: Vec<String>,
@@ -429,7 +469,32 @@ impl CommandLine {
         }
         let mut secrets = self.0.secrets.clone();
         secrets.extend(extra.iter().cloned());
-        CommandLine::build(self.0.program.clone(), self.0.args.clone(), secrets)
+        let mut line = CommandLine::build(self.0.program.clone(), self.0.args.clone(), secrets);
+        if self.0.request {
+            if let Some(inner) = std::sync::Arc::get_mut(&mut line.0) {
+                inner.request = true;
+            }
+        }
+        line
+    }
+
+    /// An API request as errors and transcripts show it: `METHOD URL PATH` and the body
+    /// already redacted by the caller (`shown_body`), with `secrets` (the values taken out of
+    /// it) scrubbed from anything quoted with it.
+    pub(crate) fn request(
+        method: &str,
+        url: &str,
+        path: &str,
+        shown_body: Option<String>,
+        secrets: Vec<String>,
+    ) -> CommandLine {
+        let mut args = vec![url.to_string(), path.to_string()];
+        args.extend(shown_body);
+        let mut line = CommandLine::build(method.to_string(), args, secrets);
+        if let Some(inner) = std::sync::Arc::get_mut(&mut line.0) {
+            inner.request = true;
+        }
+        line
     }
 
     fn build(program: String, args: Vec<String>, secrets: Vec<String>) -> CommandLine {
@@ -443,6 +508,7 @@ impl CommandLine {
             scrub.extend([s.clone(), lf, crlf]);
         }
         CommandLine(std::sync::Arc::new(CommandLineInner {
+            request: false,
             program,
             args,
             secrets,
@@ -574,6 +640,12 @@ fn redact_pair(pair: &str, secrets: &mut Vec<String>) -> String {
 impl fmt::Display for CommandLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0.program)?;
+        if self.0.request {
+            for arg in &self.0.args {
+                write!(f, " {arg}")?;
+            }
+            return Ok(());
+        }
         for arg in &self.0.args {
             f.write_str(" ")?;
             if arg.is_empty()

@@ -139,7 +139,7 @@ impl Pack {
     /// ```
     pub fn shared_with(smolvm: &Smolvm, image: &str) -> Result<Arc<Pack>> {
         validate_image(image)?;
-        let process = smolvm.process_target().is_some();
+        let process = smolvm.outlives_process();
         let key = CacheKey {
             process,
             program: smolvm.program().to_path_buf(),

@@ -86,18 +86,22 @@ impl Slot {
 
 /// Take a slot for a machine of this client, blocking until one is free.
 ///
-/// `None` for in-process runners (`process_target()` is `None`): they start no VM, so there is
+/// `None` for in-process runners (their machines do not outlive the process): they start no VM, so there is
 /// nothing to cap. The wait ends when another machine's guard is dropped or its process dies;
 /// after 10 s a line on stderr says what the test waits for. It fails at once when this thread
 /// already holds every slot (a test that needs more machines at once than the cap), and after
 /// `SMOLVM_HARNESS_TIMEOUT` otherwise (tests in several processes each holding some slots and
 /// waiting for more would wait for each other forever).
 pub(crate) fn acquire(smolvm: &Smolvm) -> Result<Option<Slot>> {
-    if smolvm.process_target().is_none() {
+    if !smolvm.outlives_process() {
         return Ok(None);
     }
     let cfg = config()?;
-    let dir = state_dir::subdir("slots")?;
+    // The cap is per host: the local smolvm's, and each server's own.
+    let dir = match crate::cleanup::target_digest(smolvm).filter(|_| smolvm.remote_url().is_some()) {
+        Some(digest) => state_dir::subdir(&format!("slots-{digest}"))?,
+        None => state_dir::subdir("slots")?,
+    };
     acquire_in(&dir, cfg.machine_cap(), cfg.call_timeout).map(Some)
 }
 

@@ -70,6 +70,27 @@ pub(crate) fn record(
         Err(Error::NotFound { .. }) => ("smolvm not found".to_string(), Duration::ZERO),
         Err(_) => ("could not run".to_string(), Duration::ZERO),
     };
+    push(machine, command, outcome, duration, trace);
+}
+
+/// Record one API request (`smolvm serve`): its answer's status line, or why it had none.
+pub(crate) fn record_line(
+    machine: Option<&str>,
+    command: &CommandLine,
+    outcome: String,
+    duration: Duration,
+) {
+    let trace = crate::config::config().map(|c| c.trace).unwrap_or(false);
+    push(machine, command, outcome, duration, trace);
+}
+
+fn push(
+    machine: Option<&str>,
+    command: &CommandLine,
+    outcome: String,
+    duration: Duration,
+    trace: bool,
+) {
     let entry = TranscriptEntry {
         command: command.to_string(),
         outcome,

@@ -77,6 +77,7 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
     crate::runner::quiesce_creates(Duration::from_secs(2));
     // The signal reached only our process group; smolvm calls run in their own groups.
     let killed = crate::runner::kill_in_flight();
+    crate::remote::http::cancel_in_flight();
     process::wait_dead(&killed, Duration::from_secs(2));
     let mut drained = registry::drain(how);
     // Clones before the goldens they were forked from.
@@ -128,12 +129,20 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             .entry(Scope::of(&reg.smolvm))
             .or_insert_with(|| client.machine_list().ok());
         let verdict = match (listing, reg.claim.stage) {
-            // Our creates were stopped and waited for above: over.
-            (Some(list), _) => judge(
-                &reg.claim,
-                list.iter().find(|m| m.name == name),
-                CreateState::Over,
-            ),
+            // Our creates were stopped and waited for above: over. Not a create sent to a
+            // server: it goes on there, and until its machine is listed it may yet land
+            // (its entry stays for the watcher and the next sweep).
+            (Some(list), stage) => {
+                let seen = list.iter().find(|m| m.name == name);
+                let remote_pending =
+                    reg.smolvm.remote_url().is_some() && stage == Stage::Creating && seen.is_none();
+                let create = if remote_pending {
+                    CreateState::Unknown
+                } else {
+                    CreateState::Over
+                };
+                judge(&reg.claim, seen, create)
+            }
             // Cannot list. Where labels would decide, nothing is deleted unproven: the
             // watcher or the next sweep looks again. Without labels our succeeded create is
             // all the proof there is: delete what is there rather than leak it.
@@ -208,6 +217,7 @@ fn cleanup_client(reg: &Registered) -> Smolvm {
     let smolvm = &reg.smolvm;
     let client = smolvm.with_timeout(smolvm.timeout().min(CLEANUP_TIMEOUT));
     if smolvm.process_target().is_none() {
+        // In-process runners, and clients of `smolvm serve` (whose requests spawn nothing).
         return client;
     }
     let client = client.with_runner(ProcessRunner);

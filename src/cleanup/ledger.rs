@@ -65,8 +65,11 @@ pub(crate) fn state_env_to_show(smolvm: &Smolvm) -> Vec<(String, String)> {
     shown
 }
 
-/// Ledger format; entries of another format are left alone.
+/// Ledger format; entries of another format are left alone. Entries of a `smolvm serve`
+/// client are format 3 (an older harness reading them as format 2 would run their URL as a
+/// program); CLI entries stay format 2, which every harness since 0.1 reads.
 const FORMAT: u64 = 2;
+const FORMAT_REMOTE: u64 = 3;
 
 /// What reaches one smolvm state: the program and the env that tells smolvm where its state
 /// is. Two clients with equal targets see the same machines.
@@ -79,11 +82,22 @@ pub(crate) struct Target {
     /// The effective values of [`STATE_ENV`] for the smolvm process (client env first, then
     /// ours), only those set.
     pub(crate) state_env: BTreeMap<String, String>,
+    /// For a client of `smolvm serve`: its canonical URL (never a credential: see
+    /// [`crate::Smolvm::remote`]); `program` and the env are then empty.
+    pub(crate) remote: Option<String>,
 }
 
 impl Target {
     /// `None` for in-process runners, whose machines die with the process.
     pub(crate) fn of(smolvm: &Smolvm) -> Option<Target> {
+        if let Some(url) = smolvm.remote_url() {
+            return Some(Target {
+                program: PathBuf::new(),
+                process_env: Vec::new(),
+                state_env: BTreeMap::new(),
+                remote: Some(url.to_string()),
+            });
+        }
         let (program, process_env) = smolvm.process_target()?;
         // A bare name is resolved here, on our PATH: the watcher and later sweeps must run
         // the binary that made the machine, whatever their own PATH says.
@@ -104,6 +118,7 @@ impl Target {
             program,
             process_env,
             state_env,
+            remote: None,
         })
     }
 
@@ -111,6 +126,14 @@ impl Target {
     /// same program, the same process env, and the state-locating variables the original
     /// smolvm inherited (another process, such as the shared watcher, may have other ones).
     pub(crate) fn client(&self, version: Option<Version>) -> Smolvm {
+        if let Some(url) = &self.remote {
+            // TLS client certificates come from this process's own environment.
+            let smolvm = Smolvm::remote_or_unusable(url);
+            return match version {
+                Some(v) => smolvm.with_version(v),
+                None => smolvm,
+            };
+        }
         let mut smolvm = Smolvm::new(self.program.clone());
         for (k, v) in &self.state_env {
             if self.process_env.iter().all(|(pk, _)| pk != k) {
@@ -137,6 +160,10 @@ impl Target {
             }
         };
         eat(self.program.as_os_str().as_encoded_bytes());
+        if let Some(url) = &self.remote {
+            eat(b"remote");
+            eat(url.as_bytes());
+        }
         for (k, v) in &self.process_env {
             eat(k.as_bytes());
             eat(v.as_bytes());
@@ -213,7 +240,12 @@ impl Entry {
             })?;
         let owner = owner_json(&c.owner);
         let mut o = serde_json::Map::new();
-        o.insert("format".into(), FORMAT.into());
+        let format = if self.target.remote.is_some() {
+            FORMAT_REMOTE
+        } else {
+            FORMAT
+        };
+        o.insert("format".into(), format.into());
         o.insert("name".into(), c.name.clone().into());
         o.insert("owner".into(), owner);
         o.insert("owner_token".into(), c.owner.token().into());
@@ -242,6 +274,9 @@ impl Entry {
             }
         }
         o.insert("program".into(), program.into());
+        if let Some(url) = &self.target.remote {
+            o.insert("remote".into(), url.clone().into());
+        }
         let env: Vec<serde_json::Value> = self
             .target
             .process_env
@@ -267,9 +302,15 @@ impl Entry {
 
     pub(crate) fn from_json(text: &str) -> Option<Entry> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        if v.get("format")?.as_u64()? != FORMAT {
-            return None;
-        }
+        let format = v.get("format")?.as_u64()?;
+        let remote = match format {
+            FORMAT => None,
+            // A remote entry names a URL that parses (so no program is ever run for it).
+            FORMAT_REMOTE => Some(str_of_value(&v, "remote").filter(|u| {
+                crate::remote::Endpoint::parse(u).is_ok_and(|e| e.to_string() == *u)
+            })?),
+            _ => return None,
+        };
         let str_of = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
         let owner = owner_from_json(v.get("owner")?)?;
         let process_env = v
@@ -323,6 +364,7 @@ impl Entry {
                 program: PathBuf::from(str_of("program")?),
                 process_env,
                 state_env,
+                remote,
             },
             smolvm_version: str_of("smolvm_version").and_then(|s| s.parse().ok()),
             created_at: v.get("created_at").and_then(|x| x.as_u64()).unwrap_or(0),
@@ -681,4 +723,8 @@ mod tests {
         let rel = absolute_program("bin/smolvm".into());
         assert!(rel.is_absolute() && rel.ends_with("bin/smolvm"));
     }
+}
+
+fn str_of_value(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key).and_then(|x| x.as_str()).map(str::to_string)
 }

@@ -369,6 +369,12 @@ fn may_have_created(err: &Error) -> bool {
 pub(crate) fn is_already_exists(err: &Error) -> bool {
     match err {
         Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).contains("already exists"),
+        Error::Api {
+            status: 409,
+            code,
+            message,
+            ..
+        } => code.as_deref() == Some("CONFLICT") && message.contains("already exists"),
         _ => false,
     }
 }

@@ -31,6 +31,10 @@ use crate::Smolvm;
 /// assumed to be over.
 pub(crate) const UNSEEN_CREATE_BOUND: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a `smolvm serve` runs one request at most (`API_REQUEST_TIMEOUT_SECS`, its 408):
+/// a create sent by a process that died is over after that.
+pub(crate) const REMOTE_CREATE_BOUND: Duration = Duration::from_secs(300);
+
 /// Delete the machines that test processes left behind when they died.
 ///
 /// Considered: entries in the harness ledger (`$SMOLVM_HARNESS_STATE_DIR/ledger/`) made with
@@ -129,6 +133,12 @@ pub(crate) fn settle(
     for ((path, entry), create) in entries.into_iter().zip(creates) {
         let name = entry.claim.name.clone();
         let seen = machines.get(&name);
+        // A server's create that listed its machine has made it; one that did not may yet.
+        let create = if entry.target.remote.is_some() && seen.is_some() {
+            CreateState::Over
+        } else {
+            create
+        };
         if entry.kept {
             if seen.is_none() {
                 ledger::remove(&path);
@@ -197,6 +207,17 @@ pub(crate) fn settle(
 pub(crate) fn create_state(entry: &Entry) -> CreateState {
     if entry.claim.stage == Stage::Created {
         return CreateState::Over;
+    }
+    if entry.target.remote.is_some() {
+        // A create sent to a server goes on there when its client dies, out of our sight:
+        // over once the server's own request limit (300 s) and ours have surely passed.
+        let age = ledger::now().saturating_sub(entry.created_at);
+        let bound = REMOTE_CREATE_BOUND.max(crate::config::config_or_default().call_timeout);
+        return if age > bound.as_secs() + 30 {
+            CreateState::Over
+        } else {
+            CreateState::Unknown
+        };
     }
     match process::create_running(&entry.key()) {
         Some(true) => CreateState::Running,

@@ -30,6 +30,7 @@ use crate::dialect::{Dialect, Version};
 use crate::error::{CommandLine, Error, Result};
 use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
 use crate::sim::SimulatedRunner;
+use crate::remote::{ApiFacts, Endpoint, Remote};
 use crate::transcript;
 use crate::validate::{validate_image, validate_machine_name, MAX_TIMEOUT};
 use options::{path_arg, strings, SecretPlan};
@@ -67,6 +68,12 @@ struct Inner {
     env: Vec<(String, String)>,
     version_override: Option<Version>,
     version: OnceLock<Version>,
+    /// A client of `smolvm serve` ([`Smolvm::remote`], `SMOLVM_HOST`): every operation is a
+    /// request to it, and no process is spawned.
+    remote: Option<Arc<Remote>>,
+    /// `SMOLVM_HOST` was set to something this build cannot use: every call fails with this
+    /// (never a silent fall back to a local CLI).
+    bad_host: Option<String>,
 }
 
 // The runner behind the `Arc` is only ever called through `&self`, and every lock inside the
@@ -88,9 +95,107 @@ impl fmt::Debug for Smolvm {
 }
 
 impl Smolvm {
-    /// The binary named by `SMOLVM_BIN` (a name or a path), else `smolvm` on `PATH`.
+    /// With `SMOLVM_HOST` set, the `smolvm serve` API it names ([`Smolvm::remote`]); else the
+    /// binary named by `SMOLVM_BIN` (a name or a path), else `smolvm` on `PATH`.
+    ///
+    /// A `SMOLVM_HOST` that cannot be used (malformed, `https://` without the `remote-tls`
+    /// feature or its certificates) never falls back to a local smolvm: the client is not
+    /// [available](Smolvm::is_available) and every call fails with the reason.
     pub fn from_env() -> Smolvm {
-        Smolvm::new(smolvm_bin_from_env())
+        match program::smolvm_host_from_env() {
+            Some(url) => Smolvm::remote_or_unusable(&url),
+            None => Smolvm::new(smolvm_bin_from_env()),
+        }
+    }
+
+    /// [`Smolvm::remote`], or a client whose every call fails with the reason it cannot be.
+    pub(crate) fn remote_or_unusable(url: &str) -> Smolvm {
+        Smolvm::remote(url).unwrap_or_else(|e| {
+            let mut client = Smolvm::new("smolvm");
+            if let Some(inner) = Arc::get_mut(&mut client.inner) {
+                inner.program = PathBuf::from("SMOLVM_HOST");
+                inner.process_runner = false;
+                inner.cache_version = false;
+                inner.bad_host = Some(e.to_string());
+            }
+            client
+        })
+    }
+
+    /// A client of the `smolvm serve` API at `url`: `unix:///abs/path.sock`,
+    /// `http://host:port`, or `https://host:port` (feature `remote-tls`, with the client
+    /// certificate, key and CA in `SMOLVM_HARNESS_TLS_CERT`, `_KEY`, `_CA`). The public API is
+    /// the same as over the CLI, and so is the cleanup: machines are ledgered with the URL
+    /// (never a credential), and the crash watcher and the next run's sweep reach the same
+    /// server. A malformed URL is [`Error::InvalidInput`]; nothing is sent until a call.
+    ///
+    /// Where the API differs from the CLI, the CLI's behaviour is kept or the option is
+    /// refused ([`Error::Unsupported`]): secrets, labels and raw flags at create, egress
+    /// policies before 1.1.0, host paths on a server of another host; `exec` and copies
+    /// need a running machine (the server would start it). See the guide's "Remote smolvm".
+    ///
+    /// ```
+    /// use smolvm_harness::Smolvm;
+    /// let smolvm = Smolvm::remote("unix:///run/smolvm/api.sock").unwrap();
+    /// assert_eq!(smolvm.remote_url(), Some("unix:///run/smolvm/api.sock"));
+    /// assert!(Smolvm::remote("tcp://h:1").is_err());
+    /// ```
+    pub fn remote(url: &str) -> Result<Smolvm> {
+        let endpoint = Endpoint::parse(url)?;
+        if !cfg!(feature = "remote") {
+            return Err(Error::invalid(
+                "smolvm host URL",
+                "smolvm-harness was built without its `remote` feature",
+            ));
+        }
+        if let Endpoint::Tcp { tls: true, .. } = endpoint {
+            #[cfg(feature = "remote-tls")]
+            crate::remote::tls::check_env()?;
+            #[cfg(not(feature = "remote-tls"))]
+            return Err(Error::invalid(
+                "smolvm host URL",
+                "https:// needs smolvm-harness built with its `remote-tls` feature",
+            ));
+        }
+        let remote = Remote::new(endpoint);
+        Ok(Smolvm {
+            inner: Arc::new(Inner {
+                program: PathBuf::from(remote.url()),
+                runner: Arc::new(ProcessRunner),
+                process_runner: false,
+                cache_version: false,
+                timeout: None,
+                env: Vec::new(),
+                version_override: None,
+                version: OnceLock::new(),
+                remote: Some(Arc::new(remote)),
+                bad_host: None,
+            }),
+        })
+    }
+
+    /// The URL of the `smolvm serve` API this client talks to; `None` for the CLI.
+    pub fn remote_url(&self) -> Option<&str> {
+        self.inner.remote.as_deref().map(Remote::url)
+    }
+
+    /// The API client, or the reason `SMOLVM_HOST` cannot be used.
+    fn api(&self) -> Result<Option<&Remote>> {
+        if let Some(why) = &self.inner.bad_host {
+            return Err(Error::invalid("SMOLVM_HOST", why.clone()));
+        }
+        Ok(self.inner.remote.as_deref())
+    }
+
+    /// What the server's API can do, for its version.
+    fn api_facts(&self) -> Result<ApiFacts> {
+        Ok(ApiFacts::of(self.version()?))
+    }
+
+    /// Whether machines of this client outlive the process (real smolvm processes, or a
+    /// server): then they are ledgered, capped and swept.
+    pub(crate) fn outlives_process(&self) -> bool {
+        self.inner.process_runner || self.inner.remote.is_some()
     }
 
     /// A specific binary: a name looked up on `PATH`, or a path.
@@ -105,6 +210,8 @@ impl Smolvm {
                 env: Vec::new(),
                 version_override: None,
                 version: OnceLock::new(),
+                remote: None,
+                bad_host: None,
             }),
         }
     }
@@ -140,6 +247,8 @@ impl Smolvm {
             env: self.inner.env.clone(),
             version_override: self.inner.version_override,
             version: OnceLock::new(),
+            remote: self.inner.remote.clone(),
+            bad_host: self.inner.bad_host.clone(),
         };
         if let Some(v) = self.inner.version.get() {
             let _ = inner.version.set(*v);
@@ -169,6 +278,9 @@ impl Smolvm {
             i.process_runner = process;
             i.cache_version = ours;
             i.version = OnceLock::new();
+            // A runner runs a CLI: the client is no longer one of a server.
+            i.remote = None;
+            i.bad_host = None;
         })
     }
 
@@ -231,7 +343,17 @@ impl Smolvm {
 
     /// True when this client can run smolvm: for the real runner, the binary resolves to an
     /// executable file (checked once per binary); for any other runner, always.
+    ///
+    /// For a client of `smolvm serve`: `GET /health` answered, within 10 s at most (or the
+    /// client's timeout if shorter), checked once per URL and process.
     pub fn is_available(&self) -> bool {
+        match self.api() {
+            Err(_) => return false,
+            Ok(Some(remote)) => {
+                return remote_health(remote, self.timeout().min(HEALTH_PROBE_LIMIT), true).is_ok()
+            }
+            Ok(None) => {}
+        }
         if !self.inner.cache_version {
             return true;
         }
@@ -253,6 +375,11 @@ impl Smolvm {
         }
         if let Some(v) = self.inner.version.get() {
             return Ok(*v);
+        }
+        if let Some(remote) = self.api()? {
+            let v = remote_health(remote, self.timeout(), false)?;
+            let _ = self.inner.version.set(v);
+            return Ok(v);
         }
         if !self.inner.cache_version {
             let v = self.probe_version()?;
@@ -278,9 +405,17 @@ impl Smolvm {
         })
     }
 
-    /// The dialect of [`Smolvm::version`].
+    /// The dialect of [`Smolvm::version`]. Over the API: no labels (the API has none, so
+    /// ownership rests on the ledger alone), and fork from 1.2.5 (its API route).
     pub fn dialect(&self) -> Result<Dialect> {
-        Ok(Dialect::for_version(self.version()?))
+        let mut dialect = Dialect::for_version(self.version()?);
+        if self.inner.remote.is_some() {
+            let facts = ApiFacts::of(dialect.version);
+            dialect.labels = false;
+            dialect.fork = facts.fork;
+            dialect.cascade = facts.cascade;
+        }
+        Ok(dialect)
     }
 
     /// Whether this smolvm enforces egress policies (`allow_cidr`, `allow_host`): from
@@ -302,8 +437,25 @@ impl Smolvm {
     /// `smolvm pack create --image IMAGE -o OUTPUT`. Returns the `.smolmachine` sidecar
     /// (`OUTPUT.smolmachine`), which is what [`CreateOptions::from_path`] needs; smolvm writes
     /// both files.
+    ///
+    /// For a client of `smolvm serve` (whose API cannot pack) on this host (a unix socket, or
+    /// loopback TCP), the local smolvm CLI (`SMOLVM_BIN`) packs, and the server reads the
+    /// result from the same paths; for a server on another host, [`Error::Unsupported`].
     pub fn pack_create(&self, image: &str, output: impl AsRef<Path>) -> Result<PathBuf> {
         validate_image(image)?;
+        if let Some(remote) = self.api()? {
+            if !remote.endpoint().is_local() {
+                return Err(Error::Unsupported {
+                    what: "pack create on a remote smolvm",
+                    version: self.version()?,
+                    reason: "the API cannot pack, and a pack made here is not on the server's \
+                             host; create from an image",
+                });
+            }
+            return Smolvm::new(smolvm_bin_from_env())
+                .with_timeout(self.timeout())
+                .pack_create(image, output);
+        }
         let output = output.as_ref();
         let out_str = path_arg("pack output", output)?;
         if out_str.is_empty() {
@@ -333,6 +485,15 @@ impl Smolvm {
         validate_machine_name(name)?;
         options.validate()?;
         let dialect = self.dialect()?;
+        if let Some(remote) = self.api()? {
+            options.check_version(dialect)?;
+            self.remember_values(name, options.env_values());
+            remote.create(name, options, self.api_facts()?, self.timeout())?;
+            if options.restricts_egress() && !dialect.enforces_egress {
+                warn_unenforced_egress(dialect.version);
+            }
+            return Ok(());
+        }
         let args = options.argv(name, dialect)?;
         if options.restricts_egress() && !dialect.enforces_egress {
             warn_unenforced_egress(dialect.version);
@@ -373,6 +534,9 @@ impl Smolvm {
     /// smolvm process's environment: smolvm reads them at every start.
     pub fn machine_start(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
+        if let Some(remote) = self.api()? {
+            return remote.start(name, false, self.timeout());
+        }
         let args = strings(&["machine", "start", "--name", name]);
         let env = self.secret_plan(name).host_vars;
         let (cmd, out) = self.run_with(Some(name), args, env, &[], self.timeout())?;
@@ -382,6 +546,9 @@ impl Smolvm {
     /// `smolvm machine stop --name NAME`. Stopping a machine that is not running succeeds.
     pub fn machine_stop(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
+        if let Some(remote) = self.api()? {
+            return remote.stop(name, self.timeout());
+        }
         let args = strings(&["machine", "stop", "--name", name]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
         check(&cmd, out).map(drop)
@@ -393,6 +560,12 @@ impl Smolvm {
     /// running VM orphaned, the machine is stopped first.
     pub fn machine_delete(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
+        if let Some(remote) = self.api()? {
+            // The API's delete stops the machine first, on every version.
+            remote.delete(name, false, self.timeout())?;
+            self.forget_machine(name);
+            return Ok(());
+        }
         let dialect = self.dialect()?;
         if !dialect.delete_stops_running {
             // 0.8.0's stop exits 0 for a stopped or unknown machine, so any error here is real;
@@ -443,12 +616,21 @@ impl Smolvm {
             ));
         }
         options.validate()?;
-        let dialect = self.dialect()?;
-        let (args, env) = options.argv(name, argv, dialect, &self.secret_plan(name))?;
         let mut host_timeout = self.timeout();
         if let Some(t) = options.guest_timeout() {
             host_timeout = host_timeout.max(t.saturating_add(Duration::from_secs(10)));
         }
+        if let Some(remote) = self.api()? {
+            self.remember_values(name, options.values_to_scrub());
+            let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
+            let facts = self.api_facts()?;
+            let (cmd, out) = remote.exec(name, &argv, options, &[], facts, host_timeout)?;
+            let cmd = cmd.with_secrets(&self.machine_secrets(name));
+            let code = out.code.unwrap_or(-1);
+            return Ok(ExecOutput::from_run(code, cmd, out));
+        }
+        let dialect = self.dialect()?;
+        let (args, env) = options.argv(name, argv, dialect, &self.secret_plan(name))?;
         // The guest may print them anywhere (its console log too): scrubbed from everything
         // quoted of this machine from now on, until it is deleted.
         self.remember_values(name, options.values_to_scrub());
@@ -474,13 +656,20 @@ impl Smolvm {
     /// assert_eq!(runner.argvs()[0], ["machine", "cp", "out/report.txt", "web:/tmp/r.txt"]);
     /// ```
     pub fn machine_cp(&self, src: impl Into<CpPath>, dst: impl Into<CpPath>) -> Result<()> {
-        let (machine, args) = copy::argv(&src.into(), &dst.into())?;
+        let (src, dst) = (src.into(), dst.into());
+        let (machine, args) = copy::argv(&src, &dst)?;
+        if let Some(remote) = self.api()? {
+            return self.remote_cp(remote, &src, &dst);
+        }
         let (cmd, out) = self.run(Some(&machine), args, self.timeout())?;
         check(&cmd, out).map(drop)
     }
 
     /// `smolvm machine ls --json`, sorted by name (smolvm's own order is not stable).
     pub fn machine_list(&self) -> Result<Vec<MachineInfo>> {
+        if let Some(remote) = self.api()? {
+            return remote.list(self.timeout());
+        }
         let args = strings(&["machine", "ls", "--json"]);
         let (cmd, out) = self.run(None, args, self.timeout())?;
         let out = check(&cmd, out)?;
@@ -494,6 +683,9 @@ impl Smolvm {
     /// without that, look for it in [`Smolvm::machine_list`].
     pub fn machine_status(&self, name: &str) -> Result<Option<MachineInfo>> {
         validate_machine_name(name)?;
+        if let Some(remote) = self.api()? {
+            return remote.status(name, self.timeout());
+        }
         let args = strings(&["machine", "status", "--name", name, "--json"]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
         let out = match check(&cmd, out) {
@@ -526,6 +718,9 @@ impl Smolvm {
                 ));
             }
         }
+        if let Some(remote) = self.api()? {
+            return remote.start(name, true, self.timeout());
+        }
         let args = strings(&["machine", "start", "--name", name, "--forkable"]);
         let env = self.secret_plan(name).host_vars;
         let (cmd, out) = self.run_with(Some(name), args, env, &[], self.timeout())?;
@@ -552,6 +747,12 @@ impl Smolvm {
         let dialect = self.dialect()?;
         let golden_plan = self.secret_plan(golden);
         let (args, plan) = options.argv(golden, clone, dialect, &golden_plan)?;
+        if let Some(remote) = self.api()? {
+            let mut values = self.machine_secrets(golden);
+            values.extend(options.values());
+            self.remember_values(clone, values);
+            return remote.fork(golden, clone, options, self.timeout());
+        }
         let mut values = self.machine_secrets(golden);
         values.extend(options.values());
         self.remember_values(clone, values);
@@ -569,8 +770,18 @@ impl Smolvm {
     /// else made from it): a plain `machine delete` (no `-f`) refuses a golden with clones,
     /// and otherwise asks `[y/N]`, which the closed stdin of every smolvm call answers No, so
     /// nothing is deleted either way.
+    ///
+    /// Over the API a plain `DELETE` has no prompt: it refuses a golden with clones (409),
+    /// and otherwise deletes it, which is what the caller does next anyway.
     pub(crate) fn golden_has_clones(&self, name: &str) -> Result<bool> {
         validate_machine_name(name)?;
+        if let Some(remote) = self.api()? {
+            return match remote.delete(name, false, self.timeout()) {
+                Ok(()) => Ok(false),
+                Err(Error::Api { status: 409, .. }) => Ok(true),
+                Err(e) => Err(e),
+            };
+        }
         let args = strings(&["machine", "delete", "--name", name]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
         match check(&cmd, out) {
@@ -607,6 +818,11 @@ impl Smolvm {
             "machine delete --cascade",
             "smolvm has --cascade from 1.7.0",
         )?;
+        if let Some(remote) = self.api()? {
+            remote.delete(name, true, self.timeout())?;
+            self.forget_machine(name);
+            return Ok(());
+        }
         let args = strings(&["machine", "delete", "--cascade", "--name", name]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
         check_deleted(&cmd, out)?;
@@ -617,8 +833,18 @@ impl Smolvm {
     /// `smolvm machine data-dir --name NAME` (positional NAME before 1.0.2): the host
     /// directory that holds the machine's disks and its guest console log
     /// (`agent-console.log`). An unknown machine is an error ([`Error::is_not_found`]).
+    ///
+    /// Not over the API (its logs route is a stream): [`Error::Unsupported`].
     pub fn machine_data_dir(&self, name: &str) -> Result<PathBuf> {
         validate_machine_name(name)?;
+        if self.api()?.is_some() {
+            return Err(Error::Unsupported {
+                what: "machine data-dir over the smolvm API",
+                version: self.version()?,
+                reason: "the API does not say where a machine's files are, and they are on \
+                         the server's host",
+            });
+        }
         let args = if self.dialect()?.name_flag {
             strings(&["machine", "data-dir", "--name", name])
         } else {
@@ -659,6 +885,16 @@ impl Smolvm {
         extra_secrets: &[String],
         timeout: Duration,
     ) -> Result<(CommandLine, RawOutput)> {
+        // Every method of a remote client returns before it would run a CLI.
+        if let Some(why) = &self.inner.bad_host {
+            return Err(Error::invalid("SMOLVM_HOST", why.clone()));
+        }
+        if self.inner.remote.is_some() {
+            return Err(Error::invalid(
+                "smolvm call",
+                "this operation has no smolvm API equivalent",
+            ));
+        }
         // Every method checks its own input with a precise message; this is the net under
         // them all, so that no NUL reaches a spawn (where it would be an I/O error).
         if let Some(i) = args.iter().position(|a| a.contains('\0')) {
@@ -734,6 +970,53 @@ impl Smolvm {
     }
 }
 
+impl Smolvm {
+    /// `machine cp` as the API's file routes: host bytes up, or guest bytes down.
+    fn remote_cp(&self, remote: &Remote, src: &CpPath, dst: &CpPath) -> Result<()> {
+        match (src, dst) {
+            (CpPath::Host(host), CpPath::Guest { machine, path }) => {
+                let bytes = std::fs::read(host).map_err(|e| Error::io("read", host, e))?;
+                remote.upload(machine, path, bytes, self.api_facts()?, self.timeout())
+            }
+            (CpPath::Guest { machine, path }, CpPath::Host(host)) => {
+                let bytes = remote.download(machine, path, self.timeout())?;
+                std::fs::write(host, bytes).map_err(|e| Error::io("write", host, e))
+            }
+            // `copy::argv` refused the other combinations already.
+            _ => Err(Error::invalid("copy", "one side on the host, the other in a machine")),
+        }
+    }
+}
+
+/// How long [`Smolvm::is_available`] waits for a server's `/health` at most.
+const HEALTH_PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// `GET /health`, once per URL and process when it answers: the version (a server is not
+/// replaced by another version under the same URL while tests run). A failure is cached
+/// only for availability (`for_availability`), as the CLI's binary lookup is: every skip
+/// guard of a suite against a dead host must not wait for it again.
+fn remote_health(remote: &Remote, timeout: Duration, for_availability: bool) -> Result<Version> {
+    static SEEN: OnceLock<Mutex<HashMap<String, Option<Version>>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let cached = lock(seen).get(remote.url()).copied();
+    match cached {
+        Some(Some(v)) => return Ok(v),
+        Some(None) if for_availability => {
+            return Err(Error::Unreachable {
+                request: CommandLine::request("GET", remote.url(), "/health", None, Vec::new()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the server did not answer earlier in this process",
+                ),
+            })
+        }
+        Some(None) | None => {}
+    }
+    let result = remote.health(timeout);
+    lock(seen).insert(remote.url().to_string(), result.as_ref().ok().copied());
+    result
+}
+
 /// True if the binary from the environment (`SMOLVM_BIN`, else `smolvm` on `PATH`) resolves
 /// to an executable file. Cheap: checked once per binary.
 pub fn is_available() -> bool {
@@ -763,7 +1046,9 @@ impl Smolvm {
     /// processes (any client of the same binary and state reaches the machine), the runner's
     /// state otherwise.
     fn book_key(&self, name: &str) -> BookKey {
-        let scope = if self.inner.process_runner {
+        let scope = if let Some(url) = self.remote_url() {
+            format!("remote:{url}")
+        } else if self.inner.process_runner {
             let env: Vec<String> = self
                 .inner
                 .env

@@ -53,28 +53,28 @@ pub struct PortMapping {
 #[derive(Clone, PartialEq, Eq)]
 #[must_use]
 pub struct CreateOptions {
-    source: Source,
-    net: bool,
-    allow_cidrs: Vec<String>,
-    allow_hosts: Vec<String>,
-    env: Vec<(String, String)>,
-    secret_env: Vec<(String, String)>,
-    labels: Vec<(String, String)>,
-    cpus: Option<u32>,
-    mem_mib: Option<u32>,
-    storage_gib: Option<u32>,
-    overlay_gib: Option<u32>,
-    ports: Vec<PortMapping>,
-    volumes: Vec<Volume>,
-    extra_args: Vec<String>,
+    pub(crate) source: Source,
+    pub(crate) net: bool,
+    pub(crate) allow_cidrs: Vec<String>,
+    pub(crate) allow_hosts: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) secret_env: Vec<(String, String)>,
+    pub(crate) labels: Vec<(String, String)>,
+    pub(crate) cpus: Option<u32>,
+    pub(crate) mem_mib: Option<u32>,
+    pub(crate) storage_gib: Option<u32>,
+    pub(crate) overlay_gib: Option<u32>,
+    pub(crate) ports: Vec<PortMapping>,
+    pub(crate) volumes: Vec<Volume>,
+    pub(crate) extra_args: Vec<String>,
 }
 
 /// One `--volume`: a host directory seen at `guest` in the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Volume {
-    host: PathBuf,
-    guest: String,
-    read_only: bool,
+pub(crate) struct Volume {
+    pub(crate) host: PathBuf,
+    pub(crate) guest: String,
+    pub(crate) read_only: bool,
 }
 
 impl fmt::Debug for CreateOptions {
@@ -538,8 +538,8 @@ impl CreateOptions {
 #[derive(Clone, Default, PartialEq, Eq)]
 #[must_use]
 pub struct ForkOptions {
-    env: Vec<(String, String)>,
-    secret_env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) secret_env: Vec<(String, String)>,
 }
 
 impl fmt::Debug for ForkOptions {
@@ -823,11 +823,11 @@ fn validate_extra_args(args: &[String]) -> Result<()> {
 #[derive(Clone, Default, PartialEq, Eq)]
 #[must_use]
 pub struct ExecOptions {
-    env: Vec<(String, String)>,
-    secret_env: Vec<(String, String)>,
-    workdir: Option<String>,
-    timeout: Option<Duration>,
-    stream: bool,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) secret_env: Vec<(String, String)>,
+    pub(crate) workdir: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) stream: bool,
 }
 
 impl fmt::Debug for ExecOptions {

@@ -235,7 +235,7 @@ pub enum MachineState {
 }
 
 impl MachineState {
-    fn parse(s: &str) -> MachineState {
+    pub(crate) fn parse(s: &str) -> MachineState {
         match s {
             "created" => MachineState::Created,
             "running" => MachineState::Running,

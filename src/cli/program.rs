@@ -72,3 +72,8 @@ fn is_executable(path: &Path) -> bool {
         true
     }
 }
+
+/// `SMOLVM_HOST`, when set and not empty: the `smolvm serve` API to use instead of a CLI.
+pub(crate) fn smolvm_host_from_env() -> Option<String> {
+    std::env::var("SMOLVM_HOST").ok().filter(|v| !v.is_empty())
+}

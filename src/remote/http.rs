@@ -53,6 +53,27 @@ pub(crate) fn send(
     timeout: Duration,
     max_body: usize,
 ) -> io::Result<Response> {
+    #[cfg(not(feature = "remote"))]
+    {
+        let _ = (endpoint, method, path, body, timeout, max_body);
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "smolvm-harness was built without its `remote` feature",
+        ));
+    }
+    #[cfg(feature = "remote")]
+    send_over(endpoint, method, path, body, timeout, max_body)
+}
+
+#[cfg(feature = "remote")]
+fn send_over(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<Body<'_>>,
+    timeout: Duration,
+    max_body: usize,
+) -> io::Result<Response> {
     // A zero timeout means "none" to the socket calls: never let it through.
     let timeout = timeout.max(Duration::from_millis(1));
     match endpoint {
@@ -86,6 +107,7 @@ pub(crate) fn send(
     }
 }
 
+#[cfg(feature = "remote")]
 /// Connect to the first address of `host` that answers, each try bounded by what is left of
 /// `timeout`.
 fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
@@ -108,6 +130,7 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream
 }
 
 /// The protocol over any byte stream.
+#[cfg(feature = "remote")]
 fn exchange<S: Read + Write>(
     mut stream: S,
     endpoint: &Endpoint,
@@ -209,6 +232,7 @@ fn exchange<S: Read + Write>(
     }
 }
 
+#[cfg(feature = "remote")]
 /// `read`, where a peer that closes a TLS stream without `close_notify` (or a reset after
 /// the whole answer) counts as the end of the stream.
 fn read_some<S: Read>(stream: &mut S, buf: &mut [u8]) -> io::Result<usize> {
@@ -226,6 +250,7 @@ fn read_some<S: Read>(stream: &mut S, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+#[cfg(feature = "remote")]
 fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
@@ -247,6 +272,7 @@ fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
+#[cfg(feature = "remote")]
 fn bad(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
@@ -323,6 +349,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "remote")]
     fn dechunk_reassembles_and_refuses_truncation() {
         let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
         assert_eq!(dechunk(body).unwrap(), b"Wikipedia");

@@ -2,10 +2,11 @@
 //! operations as the CLI client, as HTTP requests to smolvm's API.
 #![allow(dead_code)] // wired into `Smolvm` in the next commits
 
+pub(crate) mod api;
 pub(crate) mod endpoint;
-#[cfg(feature = "remote")]
 pub(crate) mod http;
 #[cfg(feature = "remote-tls")]
 mod tls;
 
+pub(crate) use api::{ApiFacts, Remote};
 pub(crate) use endpoint::Endpoint;

@@ -1,0 +1,337 @@
+//! Every error shape of the `smolvm serve` API (smolvm-cli-more.md §9.2) maps to the crate's
+//! `Error`, with the request in the message and no env value anywhere; the exit code of exec
+//! is data; an unreachable or silent server is `is_available() == false` in bounded time.
+//!
+//! The server here is canned: a unix socket answered by hand with exactly the status,
+//! content type and body each case needs (the simulated `smolvm serve` produces the same
+//! shapes from real flows: tests/sim_serve.rs, tests/remote.rs).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smolvm_harness::{CpPath, CreateOptions, Error, ExecOptions, Smolvm};
+
+/// One answer: status, content type, body.
+type Answer = (u16, &'static str, String);
+
+/// A canned server on a unix socket: `/health` says `version`; every other request is
+/// answered by `route(method, path, body)`, and recorded.
+struct Canned {
+    _dir: tempfile::TempDir,
+    url: String,
+    seen: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+impl Canned {
+    fn start(
+        version: &'static str,
+        route: impl Fn(&str, &str, &str) -> Answer + Send + Sync + 'static,
+    ) -> Canned {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock: PathBuf = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (method, path, body) = read_request(&mut conn);
+                let (status, ctype, text) = if path == "/health" {
+                    (
+                        200,
+                        "application/json",
+                        format!(r#"{{"status":"ok","version":"{version}","machines":{{"total":0,"running":0}},"uptime_seconds":1}}"#),
+                    )
+                } else {
+                    log.lock().unwrap().push((method.clone(), path.clone(), body.clone()));
+                    route(&method, &path, &body)
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        Canned {
+            url: format!("unix://{}", sock.display()),
+            _dir: dir,
+            seen,
+        }
+    }
+
+    fn client(&self) -> Smolvm {
+        Smolvm::remote(&self.url).expect("a valid URL")
+    }
+
+    fn requests(&self) -> Vec<(String, String, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn read_request(conn: &mut std::os::unix::net::UnixStream) -> (String, String, String) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_string();
+    let path = first.next().unwrap_or("").to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = conn.read_exact(&mut body);
+    (method, path, String::from_utf8_lossy(&body).to_string())
+}
+
+fn json(status: u16, error: &str, code: &str) -> Answer {
+    (
+        status,
+        "application/json",
+        format!(r#"{{"error":"{error}","code":"{code}"}}"#),
+    )
+}
+
+fn plain(status: u16, text: &str) -> Answer {
+    (status, "text/plain; charset=utf-8", text.to_string())
+}
+
+const RUNNING: &str = r#"{"name":"web","state":"running","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":false,"createdAt":1}"#;
+
+/// (status, code) of an `Error::Api`.
+fn api_of(e: &Error) -> (u16, Option<String>) {
+    match e {
+        Error::Api { status, code, .. } => (*status, code.clone()),
+        other => panic!("expected Error::Api, got {other:?}"),
+    }
+}
+
+#[test]
+fn not_found_is_not_found_and_deletes_are_idempotent() {
+    let s = Canned::start("1.9.2", |_, _, _| json(404, "machine 'web' not found", "NOT_FOUND"));
+    let smolvm = s.client();
+    let err = smolvm.machine_start("web").unwrap_err();
+    assert_eq!(api_of(&err), (404, Some("NOT_FOUND".into())));
+    assert!(err.is_not_found());
+    let text = err.to_string();
+    assert!(
+        text.contains("POST") && text.contains("/api/v1/machines/web/start") && text.contains("404 NOT_FOUND"),
+        "{text}"
+    );
+    assert_eq!(smolvm.machine_status("web").unwrap(), None);
+    smolvm.machine_delete("web").expect("a missing machine counts as deleted");
+}
+
+#[test]
+fn a_route_the_server_lacks_is_not_a_missing_machine() {
+    // 0.8.2 has no fork route: a bare 404, no error code.
+    let s = Canned::start("1.9.2", |_, _, _| plain(404, ""));
+    let err = s.client().machine_delete("web").unwrap_err();
+    assert_eq!(api_of(&err), (404, None));
+    assert!(!err.is_not_found(), "{err}");
+}
+
+#[test]
+fn conflicts_bad_requests_and_server_errors_keep_code_and_message() {
+    let cases: Vec<(Answer, u16, Option<&str>, &str)> = vec![
+        (json(409, "machine 'web' already exists", "CONFLICT"), 409, Some("CONFLICT"), "already exists"),
+        (json(409, "port 8080 is in use", "PORT_IN_USE"), 409, Some("PORT_IN_USE"), "port 8080"),
+        (json(400, "invalid CIDR '10.0.0.0/99'", "BAD_REQUEST"), 400, Some("BAD_REQUEST"), "invalid CIDR"),
+        (json(500, "failed to start machine: agent operation failed", "INTERNAL_ERROR"), 500, Some("INTERNAL_ERROR"), "failed to start"),
+        (json(503, "server is shutting down", "UNAVAILABLE"), 503, Some("UNAVAILABLE"), "shutting down"),
+        (json(408, "request timed out", "TIMEOUT"), 408, Some("TIMEOUT"), "timed out"),
+        (json(401, "client certificate required", "UNAUTHORIZED"), 401, Some("UNAUTHORIZED"), "SMOLVM_HARNESS_TLS_CERT"),
+        (json(403, "forbidden", "FORBIDDEN"), 403, Some("FORBIDDEN"), "SMOLVM_HARNESS_TLS_CERT"),
+        (json(500, "process still alive", "CLONE_IDENTITY_REJUVENATION_FAILED"), 500, Some("CLONE_IDENTITY_REJUVENATION_FAILED"), "still alive"),
+        (plain(400, "Failed to parse the request body as JSON: expected value at line 1 column 1"), 400, None, "Failed to parse"),
+        (plain(422, "Failed to deserialize the JSON body into the target type: timeout_secs: unknown field `timeout_secs`"), 422, None, "unknown field"),
+        (plain(413, "Failed to buffer the request body: length limit exceeded"), 413, None, "2 MiB"),
+    ];
+    for (answer, status, code, says) in cases {
+        let a = answer.clone();
+        let s = Canned::start("1.9.2", move |_, _, _| a.clone());
+        let err = s.client().machine_start("web").unwrap_err();
+        assert_eq!(api_of(&err), (status, code.map(str::to_string)), "{answer:?}");
+        let text = err.to_string();
+        assert!(text.contains(says), "{answer:?}: {text}");
+        assert!(text.contains("/api/v1/machines/web/start"), "{text}");
+        assert!(!err.is_not_found());
+    }
+}
+
+#[test]
+fn create_conflict_is_already_exists_and_the_body_is_shown_redacted() {
+    let s = Canned::start("1.9.2", |_, _, body| {
+        // A server that quotes the request back must not leak it either.
+        json(409, &format!("machine 'web' already exists ({})", body.replace('"', "'")), "CONFLICT")
+    });
+    let opts = CreateOptions::image("alpine").env("API_TOKEN", "hunter2-value");
+    let err = s.client().machine_create("web", &opts).unwrap_err();
+    assert_eq!(api_of(&err), (409, Some("CONFLICT".into())));
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("hunter2-value"), "{text}");
+    assert!(text.contains("API_TOKEN") && text.contains("<redacted>"), "{text}");
+    // The value did go to the server, in the body.
+    assert!(s.requests()[0].2.contains("hunter2-value"));
+}
+
+#[test]
+fn exec_exit_code_is_data_not_an_error() {
+    let s = Canned::start("1.9.2", |method, path, _| match (method, path) {
+        ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
+        _ => (
+            200,
+            "application/json",
+            r#"{"exitCode":3,"stdout":"out\n","stderr":"err\n"}"#.to_string(),
+        ),
+    });
+    let out = s
+        .client()
+        .machine_exec("web", &["sh", "-c", "exit 3"], &ExecOptions::default())
+        .unwrap();
+    assert_eq!(out.code(), 3);
+    assert_eq!(out.stdout_str(), "out\n");
+    assert_eq!(out.stderr_str(), "err\n");
+}
+
+#[test]
+fn exec_errors_never_show_env_values() {
+    let s = Canned::start("1.9.2", |method, path, body| match (method, path) {
+        ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
+        _ => json(400, &format!("bad env: {}", body.replace('"', "'")), "BAD_REQUEST"),
+    });
+    let opts = ExecOptions::default()
+        .env("PLAIN", "visible-but-redacted")
+        .secret_env("TOKEN", "s3cr3t-token");
+    let err = s.client().machine_exec("web", &["env"], &opts).unwrap_err();
+    let text = format!("{err} {err:?}");
+    for value in ["s3cr3t-token", "visible-but-redacted"] {
+        assert!(!text.contains(value), "{value} in {text}");
+    }
+    let transcript = smolvm_harness::transcript::transcript("web");
+    let all: String = transcript.iter().map(|e| e.to_string()).collect();
+    assert!(!all.contains("s3cr3t-token") && all.contains("/exec"), "{all}");
+}
+
+#[test]
+fn exec_and_copies_on_a_stopped_machine_are_refused_like_the_cli() {
+    let s = Canned::start("1.9.2", |method, path, _| match (method, path) {
+        ("GET", "/api/v1/machines/web") => (
+            200,
+            "application/json",
+            RUNNING.replace("running", "stopped"),
+        ),
+        _ => panic!("no request may reach the server: {method} {path}"),
+    });
+    let smolvm = s.client();
+    let err = smolvm
+        .machine_exec("web", &["true"], &ExecOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let err = smolvm
+        .machine_cp(CpPath::host(file.path()), CpPath::guest("web", "/tmp/x"))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(s.requests().iter().all(|(m, _, _)| m == "GET"));
+}
+
+#[test]
+fn uploads_over_the_limit_of_0_8_are_refused_before_sending() {
+    let s = Canned::start("0.8.2", |_, _, _| (200, "application/json", RUNNING.to_string()));
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![b'x'; 2 * 1024 * 1024 + 1]).unwrap();
+    let err = s
+        .client()
+        .machine_cp(CpPath::host(big.path()), CpPath::guest("web", "/tmp/big"))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { what: "upload", .. }), "{err}");
+    assert!(err.to_string().contains("2 MiB"), "{err}");
+    assert!(s.requests().iter().all(|(m, _, _)| m != "PUT"), "{:?}", s.requests());
+}
+
+#[test]
+fn what_0_8_would_drop_is_refused_before_sending() {
+    let s = Canned::start("0.8.2", |m, p, _| panic!("nothing may be sent: {m} {p}"));
+    let smolvm = s.client();
+    for opts in [
+        CreateOptions::image("alpine").allow_cidr("10.0.0.0/8"),
+        CreateOptions::image("alpine").env("A", "1"),
+        CreateOptions::image("alpine").label("team", "x"),
+    ] {
+        let err = smolvm.machine_create("web", &opts).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{opts:?}: {err}");
+    }
+    assert!(s.requests().is_empty());
+}
+
+#[test]
+fn json_expected_and_not_given_is_a_parse_error() {
+    let s = Canned::start("1.9.2", |_, _, _| plain(200, "<html>proxy</html>"));
+    let err = s.client().machine_list().unwrap_err();
+    assert!(matches!(err, Error::Parse { .. }), "{err}");
+    assert!(err.to_string().contains("GET"), "{err}");
+}
+
+#[test]
+fn a_missing_socket_is_unreachable_and_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("unix://{}/nothing.sock", dir.path().display());
+    let smolvm = Smolvm::remote(&url).unwrap();
+    assert!(!smolvm.is_available());
+    let err = smolvm.machine_list().unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+}
+
+#[test]
+fn a_server_that_never_answers_is_unavailable_in_bounded_time() {
+    // Accepts (the kernel's backlog does) and never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("silent.sock");
+    let _listener = UnixListener::bind(&sock).unwrap();
+    let url = format!("unix://{}", sock.display());
+    let smolvm = Smolvm::remote(&url)
+        .unwrap()
+        .with_timeout(Duration::from_millis(500));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(smolvm.is_available()));
+    // A generous watchdog, not a speed claim: without read timeouts this never returns.
+    let available = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("is_available() must return");
+    assert!(!available);
+}
+
+#[test]
+fn a_tcp_port_nobody_listens_on_is_unavailable() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let smolvm = Smolvm::remote(&format!("http://127.0.0.1:{port}")).unwrap();
+    assert!(!smolvm.is_available());
+    assert!(matches!(smolvm.version().unwrap_err(), Error::Unreachable { .. }));
+}
+
+#[test]
+fn malformed_urls_are_invalid_input() {
+    for url in ["", "tcp://h:1", "unix://rel.sock", "http://u:p@h:1", "http://h"] {
+        let err = Smolvm::remote(url).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{url}: {err}");
+    }
+}
