@@ -3,6 +3,8 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `SMOLVM_BIN` | the smolvm binary: a name looked up on `PATH`, or a path | `smolvm` |
+//! | `SMOLVM_HOST` | a `smolvm serve` API to use instead of the CLI ([`crate::Smolvm::remote`]): `unix:///abs.sock`, `http://host:port`, `https://host:port` | unset |
+//! | `SMOLVM_HARNESS_TLS_CERT`, `SMOLVM_HARNESS_TLS_KEY`, `SMOLVM_HARNESS_TLS_CA` | for an `https://` host (feature `remote-tls`): the client certificate chain, its private key, and the CA of the server's certificate, as PEM paths; read by each process from its own environment, never recorded | unset |
 //! | `SMOLVM_HARNESS_TIMEOUT` | host-side limit for each smolvm call (`90s`, `5m`, `1500ms`) | `300s` |
 //! | `SMOLVM_HARNESS_PACK_TIMEOUT` | host-side limit for `pack create` | `1800s` |
 //! | `SMOLVM_HARNESS_KEEP` | `never`, `on-failure` or `always`: keep machines instead of deleting them | `never` |
@@ -24,7 +26,7 @@
 //! `TMPDIR` (the default state directory).
 //!
 //! Values are read when first needed and then kept for the life of the process, except
-//! `SMOLVM_BIN`, which [`crate::Smolvm::from_env`] reads on every call. A malformed value is
+//! `SMOLVM_BIN` and `SMOLVM_HOST`, which [`crate::Smolvm::from_env`] reads on every call. A malformed value is
 //! an [`Error::InvalidInput`] that names the variable, returned by the first call that needs
 //! it; it is never silently replaced by the default.
 //!

@@ -841,6 +841,9 @@ fn failure_report(
 /// dialect, and its state-locating env (a machine in an isolated data dir is not found
 /// without it).
 pub(crate) fn delete_command(smolvm: &Smolvm, name: &str) -> String {
+    if let Some(url) = smolvm.remote_url() {
+        return curl_command(url, "DELETE", &format!("/api/v1/machines/{name}"));
+    }
     if name_flag(smolvm) {
         command_text(smolvm, &["machine", "delete", "-f", "--name", name])
     } else {
@@ -859,6 +862,9 @@ pub(crate) fn delete_command_for(smolvm: &Smolvm, name: &str, role: &cleanup::Ro
 
 /// `machine delete --cascade --name NAME`, as the user would type it.
 pub(crate) fn cascade_command(smolvm: &Smolvm, name: &str) -> String {
+    if let Some(url) = smolvm.remote_url() {
+        return curl_command(url, "DELETE", &format!("/api/v1/machines/{name}?cascade=true"));
+    }
     command_text(smolvm, &["machine", "delete", "--cascade", "--name", name])
 }
 
@@ -868,6 +874,26 @@ fn data_dir_command(smolvm: &Smolvm, name: &str) -> String {
     } else {
         command_text(smolvm, &["machine", "data-dir", name])
     }
+}
+
+/// The request as a `curl` command line, for a machine of a `smolvm serve` client (TLS
+/// client files named by the variables, never inlined).
+fn curl_command(url: &str, method: &str, path: &str) -> String {
+    let mut words = vec!["curl".to_string(), "-fsS".to_string(), "-X".into(), method.into()];
+    if let Some(sock) = url.strip_prefix("unix://") {
+        words.push("--unix-socket".into());
+        words.push(shell_word(sock));
+        words.push(shell_word(&format!("http://localhost{path}")));
+    } else {
+        if url.starts_with("https://") {
+            words.extend(
+                ["--cert", "\"$SMOLVM_HARNESS_TLS_CERT\"", "--key", "\"$SMOLVM_HARNESS_TLS_KEY\"", "--cacert", "\"$SMOLVM_HARNESS_TLS_CA\""]
+                    .map(str::to_string),
+            );
+        }
+        words.push(shell_word(&format!("{url}{path}")));
+    }
+    words.join(" ")
 }
 
 /// Names are positional before smolvm 1.0.2. When the version is unknown, the current form.
