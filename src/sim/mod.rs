@@ -316,6 +316,8 @@ mod grammar;
 mod guest;
 mod net;
 mod runner;
+#[cfg(feature = "remote")]
+mod serve;
 mod state;
 
 pub use fake::{
@@ -323,6 +325,8 @@ pub use fake::{
     LOG_ENV, STATE_ENV, VERSION_ENV,
 };
 pub use runner::SimulatedRunner;
+#[cfg(feature = "remote")]
+pub use serve::SERVE_TIMEOUT_ENV;
 pub use state::{SimMachine, SimMount, SimSecretRef, SimState};
 
 use apply::{apply, Ctx, Step};
