@@ -50,7 +50,9 @@ pub fn fake_cli_main() -> i32 {
         return serve_helper(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("serve")
-        && args.get(1).map_or(true, |a| a == "start" || a.starts_with('-'))
+        && args
+            .get(1)
+            .map_or(true, |a| a == "start" || a.starts_with('-'))
         && !args.iter().any(|a| a == "--help" || a == "-h")
     {
         return serve_api(&args[1..]);

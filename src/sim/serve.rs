@@ -223,7 +223,11 @@ fn api_error(status: u16, code: &str, msg: impl Into<String>) -> Reply {
 }
 
 fn plain(status: u16, text: impl Into<String>) -> Reply {
-    Reply(status, "text/plain; charset=utf-8", text.into().into_bytes())
+    Reply(
+        status,
+        "text/plain; charset=utf-8",
+        text.into().into_bytes(),
+    )
 }
 
 fn not_found(name: &str) -> Reply {
@@ -323,10 +327,7 @@ impl Api {
     }
 
     /// `Err(None)`: the peer went away before a request; `Err(Some)`: answer this instead.
-    fn read_request<S: Read>(
-        &self,
-        reader: &mut BufReader<S>,
-    ) -> Result<Request, Option<Reply>> {
+    fn read_request<S: Read>(&self, reader: &mut BufReader<S>) -> Result<Request, Option<Reply>> {
         let mut head = Vec::new();
         loop {
             let before = head.len();
@@ -373,6 +374,12 @@ impl Api {
             OLD_BODY_LIMIT
         };
         if length > limit {
+            // Read what was sent first (bounded): a client still writing its body would get
+            // a reset instead of the answer.
+            let _ = io::copy(
+                &mut reader.by_ref().take(length.min(2 * NEW_BODY_LIMIT) as u64),
+                &mut io::sink(),
+            );
             return Err(Some(plain(
                 413,
                 "Failed to buffer the request body: length limit exceeded",
@@ -406,9 +413,7 @@ impl Api {
             Ok(reply) => reply,
             // The real 408 body was never observed (smolvm-cli-more.md §9.2): this is the
             // shape of smolvm's own `ApiError::Timeout`, an assumption.
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                api_error(408, "TIMEOUT", "request timed out")
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => api_error(408, "TIMEOUT", "request timed out"),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 api_error(500, "INTERNAL_ERROR", "smolvm-fake serve: route panicked")
             }
@@ -568,7 +573,10 @@ impl Api {
             if let Some(hosts) = m.map(|m| &m.allowed_hosts).filter(|h| !h.is_empty()) {
                 o.insert("allowedHosts".into(), json!(hosts));
             }
-            o.insert("forkable".into(), flag("forkable"));
+            // `ls --json` keeps the record's `forkable` (false here); the API's is whether
+            // this boot was started forkable, which the fake keeps in its state.
+            let forkable = m.map_or(false, |m| m.forkable);
+            o.insert("forkable".into(), json!(forkable));
             o.insert("forkpointHeld".into(), flag("forkpoint_held"));
         }
         Value::Object(o)
@@ -773,8 +781,7 @@ impl Api {
         let out = self.cli(&args, &env, None);
         if out.code != 0 {
             let lower = out.message().to_ascii_lowercase();
-            if lower.contains("injected failure") || lower.starts_with("agent operation failed")
-            {
+            if lower.contains("injected failure") || lower.starts_with("agent operation failed") {
                 return api_error(500, "INTERNAL_ERROR", out.message());
             }
             // smolvm's API answers its own wording for a duplicate name.
@@ -1230,8 +1237,12 @@ enum Kind {
 
 /// serde's 422 for a missing required field or a value of the wrong JSON type.
 fn check_types(v: &Value, types: &[(&str, Kind)], required: &[&str]) -> Result<(), Reply> {
-    let reject =
-        |msg: String| plain(422, format!("Failed to deserialize the JSON body into the target type: {msg}"));
+    let reject = |msg: String| {
+        plain(
+            422,
+            format!("Failed to deserialize the JSON body into the target type: {msg}"),
+        )
+    };
     for r in required {
         if v.get(*r).is_none() {
             return Err(reject(format!("missing field `{r}`")));
@@ -1289,8 +1300,7 @@ fn decode(s: &str) -> String {
 
 /// Standard base64 with padding (`stdoutB64`).
 fn b64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -1328,7 +1338,9 @@ mod tests {
     #[test]
     fn listen_targets() {
         assert!(matches!(parse_listen("127.0.0.1:0"), Ok(Listen::Tcp(_))));
-        assert!(matches!(parse_listen("unix:///x/a.sock"), Ok(Listen::Unix(p)) if p == Path::new("/x/a.sock")));
+        assert!(
+            matches!(parse_listen("unix:///x/a.sock"), Ok(Listen::Unix(p)) if p == Path::new("/x/a.sock"))
+        );
         assert!(matches!(parse_listen("/x/a.sock"), Ok(Listen::Unix(_))));
         assert!(parse_listen("foo:bar")
             .err()
