@@ -253,15 +253,31 @@ fn lifecycle_v0_8_2() {
     lifecycle(OLD);
 }
 
-/// Delete stops a running machine first (the CLI would too, from 0.8.1).
+/// Delete stops a running machine first, in every version (the CLI's own delete does not
+/// before 0.8.1): the fake's log shows the `stop` before the `delete`.
 #[test]
 fn delete_stops_a_running_machine_first() {
-    let s = Server::start(NEW);
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("fake.log");
+    let log_str = log.display().to_string();
+    let s = Server::start_with("0.8.0", &[("SMOLVM_FAKE_LOG", &log_str)]);
     s.create("run1");
     assert_eq!(s.post("/api/v1/machines/run1/start", json!({})).status, 200);
     let gone = s.call("DELETE", "/api/v1/machines/run1", None);
     assert_eq!(gone.status, 200, "{}", gone.text());
     assert!(read_fake_state(&s.state).unwrap().is_empty());
+    let subcommands: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["argv"][1]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .filter(|sub| sub != "status" && sub != "ls")
+        .collect();
+    assert_eq!(subcommands, ["create", "start", "stop", "delete"]);
 }
 
 #[test]
