@@ -49,12 +49,34 @@ pub fn fake_cli_main() -> i32 {
     if args.first().map(String::as_str) == Some(HELPER_ARG) {
         return serve_helper(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("serve")
+        && args
+            .get(1)
+            .map_or(true, |a| a == "start" || a.starts_with('-'))
+        && !args.iter().any(|a| a == "--help" || a == "-h")
+    {
+        return serve_api(&args[1..]);
+    }
     let out = run_fake(&args);
     // A closed pipe is the reader's choice; there is nobody left to tell.
     let _ = io::stdout().lock().write_all(&out.stdout);
     let _ = io::stdout().flush();
     let _ = io::stderr().lock().write_all(&out.stderr);
     out.code
+}
+
+#[cfg(feature = "remote")]
+fn serve_api(args: &[String]) -> i32 {
+    super::serve::serve_main(args)
+}
+
+#[cfg(not(feature = "remote"))]
+fn serve_api(_: &[String]) -> i32 {
+    eprintln!(
+        "Error: smolvm-fake: `serve` needs the `remote` feature of smolvm-harness (this \
+         build has it off)"
+    );
+    1
 }
 
 fn fake_error(msg: &str) -> SimOutput {

@@ -21,8 +21,9 @@
 //! `fork` (below),
 //! with the flags the harness uses (those [`crate::Smolvm`]'s methods send; the full grammar,
 //! per version, is in this module's `grammar.rs`). Any other flag is clap's
-//! `unexpected argument` error; other real subcommands (`serve`, `machine run`, …) fail with
-//! exit 1 `Error: sim: subcommand not simulated: …`.
+//! `unexpected argument` error; other real subcommands (`serve openapi`, `machine run`, …)
+//! fail with exit 1 `Error: sim: subcommand not simulated: …`. The fake binary also serves
+//! the HTTP API (`smolvm-fake serve start`, below).
 //!
 //! ## Workload flags of `machine create`
 //!
@@ -231,6 +232,7 @@
 //! | `SMOLVM_FAKE_LATENCY=create=50ms,exec=20ms` | per-subcommand latency (humantime units) |
 //! | `SMOLVM_FAKE_HANG=exec` | subcommands that sleep forever |
 //! | `SMOLVM_FAKE_LOG=FILE` | append one JSON line per invocation (below) |
+//! | `SMOLVM_FAKE_SERVE_TIMEOUT=SECS` | `serve`: the per-request timeout (default 300) |
 //!
 //! An unusable state directory, an unknown knob key or a bad value is exit 1 with an
 //! `Error: smolvm-fake: …` line. `delete` without `-f` reads its `[y/N]` answer from stdin
@@ -248,6 +250,38 @@
 //! paths, and are kept); `pid` is the fake process's own PID; `machines`
 //! is the machine count after the command. A call killed while sleeping (latency, hang,
 //! `sleep`) writes no line.
+//!
+//! # The simulated `smolvm serve` API (fake binary, feature `remote`)
+//!
+//! `smolvm-fake serve [start] [-l|--listen ADDR]` plays `smolvm serve start` of the version
+//! played (smolvm-cli-more.md §9): `ADDR` is `unix:///abs/path.sock` or `/abs/path.sock` (an
+//! existing file there is removed first), or `IP:PORT` for TCP (port 0 allowed); the default
+//! is `unix://$XDG_RUNTIME_DIR/smolvm.sock`, else `/tmp/smolvm.sock`; anything else with a
+//! `:` is exit 1 `… parse listen address: invalid address '…'`. It prints `smolvm API server
+//! listening on unix:///…` (or `on http://127.0.0.1:PORT`, the real port) on stdout and
+//! serves until SIGTERM/SIGINT, which print `Shutting down server (VMs continue
+//! running)...` on stderr, remove the socket and exit 0. `-v`, `--json-logs`,
+//! `--cors-origin`, `--seccomp` and `--landlock` are accepted and do nothing. Without the
+//! crate's `remote` feature, `serve` is exit 1 with a message saying so.
+//!
+//! Each request is answered by running this same fake CLI as a child (argv in the version's
+//! dialect, environment inherited, stdin null), so the API and the CLI share
+//! `SMOLVM_FAKE_STATE`, its lock and its knobs (a `SMOLVM_FAKE_LATENCY=create=…` slows an API
+//! create; the child shows in `/proc` as `smolvm-fake machine create …`). Env values (exec
+//! and create `env`) go to the child as `-e KEY` with the value in its environment, never in
+//! argv; 0.8.0, which has no `-e KEY`, refuses exec env with 400. Routes: `GET /health`
+//! (`/api/v1/health` is 404), `POST/GET /api/v1/machines`, `GET/DELETE …/{name}`
+//! (`?cascade=true` from 1.7.0; a golden with clones without it is 409), `POST …/start`
+//! (`?forkable=true` from 1.2.5), `…/stop`, `…/exec` (`exitCode` as data; auto-starts),
+//! `PUT/GET …/files/{*path}` (auto-start; through `machine cp`) and, from 1.2.5, `…/fork`
+//! (its `env` is refused: the CLI's `fork -e` would need the value in argv). Shapes: v1.9.2
+//! from 1.0.0, v0.8.2 before (no validation, `env`/`workdir`/`allowedCidrs` of create
+//! dropped, unknown exec fields ignored, 2 MiB body limit until 1.7.0, then 100 MiB). Errors
+//! are `{"error","code"}` JSON, except axum's plain-text 400 (malformed JSON), 422 (type
+//! error, unknown exec field at 1.x) and 413. `SMOLVM_FAKE_SERVE_TIMEOUT=SECS` (default
+//! 300, smolvm's tower timeout) bounds each request: past it the answer is 408 `TIMEOUT` (a
+//! guessed body: the real one was never observed) and the child goes on. Not served: SSE
+//! (`exec/stream`, `logs`), `fork-release`, `/readyz`, `/metrics`, the OpenAPI document.
 //!
 //! # The simulated `.smolmachine`
 //!
@@ -316,6 +350,8 @@ mod grammar;
 mod guest;
 mod net;
 mod runner;
+#[cfg(feature = "remote")]
+mod serve;
 mod state;
 
 pub use fake::{
@@ -323,6 +359,8 @@ pub use fake::{
     LOG_ENV, STATE_ENV, VERSION_ENV,
 };
 pub use runner::SimulatedRunner;
+#[cfg(feature = "remote")]
+pub use serve::SERVE_TIMEOUT_ENV;
 pub use state::{SimMachine, SimMount, SimSecretRef, SimState};
 
 use apply::{apply, Ctx, Step};
