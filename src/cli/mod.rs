@@ -28,9 +28,9 @@ use std::time::Duration;
 use crate::config::{config, config_or_default};
 use crate::dialect::{Dialect, Version};
 use crate::error::{CommandLine, Error, Result};
+use crate::remote::{ApiFacts, Endpoint, Remote};
 use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
 use crate::sim::SimulatedRunner;
-use crate::remote::{ApiFacts, Endpoint, Remote};
 use crate::transcript;
 use crate::validate::{validate_image, validate_machine_name, MAX_TIMEOUT};
 use options::{path_arg, strings, SecretPlan};
@@ -130,7 +130,8 @@ impl Smolvm {
     /// server. A malformed URL is [`Error::InvalidInput`]; nothing is sent until a call.
     ///
     /// Where the API differs from the CLI, the CLI's behaviour is kept or the option is
-    /// refused ([`Error::Unsupported`]): secrets, labels and raw flags at create, egress
+    /// refused ([`Error::Unsupported`]): secrets and raw flags at create (labels are not sent:
+    /// the API has none), egress
     /// policies before 1.1.0, host paths on a server of another host; `exec` and copies
     /// need a running machine (the server would start it). See the guide's "Remote smolvm".
     ///
@@ -983,7 +984,10 @@ impl Smolvm {
                 std::fs::write(host, bytes).map_err(|e| Error::io("write", host, e))
             }
             // `copy::argv` refused the other combinations already.
-            _ => Err(Error::invalid("copy", "one side on the host, the other in a machine")),
+            _ => Err(Error::invalid(
+                "copy",
+                "one side on the host, the other in a machine",
+            )),
         }
     }
 }

@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 
 use super::http::{self, Body, Response};
 use super::Endpoint;
-use crate::cli::{CreateOptions, ExecOptions, ForkOptions, MachineInfo, MachineState, PortMapping, Source};
+use crate::cli::{
+    CreateOptions, ExecOptions, ForkOptions, MachineInfo, MachineState, PortMapping, Source,
+};
 use crate::config::config_or_default;
 use crate::dialect::Version;
 use crate::error::{CommandLine, Error, Result};
@@ -155,14 +157,24 @@ impl Remote {
 
     /// `GET /api/v1/machines`, sorted by name.
     pub(crate) fn list(&self, timeout: Duration) -> Result<Vec<MachineInfo>> {
-        let (req, resp) = self.call(None, "GET", "/api/v1/machines".into(), None, vec![], timeout)?;
+        let (req, resp) = self.call(
+            None,
+            "GET",
+            "/api/v1/machines".into(),
+            None,
+            vec![],
+            timeout,
+        )?;
         let v = json_of(&req, &resp)?;
         let Some(items) = v.get("machines").and_then(Value::as_array) else {
             return Err(parse_error(&req, &resp, "expected {\"machines\": [...]}"));
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
-            out.push(machine_info(item).ok_or_else(|| parse_error(&req, &resp, "a machine without a name"))?);
+            out.push(
+                machine_info(item)
+                    .ok_or_else(|| parse_error(&req, &resp, "a machine without a name"))?,
+            );
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -238,12 +250,25 @@ impl Remote {
         let secrets = env.iter().map(|(_, v)| v.clone()).collect();
         let started = Instant::now();
         let path = format!("{}/exec", machine_path(name));
-        let (req, resp) = self.call(Some(name), "POST", path, Some(Payload::Json(body)), secrets, timeout)?;
+        let (req, resp) = self.call(
+            Some(name),
+            "POST",
+            path,
+            Some(Payload::Json(body)),
+            secrets,
+            timeout,
+        )?;
         let v = json_of(&req, &resp)?;
         let Some(code) = v.get("exitCode").and_then(Value::as_i64) else {
             return Err(parse_error(&req, &resp, "no exitCode"));
         };
-        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().as_bytes().to_vec();
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec()
+        };
         let cap = config_or_default().output_cap;
         let capped = |bytes: Vec<u8>| {
             let mut c = Capture::new(cap);
@@ -285,8 +310,15 @@ impl Remote {
         }
         self.require_running(name, "copying into the machine", timeout)?;
         let path = format!("{}/files{}", machine_path(name), http::encode_path(guest));
-        self.call(Some(name), "PUT", path, Some(Payload::Bytes(bytes)), vec![], timeout)
-            .map(drop)
+        self.call(
+            Some(name),
+            "PUT",
+            path,
+            Some(Payload::Bytes(bytes)),
+            vec![],
+            timeout,
+        )
+        .map(drop)
     }
 
     /// `GET …/files/{path}`.
@@ -322,7 +354,14 @@ impl Remote {
             .map(|(_, v)| v.clone())
             .collect();
         let path = format!("{}/fork", machine_path(golden));
-        let (req, resp) = self.call(Some(clone), "POST", path, Some(Payload::Json(body)), secrets, timeout)?;
+        let (req, resp) = self.call(
+            Some(clone),
+            "POST",
+            path,
+            Some(Payload::Json(body)),
+            secrets,
+            timeout,
+        )?;
         let v = json_of(&req, &resp)?;
         Ok(ports_of(&v))
     }
@@ -396,7 +435,10 @@ fn machine_path(name: &str) -> String {
 /// malformed JSON, 413 body too large, 422 unknown field or wrong type).
 fn api_error(request: CommandLine, resp: &Response) -> Error {
     let json: Option<Value> = serde_json::from_slice(&resp.body).ok();
-    let (code, message) = match json.as_ref().and_then(|v| v.get("error").and_then(Value::as_str)) {
+    let (code, message) = match json
+        .as_ref()
+        .and_then(|v| v.get("error").and_then(Value::as_str))
+    {
         Some(msg) => (
             json.as_ref()
                 .and_then(|v| v.get("code"))
@@ -414,7 +456,9 @@ fn api_error(request: CommandLine, resp: &Response) -> Error {
         401 | 403 => message.push_str(
             " (a server with mTLS wants SMOLVM_HARNESS_TLS_CERT, _KEY and _CA set to PEM files)",
         ),
-        413 => message.push_str(" (the body is over the server's limit: 2 MiB before smolvm 1.7.0)"),
+        413 => {
+            message.push_str(" (the body is over the server's limit: 2 MiB before smolvm 1.7.0)")
+        }
         _ => {}
     }
     Error::Api {
@@ -426,7 +470,8 @@ fn api_error(request: CommandLine, resp: &Response) -> Error {
 }
 
 fn json_of(req: &CommandLine, resp: &Response) -> Result<Value> {
-    serde_json::from_slice(&resp.body).map_err(|e| parse_error(req, resp, &format!("not JSON ({e})")))
+    serde_json::from_slice(&resp.body)
+        .map_err(|e| parse_error(req, resp, &format!("not JSON ({e})")))
 }
 
 fn parse_error(req: &CommandLine, resp: &Response, why: &str) -> Error {
@@ -517,12 +562,8 @@ fn create_body(
             "raw CLI flags have no API equivalent; use the CLI (unset SMOLVM_HOST)",
         );
     }
-    if !o.labels.is_empty() {
-        return refuse(
-            "labels over the smolvm API",
-            "the API has no labels and ignores them silently (0.8.2 through 1.9.2)",
-        );
-    }
+    // Labels are not sent: the API has none (0.8.2 through 1.9.2 ignore them), as the CLI
+    // before 1.8.0 has none; `Dialect::labels` says so, and ownership rests on the ledger.
     if !o.allow_cidrs.is_empty() && !facts.persists_cidrs {
         return refuse(
             "--allow-cidr over the smolvm API",
@@ -638,7 +679,10 @@ mod tests {
     fn shown_bodies_never_hold_env_values() {
         let body = json!({"command": ["env"], "env": [{"name": "TOKEN", "value": "hunter22"}], "stdin": "pw"});
         let shown = redact_json(&body).to_string();
-        assert!(!shown.contains("hunter22") && !shown.contains("\"pw\""), "{shown}");
+        assert!(
+            !shown.contains("hunter22") && !shown.contains("\"pw\""),
+            "{shown}"
+        );
         let fork = json!({"name": "c", "env": ["TOKEN=hunter22"]});
         assert_eq!(redact_json(&fork)["env"][0], "TOKEN=<redacted>");
     }

@@ -1,0 +1,136 @@
+//! A simulated `smolvm serve` as a process of its own (`smolvm-fake serve start`), for the
+//! tests that run the harness over the API: its machines live in a fake state directory that
+//! the fake CLI reads too, so a test can list what is left with either front end.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const FAKE: &str = env!("CARGO_BIN_EXE_smolvm-fake");
+
+/// A running server; SIGTERMed and reaped on drop.
+pub struct SimServer {
+    child: Option<Child>,
+    pub url: String,
+    pub state: PathBuf,
+    pub version: String,
+    pub socket: PathBuf,
+    listen: String,
+    env: Vec<(String, String)>,
+}
+
+impl SimServer {
+    /// A server on a unix socket in `dir`, with its state in `dir/state`.
+    pub fn start(dir: &Path, version: &str) -> SimServer {
+        SimServer::start_with(dir, version, &[])
+    }
+
+    pub fn start_with(dir: &Path, version: &str, env: &[(&str, &str)]) -> SimServer {
+        let socket = dir.join("api.sock");
+        let mut server = SimServer {
+            child: None,
+            url: String::new(),
+            state: dir.join("state"),
+            version: version.to_string(),
+            listen: format!("unix://{}", socket.display()),
+            socket,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(FAKE)
+            .args(["serve", "start", "--listen", &self.listen])
+            .env("SMOLVM_FAKE_STATE", &self.state)
+            .env("SMOLVM_FAKE_VERSION", &self.version)
+            .env_remove("SMOLVM_FAKE_FAIL")
+            .env_remove("SMOLVM_FAKE_HANG")
+            .env_remove("SMOLVM_FAKE_LATENCY")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smolvm-fake serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
+                        self.url = url.to_string();
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no `listening on` line from smolvm-fake serve within 20 s");
+                }
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// Stop the server (SIGTERM, as smolvm's own; its VMs, here the fake's machines, stay).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill only sends a signal to our own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same socket and state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The fake's machines, by name (the CLI's view of the same state).
+    pub fn machines(&self) -> Vec<String> {
+        smolvm_harness::sim::read_fake_state(&self.state)
+            .map(|ms| ms.into_iter().map(|m| m.name).collect())
+            .unwrap_or_default()
+    }
+
+    /// A CLI client of the same state, to make machines "by hand" behind the server.
+    pub fn cli(&self) -> smolvm_harness::Smolvm {
+        smolvm_harness::Smolvm::new(FAKE)
+            .with_process_env("SMOLVM_FAKE_STATE", self.state.display().to_string())
+            .with_process_env("SMOLVM_FAKE_VERSION", &self.version)
+            .with_version(self.version.parse().expect("a version"))
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,414 @@
+//! The harness over the `smolvm serve` API (`Smolvm::remote`, `SMOLVM_HOST`), against the
+//! simulated server (`smolvm-fake serve`, a process of its own): the same guards, goldens and
+//! cleanup as over the CLI, the ledger holding the URL and no secret, and a server that is
+//! down at cleanup time keeping the entry for the next sweep.
+
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::time::Duration;
+
+use serial_test::file_serial;
+use serve::SimServer;
+use smolvm_harness::{
+    CpPath, CreateOptions, Error, ExecOptions, Golden, Machine, MachineState, Smolvm, Version,
+};
+
+fn harness_state() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[test]
+fn health_gives_availability_version_and_a_dialect_without_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    for version in ["1.9.2", "0.8.2"] {
+        let sub = dir.path().join(version);
+        std::fs::create_dir(&sub).unwrap();
+        let server = SimServer::start(&sub, version);
+        let smolvm = Smolvm::remote(&server.url).unwrap();
+        assert!(smolvm.is_available());
+        assert_eq!(
+            smolvm.version().unwrap(),
+            version.parse::<Version>().unwrap()
+        );
+        assert!(!smolvm.dialect().unwrap().labels, "the API has no labels");
+        assert_eq!(smolvm.remote_url(), Some(server.url.as_str()));
+    }
+}
+
+#[test]
+fn a_machine_lives_and_dies_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let smolvm = Smolvm::remote(&server.url).unwrap();
+    let name;
+    {
+        let vm = Machine::builder()
+            .smolvm(smolvm.clone())
+            .image("alpine")
+            .net()
+            .env("GREETING", "hello-over-http")
+            .start()
+            .expect("start over the API");
+        name = vm.name().to_string();
+        assert_eq!(server.machines(), vec![name.clone()]);
+        let out = vm.exec(&["sh", "-c", "echo $GREETING; exit 3"]).unwrap();
+        assert_eq!(out.code(), 3, "the guest's exit code is data");
+        assert_eq!(out.stdout_str(), "hello-over-http\n");
+        // Files both ways.
+        let host = dir.path().join("in.txt");
+        std::fs::write(&host, "payload").unwrap();
+        vm.copy_in(&host, "/tmp/in file.txt").unwrap();
+        let back = dir.path().join("out.txt");
+        smolvm
+            .machine_cp(
+                CpPath::guest(vm.name(), "/tmp/in file.txt"),
+                CpPath::host(&back),
+            )
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&back).unwrap(), "payload");
+        // The CLI's semantics: exec on a stopped machine is refused, not auto-started.
+        vm.stop().unwrap();
+        assert_eq!(
+            vm.status().unwrap().unwrap().state,
+            MachineState::Stopped,
+            "stopped"
+        );
+        let err = vm.exec(&["true"]).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert_ne!(
+            vm.status().unwrap().unwrap().state,
+            MachineState::Running,
+            "the refused exec did not start it"
+        );
+        let transcript: String = vm.transcript().iter().map(|e| format!("{e}\n")).collect();
+        assert!(transcript.contains("POST unix://"), "{transcript}");
+        assert!(!transcript.contains("hello-over-http"), "{transcript}");
+    }
+    assert!(
+        server.machines().is_empty(),
+        "dropped: {:?}",
+        server.machines()
+    );
+    let _ = name;
+}
+
+#[test]
+fn a_name_someone_else_holds_on_the_server_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    server
+        .cli()
+        .machine_create("web", &CreateOptions::image("alpine").net())
+        .unwrap();
+    let smolvm = Smolvm::remote(&server.url).unwrap();
+    let err = Machine::builder()
+        .smolvm(smolvm)
+        .image("alpine")
+        .net()
+        .name("web")
+        .start()
+        .unwrap_err();
+    assert!(matches!(err, Error::Api { status: 409, .. }), "{err}");
+    assert_eq!(server.machines(), vec!["web".to_string()], "theirs stays");
+}
+
+#[test]
+fn a_golden_forks_clones_over_the_api_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let smolvm = Smolvm::remote(&server.url).unwrap();
+    {
+        let golden = Golden::builder()
+            .smolvm(smolvm.clone())
+            .image("alpine")
+            .net()
+            .provision(|vm| {
+                vm.exec(&["sh", "-c", "echo ready > /etc/provisioned"])?
+                    .check()?;
+                Ok(())
+            })
+            .create()
+            .expect("golden over the API");
+        assert!(golden.forks(), "the 1.9.2 API forks");
+        let a = golden.fork().unwrap();
+        let b = golden.fork().unwrap();
+        for clone in [&a, &b] {
+            let out = clone.exec(&["cat", "/etc/provisioned"]).unwrap();
+            assert_eq!(out.stdout_str(), "ready\n");
+        }
+        assert_eq!(server.machines().len(), 3, "{:?}", server.machines());
+    }
+    assert!(server.machines().is_empty(), "{:?}", server.machines());
+}
+
+#[test]
+fn secrets_and_raw_flags_at_create_are_refused_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let smolvm = Smolvm::remote(&server.url).unwrap();
+    for builder in [
+        Machine::builder().secret_env("TOKEN", "s3cr3t-value"),
+        Machine::builder().extra_args(["--dns", "1.1.1.1"]),
+    ] {
+        let err = builder
+            .smolvm(smolvm.clone())
+            .image("alpine")
+            .net()
+            .start()
+            .unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cr3t-value"));
+    }
+    assert!(server.machines().is_empty());
+}
+
+#[test]
+fn per_exec_secrets_reach_the_guest_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let smolvm = Smolvm::remote(&server.url).unwrap();
+    let vm = Machine::builder()
+        .smolvm(smolvm)
+        .image("alpine")
+        .net()
+        .start()
+        .unwrap();
+    let out = vm
+        .command(&["sh", "-c", "echo $TOKEN"])
+        .secret_env("TOKEN", "s3cr3t-exec-value")
+        .run()
+        .unwrap();
+    assert_eq!(out.stdout_str(), "s3cr3t-exec-value\n");
+    let shown = format!("{out:?}");
+    assert!(!shown.contains("s3cr3t-exec-value"), "{shown}");
+    let transcript: String = vm.transcript().iter().map(|e| format!("{e}\n")).collect();
+    assert!(!transcript.contains("s3cr3t-exec-value"), "{transcript}");
+}
+
+/// The ledger names the server by its URL and holds no env value.
+#[test]
+#[file_serial(remote_env)]
+fn the_ledger_records_the_url_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = harness_state();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_holds_a_machine",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_STATE_DIR", state.path())
+        .env("REMOTE_CHILD", "ledger")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger: String = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("LEDGER "))
+        .collect();
+    assert!(ledger.contains(&server.url), "{ledger}");
+    assert!(ledger.contains("\"format\": 3"), "{ledger}");
+    assert!(!ledger.contains("env-value-never-ledgered"), "{ledger}");
+    assert!(server.machines().is_empty(), "{:?}", server.machines());
+}
+
+/// The server is down when the guard drops: the error is said, the entry stays; the next
+/// run's sweep, with the server back, deletes the machine.
+#[test]
+#[file_serial(remote_env)]
+fn a_server_down_at_cleanup_keeps_the_entry_for_the_next_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = harness_state();
+    let mut server = SimServer::start(dir.path(), "1.9.2");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_holds_a_machine",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_STATE_DIR", state.path())
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .env("REMOTE_CHILD", "hold_until_released")
+        .env("REMOTE_RELEASE", dir.path().join("release"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the started machine, stop the server, then let the child drop its guard.
+    let held_file = dir.path().join("release.held");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !held_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let held = server.machines();
+    assert_eq!(held.len(), 1, "{held:?}");
+    server.stop();
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    let out = child_output(&mut child);
+    assert!(out.0, "{}", out.1);
+    assert!(
+        out.1.contains("could not reach the smolvm API"),
+        "{}",
+        out.1
+    );
+    let entries = ledger_names(state.path());
+    assert_eq!(entries, held, "the entry stays for the next sweep");
+    // The next run: the server is back; the sweep reaches it through the recorded URL.
+    server.restart();
+    let swept = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_holds_a_machine",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_STATE_DIR", state.path())
+        .env("REMOTE_CHILD", "sweep")
+        .output()
+        .unwrap();
+    assert!(
+        swept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swept.stdout)
+    );
+    assert!(server.machines().is_empty(), "{:?}", server.machines());
+    assert!(ledger_names(state.path()).is_empty());
+}
+
+/// SIGKILL while holding a machine: the crash watcher reaches the server and deletes it.
+#[test]
+#[file_serial(remote_env)]
+fn sigkill_the_watcher_deletes_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = harness_state();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_holds_a_machine",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_STATE_DIR", state.path())
+        .env("REMOTE_CHILD", "hold_until_released")
+        .env("REMOTE_RELEASE", dir.path().join("never"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held_file = dir.path().join("never.held");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !held_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.machines().len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.machines().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(server.machines().is_empty(), "{:?}", server.machines());
+}
+
+fn child_output(child: &mut std::process::Child) -> (bool, String) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut text = String::new();
+            if let Some(mut s) = child.stdout.take() {
+                let _ = s.read_to_string(&mut text);
+            }
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut text);
+            }
+            return (status.success(), text);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn ledger_names(state: &std::path::Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(state.join("ledger")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+            Some(v["name"].as_str()?.to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The child side of the process-level tests above (a no-op in a normal run).
+#[test]
+#[ignore = "run by the tests above in a child process"]
+fn child_holds_a_machine() {
+    let Ok(role) = std::env::var("REMOTE_CHILD") else {
+        return;
+    };
+    let smolvm = Smolvm::from_env();
+    assert!(smolvm.remote_url().is_some(), "SMOLVM_HOST is set");
+    match role.as_str() {
+        "ledger" => {
+            let vm = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .env("K", "env-value-never-ledgered")
+                .start()
+                .unwrap();
+            let dir = std::path::PathBuf::from(std::env::var("SMOLVM_HARNESS_STATE_DIR").unwrap())
+                .join("ledger");
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                println!("LEDGER {}", text.replace('\n', " "));
+            }
+            drop(vm);
+        }
+        "hold_until_released" => {
+            let vm = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .start()
+                .unwrap();
+            let release = std::env::var("REMOTE_RELEASE").unwrap();
+            std::fs::write(format!("{release}.held"), vm.name()).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(25);
+            while !std::path::Path::new(&release).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(vm);
+        }
+        "sweep" => {
+            let deleted = smolvm_harness::sweep(&smolvm).unwrap();
+            println!("SWEPT {deleted:?}");
+        }
+        other => panic!("unknown role {other}"),
+    }
+    let _ = ExecOptions::default();
+}
