@@ -217,7 +217,9 @@ impl SkipDecision {
 /// smolvm available ([`crate::is_available`]) → run; `SMOLVM_BIN` set but not resolving →
 /// fail; otherwise missing → skip, or fail when `SMOLVM_HARNESS_REQUIRE=1`. The reason names
 /// what was looked for: `smolvm not found on PATH (install it, or set SMOLVM_BIN)`, or
-/// `SMOLVM_BIN=/x is not an executable file`.
+/// `SMOLVM_BIN=/x is not an executable file`. With `SMOLVM_HOST` set, the server is what is
+/// looked for: one that does not answer `GET /health` (bounded, 10 s at most) skips, or fails
+/// under `SMOLVM_HARNESS_REQUIRE=1`; a value that cannot be used fails.
 ///
 /// Nothing is printed or counted; [`SkipDecision::apply`] does that.
 #[must_use]
@@ -225,12 +227,21 @@ pub fn smolvm_check() -> SkipDecision {
     if is_available() {
         return SkipDecision::Run;
     }
-    decide(
-        false,
-        smolvm_bin_is_set(),
-        &unavailable_reason(),
-        config().map(|c| c.require).map_err(|e| e.to_string()),
-    )
+    let require = config().map(|c| c.require).map_err(|e| e.to_string());
+    if let Some(url) = crate::cli::smolvm_host_from_env() {
+        // A server that does not answer is like a smolvm that is not installed (skip); a
+        // value that cannot be used is a mistake (fail), as a wrong `SMOLVM_BIN` is.
+        let usable = crate::Smolvm::remote(&url);
+        let reason = match &usable {
+            Ok(_) => format!(
+                "the smolvm API at SMOLVM_HOST={url} did not answer GET /health (start `smolvm \
+                 serve` there, or unset SMOLVM_HOST)"
+            ),
+            Err(e) => format!("SMOLVM_HOST cannot be used: {e}"),
+        };
+        return decide(false, usable.is_err(), &reason, require);
+    }
+    decide(false, smolvm_bin_is_set(), &unavailable_reason(), require)
 }
 
 /// The check the macros make: [`smolvm_check`] applied to the running test (named by its

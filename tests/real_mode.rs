@@ -10,6 +10,9 @@
 //! `SMOLVM_HARNESS_REQUIRE=1 cargo nextest run --test real_mode` to fail instead of skipping
 //! when it is missing. `.config/nextest.toml` caps these tests at two at a time.
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,14 +39,24 @@ fn state(machine: &Machine) -> MachineState {
         .state
 }
 
-/// The recorded `machine create` command of `machine`.
+/// The recorded `machine create` command of `machine`: the CLI's command line, or over the
+/// API (`SMOLVM_HOST`) its `POST /api/v1/machines` request with the body.
 fn create_command(machine: &Machine) -> String {
     machine
         .transcript()
         .into_iter()
         .map(|entry| entry.command)
-        .find(|c| c.contains(" machine create "))
+        .find(|c| c.contains(" machine create ") || (c.starts_with("POST ") && c.contains(" /api/v1/machines {")))
         .unwrap_or_else(|| panic!("no create in the transcript of {}", machine.name()))
+}
+
+/// The same create, in the words of the front end: a CLI flag, or the API body's field.
+fn create_says(create: &str, cli: &str, api: &str) -> bool {
+    if create.starts_with("POST ") {
+        create.contains(api)
+    } else {
+        create.contains(cli)
+    }
 }
 
 #[rstest]
@@ -101,7 +114,15 @@ fn machine_env_is_seen_by_every_command(smolvm: Smolvm) {
     let out = vm.sh("echo \"$FROM_CREATE\"").expect("exec");
     assert_eq!(out.stdout_str(), "yes\n");
     // The value never shows in what the harness records or prints.
-    assert!(create_command(&vm).contains("--env=FROM_CREATE=<redacted>"));
+    let create = create_command(&vm);
+    assert!(
+        create_says(
+            &create,
+            "--env=FROM_CREATE=<redacted>",
+            r#"{"name":"FROM_CREATE","value":"<redacted>"}"#
+        ),
+        "{create}"
+    );
 }
 
 #[rstest]
@@ -198,12 +219,13 @@ fn allow_cidr_on_a_packed_machine(packed: Arc<Pack>, smolvm: Smolvm) {
     let vm = builder.start().expect("start with --allow-cidr");
     vm.exec(&["true"]).expect("exec").assert_success();
     let create = create_command(&vm);
-    assert!(create.contains(" --from "), "{create}");
+    assert!(create_says(&create, " --from ", r#""from":"#), "{create}");
     // `--net` explicitly: some versions do not infer it from a CIDR when `--from` is given.
     assert!(
-        create.contains(" --net --allow-cidr 10.0.0.0/8"),
+        create_says(&create, " --net --allow-cidr 10.0.0.0/8", r#""allowedCidrs":["10.0.0.0/8"]"#),
         "{create}"
     );
+    assert!(create_says(&create, " --net ", r#""network":true"#), "{create}");
     let info = vm.status().expect("status").expect("exists");
     assert_ne!(info.network, Some(false), "{info:?}");
 }
@@ -259,7 +281,8 @@ fn a_machine_from_the_shared_pack(machine_from_pack: Machine, packed: Arc<Pack>)
         .exec(&["true"])
         .expect("exec")
         .assert_success();
-    assert!(create_command(&machine_from_pack).contains(" --from "));
+    let create = create_command(&machine_from_pack);
+    assert!(create_says(&create, " --from ", r#""from":"#), "{create}");
     assert!(packed.path().is_file(), "{}", packed.path().display());
     // `packed` is the run's one pack of the image, the same the fixture started from.
     let again = Pack::shared(default_image()).expect("shared pack");
@@ -331,6 +354,49 @@ fn real_mode_suite_against_the_fake_cli() {
         return;
     }
     let fake_state = tempfile::tempdir().expect("tempdir");
+    let state = fake_state.path().to_str().expect("a UTF-8 temp path").to_string();
+    run_suite_in_a_child(&[("SMOLVM_FAKE_STATE", &state)]);
+    let left = smolvm_harness::sim::read_fake_state(fake_state.path()).expect("fake state");
+    let names: Vec<&str> = left.iter().map(|m| m.name.as_str()).collect();
+    assert!(names.is_empty(), "machines left behind: {names:?}");
+}
+
+/// The same suite over the `smolvm serve` API: `SMOLVM_HOST` at the simulated server (a
+/// process of its own over the fake's state), and nothing else changed. Every machine call
+/// goes to the server (the suite's own CLI calls are the packs' only), and nothing is left.
+#[test]
+fn real_mode_suite_over_the_api() {
+    if std::env::var_os(DRIVER_CHILD).is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server_log = dir.path().join("server-calls.jsonl");
+    let client_log = dir.path().join("client-calls.jsonl");
+    let server = serve::SimServer::start_with(
+        dir.path(),
+        "1.9.2",
+        &[("SMOLVM_FAKE_LOG", server_log.to_str().expect("UTF-8"))],
+    );
+    let state = server.state.to_str().expect("UTF-8").to_string();
+    run_suite_in_a_child(&[
+        ("SMOLVM_HOST", &server.url),
+        // Packs are made by the local CLI, into the state the server reads.
+        ("SMOLVM_FAKE_STATE", &state),
+        ("SMOLVM_FAKE_LOG", client_log.to_str().expect("UTF-8")),
+    ]);
+    assert!(server.machines().is_empty(), "machines left behind: {:?}", server.machines());
+    let served = std::fs::read_to_string(&server_log).unwrap_or_default();
+    assert!(served.contains(r#""machine","create""#), "the server made the machines:\n{served}");
+    let direct = std::fs::read_to_string(&client_log).unwrap_or_default();
+    assert!(
+        direct.lines().all(|l| !l.contains(r#""machine""#)),
+        "a machine call went around the API:\n{direct}"
+    );
+}
+
+/// Run every test of this file but the drivers in a child, with `SMOLVM_HARNESS_REQUIRE=1` and
+/// `env`: it must pass, run every test, and skip none.
+fn run_suite_in_a_child(env: &[(&str, &str)]) {
     let harness_state = tempfile::tempdir().expect("tempdir");
     let exe = std::env::current_exe().expect("current test binary");
     let out = std::process::Command::new(exe)
@@ -339,16 +405,19 @@ fn real_mode_suite_against_the_fake_cli() {
             "2",
             "--skip",
             "real_mode_suite_against_the_fake_cli",
+            "--skip",
+            "real_mode_suite_over_the_api",
         ])
         .env(DRIVER_CHILD, "1")
         .env("SMOLVM_BIN", env!("CARGO_BIN_EXE_smolvm-fake"))
-        .env("SMOLVM_FAKE_STATE", fake_state.path())
         .env("SMOLVM_HARNESS_STATE_DIR", harness_state.path())
         .env("SMOLVM_HARNESS_REQUIRE", "1")
+        .env_remove("SMOLVM_HOST")
         .env_remove("SMOLVM_FAKE_VERSION")
         .env_remove("SMOLVM_FAKE_FAIL")
         .env_remove("SMOLVM_FAKE_HANG")
         .env_remove("SMOLVM_HARNESS_KEEP")
+        .envs(env.iter().copied())
         .output()
         .expect("run the suite in a child");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -368,7 +437,4 @@ fn real_mode_suite_against_the_fake_cli() {
         !stderr.contains("SKIPPED"),
         "nothing may be skipped:\n{stderr}"
     );
-    let left = smolvm_harness::sim::read_fake_state(fake_state.path()).expect("fake state");
-    let names: Vec<&str> = left.iter().map(|m| m.name.as_str()).collect();
-    assert!(names.is_empty(), "machines left behind: {names:?}");
 }

@@ -8,7 +8,9 @@ mod serve;
 
 use std::time::Duration;
 
+use rstest::rstest;
 use serial_test::file_serial;
+use smolvm_harness::requires_smolvm;
 use serve::SimServer;
 use smolvm_harness::{
     CpPath, CreateOptions, Error, ExecOptions, Golden, Machine, MachineState, Smolvm, Version,
@@ -411,4 +413,54 @@ fn child_holds_a_machine() {
         other => panic!("unknown role {other}"),
     }
     let _ = ExecOptions::default();
+}
+
+/// Run `guarded_by_the_skip_attribute` in a child with `env`: (success, output).
+fn guarded_child(env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "guarded_by_the_skip_attribute", "--nocapture", "--include-ignored"])
+        .env_remove("SMOLVM_HARNESS_REQUIRE")
+        .env_remove("SMOLVM_BIN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_skip_attribute_follows_smolvm_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("unix://{}/nobody.sock", dir.path().display());
+    // A server that does not answer: skipped, saying which host.
+    let (ok, text) = guarded_child(&[("SMOLVM_HOST", &dead)]);
+    assert!(ok, "{text}");
+    assert!(text.contains("SKIPPED guarded_by_the_skip_attribute"), "{text}");
+    assert!(text.contains(&format!("SMOLVM_HOST={dead} did not answer")), "{text}");
+    assert!(!text.contains("BODY RAN"), "{text}");
+    // Required: a failure.
+    let (ok, text) = guarded_child(&[("SMOLVM_HOST", &dead), ("SMOLVM_HARNESS_REQUIRE", "1")]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("did not answer"), "{text}");
+    // Malformed: a failure, never a fall back to a local smolvm.
+    let (ok, text) = guarded_child(&[("SMOLVM_HOST", "tcp://nowhere:1")]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("SMOLVM_HOST cannot be used"), "{text}");
+    // A server that answers: the body runs, against it.
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let (ok, text) = guarded_child(&[("SMOLVM_HOST", &server.url)]);
+    assert!(ok, "{text}");
+    assert!(text.contains("BODY RAN over unix://"), "{text}");
+}
+
+#[rstest]
+#[requires_smolvm]
+#[ignore = "run by the_skip_attribute_follows_smolvm_host in a child process"]
+fn guarded_by_the_skip_attribute() {
+    let smolvm = Smolvm::from_env();
+    println!("BODY RAN over {}", smolvm.remote_url().unwrap_or("the CLI"));
 }

@@ -17,7 +17,7 @@ mod version_cache;
 pub use copy::CpPath;
 pub use options::{CreateOptions, ExecOptions, ForkOptions, PortMapping, Source};
 pub use output::{ExecOutput, MachineInfo, MachineState};
-pub(crate) use program::{resolve_program, smolvm_bin_from_env};
+pub(crate) use program::{resolve_program, smolvm_bin_from_env, smolvm_host_from_env};
 
 use std::collections::HashMap;
 use std::fmt;
