@@ -6,7 +6,12 @@
 //! [`smolvm_harness::Machine`]s against the fake smolvm CLI (`smolvm-fake`), each with its own
 //! fake state and its own `SMOLVM_HARNESS_STATE_DIR`; the parent then lists the fake's
 //! machines with `machine ls --json` and reads the ledger. The whole matrix runs for smolvm
-//! 1.9.2 (owner labels) and 0.8.0 (name prefix + ledger).
+//! 1.9.2 (owner labels) and 0.8.0 (name prefix + ledger), and once more over the `smolvm
+//! serve` API (`api-1.9.2`: the child talks to a simulated server over the same fake state,
+//! whose knobs act in the server; no labels, the ledger alone). One difference is by design
+//! and asserted as such: a create already sent to a server cannot be stopped by a dying
+//! client, so without a watcher its machine lands and stays with its entry, for the next
+//! run's sweep.
 //!
 //! Besides the basic ways of ending, the matrix has:
 //! * a second dimension (`web_*`): every way of ending while the child asks for
@@ -32,6 +37,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use rstest::{fixture, rstest};
 use smolvm_harness::{CreateOptions, Machine, Smolvm};
 
@@ -39,6 +47,8 @@ const FAKE: &str = env!("CARGO_BIN_EXE_smolvm-fake");
 const SCENARIO: &str = "LEAK_MATRIX_SCENARIO";
 const FAKE_STATE: &str = "LEAK_MATRIX_FAKE_STATE";
 const FAKE_VERSION: &str = "LEAK_MATRIX_FAKE_VERSION";
+/// Set for the `api-*` worlds: the URL of the simulated `smolvm serve` the child talks to.
+const HOST: &str = "LEAK_MATRIX_HOST";
 /// Upper bound for any child to finish, and for the watcher to act.
 const CHILD_LIMIT: Duration = Duration::from_secs(20);
 const WATCHER_LIMIT: Duration = Duration::from_secs(10);
@@ -60,6 +70,9 @@ fn fake_client(state: &str, version: &str) -> Smolvm {
 }
 
 fn child_client() -> Smolvm {
+    if let Ok(url) = std::env::var(HOST) {
+        return Smolvm::remote(&url).expect("the server's URL");
+    }
     let state = std::env::var(FAKE_STATE).expect("LEAK_MATRIX_FAKE_STATE");
     let version = std::env::var(FAKE_VERSION).expect("LEAK_MATRIX_FAKE_VERSION");
     fake_client(&state, &version)
@@ -380,7 +393,12 @@ fn leak_matrix_two_tests_child_b_panics() {
 struct World {
     fake_state: tempfile::TempDir,
     harness_state: tempfile::TempDir,
+    /// `1.9.2`, `0.8.0`, or `api-1.9.2`: the same scenarios over the `smolvm serve` API
+    /// (a simulated server over the same fake state, which the parent still lists through
+    /// the CLI).
     version: &'static str,
+    server: std::cell::RefCell<Option<serve::SimServer>>,
+    _server_dir: tempfile::TempDir,
 }
 
 /// What a finished child left.
@@ -418,15 +436,54 @@ struct Running {
 
 impl World {
     fn new(version: &'static str) -> World {
+        let fake_state = tempfile::tempdir().unwrap();
+        let server_dir = tempfile::tempdir().unwrap();
+        let server = version.strip_prefix("api-").map(|real| {
+            serve::SimServer::start_on(server_dir.path(), fake_state.path().to_path_buf(), real, &[])
+        });
         World {
-            fake_state: tempfile::tempdir().unwrap(),
+            fake_state,
             harness_state: tempfile::tempdir().unwrap(),
             version,
+            server: std::cell::RefCell::new(server),
+            _server_dir: server_dir,
         }
     }
 
+    /// The smolvm version the fake plays (the server's, for an `api-*` world).
+    fn real_version(&self) -> &'static str {
+        self.version.strip_prefix("api-").unwrap_or(self.version)
+    }
+
+    /// Whether ownership can rest on labels: the CLI from 1.8.0; never over the API.
+    fn labels(&self) -> bool {
+        self.version == "1.9.2"
+    }
+
+    /// The CLI's view of the world's smolvm state (also for an `api-*` world).
     fn client(&self) -> Smolvm {
-        fake_client(self.fake_state.path().to_str().unwrap(), self.version)
+        fake_client(self.fake_state.path().to_str().unwrap(), self.real_version())
+    }
+
+    /// For an `api-*` world, the fake's knobs (`SMOLVM_FAKE_*`) act in the server, which runs
+    /// the fake: restart it with exactly these. Returns the server's URL.
+    fn serve_with(&self, extra_env: &[(&str, &str)]) -> Option<String> {
+        let mut server = self.server.borrow_mut();
+        let server = server.as_mut()?;
+        let knobs: Vec<(&str, &str)> = extra_env
+            .iter()
+            .copied()
+            .filter(|(k, _)| k.starts_with("SMOLVM_FAKE_"))
+            .collect();
+        let now: Vec<(&str, &str)> = server
+            .env()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if now != knobs {
+            server.restart_with(&knobs);
+        }
+        Some(server.url.clone())
     }
 
     fn command(&self, scenario: &str, extra_env: &[(&str, &str)]) -> Command {
@@ -441,7 +498,7 @@ impl World {
         cmd.args(["--nocapture", "--test-threads=1"])
             .env(SCENARIO, scenario)
             .env(FAKE_STATE, self.fake_state.path())
-            .env(FAKE_VERSION, self.version)
+            .env(FAKE_VERSION, self.real_version())
             .env("SMOLVM_HARNESS_STATE_DIR", self.harness_state.path())
             .env_remove("SMOLVM_HARNESS_WATCHER")
             .env_remove("SMOLVM_HARNESS_KEEP")
@@ -454,6 +511,9 @@ impl World {
             .process_group(0);
         for (k, v) in extra_env {
             cmd.env(k, v);
+        }
+        if let Some(url) = self.serve_with(extra_env) {
+            cmd.env(HOST, url);
         }
         cmd
     }
@@ -566,6 +626,24 @@ impl World {
         );
     }
 
+    /// Over the API, a create the process sent cannot be stopped by it: the server finishes
+    /// it. Without a watcher, its machine then stays with its ledger entry (never forgotten),
+    /// and the next run's sweep deletes it.
+    #[track_caller]
+    fn assert_left_to_the_next_sweep(&self, context: &dyn std::fmt::Debug) {
+        let left = self.machines();
+        assert_eq!(left.len(), 1, "the server's create landed: {left:?}\n{context:?}");
+        assert_eq!(
+            self.ledger(),
+            [(left[0].clone(), false)],
+            "its entry stays for the next sweep\n{context:?}"
+        );
+        let swept = self.run("sweep", &[NO_WATCHER]);
+        assert!(swept.status.success(), "{swept:?}");
+        assert_eq!(swept.line("SWEPT"), Some(left[0].clone()), "{swept:?}");
+        self.assert_clean(&swept);
+    }
+
     /// Poll until the fake has no machines and the ledger no live entry (the watcher's work).
     #[track_caller]
     fn assert_clean_within(&self, limit: Duration, context: &dyn std::fmt::Debug) {
@@ -655,6 +733,10 @@ macro_rules! matrix {
             #[test]
             fn smolvm_0_8_0() {
                 super::$scenario("0.8.0");
+            }
+            #[test]
+            fn api_1_9_2() {
+                super::$scenario("api-1.9.2");
             }
         }
     )*};
@@ -794,6 +876,10 @@ fn sigterm_during_create(version: &'static str) {
     assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{out:?}");
     // Long enough for a create that was not stopped to have landed.
     thread::sleep(Duration::from_millis(1500));
+    if w.server.borrow().is_some() {
+        w.assert_left_to_the_next_sweep(&out);
+        return;
+    }
     w.assert_clean(&out);
 }
 
@@ -957,7 +1043,7 @@ fn sweep_and_a_same_named_machine_made_by_hand(version: &'static str) {
         .unwrap();
     let out = w.run("sweep", &[("SMOLVM_HARNESS_WATCHER", "off")]);
     assert!(out.status.success(), "{out:?}");
-    if version == "0.8.0" {
+    if !w.labels() {
         assert_eq!(out.line("SWEPT"), Some(name), "{out:?}");
         assert!(w.machines().is_empty());
     } else {
@@ -986,7 +1072,7 @@ const WEB_NAME: (&str, &str) = (NAME, WEB);
 /// stores it.
 fn make_web(w: &World) -> smolvm_harness::sim::SimMachine {
     let mut options = CreateOptions::image("alpine").net().env("MADE_BY", "hand");
-    if w.version != "0.8.0" {
+    if w.real_version() != "0.8.0" {
         options = options.label("made-by", "hand");
     }
     w.client().machine_create(WEB, &options).unwrap();
@@ -1262,6 +1348,10 @@ fn exit_during_create_with(version: &'static str, watcher: bool) {
     // A create that was not stopped has landed by now.
     w.wait_creates_over();
     thread::sleep(Duration::from_millis(1600));
+    if !watcher && w.server.borrow().is_some() {
+        w.assert_left_to_the_next_sweep(&out);
+        return;
+    }
     w.assert_clean_within(WATCHER_LIMIT, &out);
 }
 
@@ -1376,8 +1466,14 @@ fn assert_kept(w: &World, name: &str, text: &str, context: &dyn std::fmt::Debug)
         w.watcher_log()
     );
     assert!(
-        text.lines()
-            .any(|l| l.contains("machine delete -f") && l.contains(name)),
+        text.lines().any(|l| {
+            let delete = if w.server.borrow().is_some() {
+                "curl -fsS -X DELETE"
+            } else {
+                "machine delete -f"
+            };
+            l.contains(delete) && l.contains(name)
+        }),
         "smolvm {}: no delete command for {name} in:\n{text}\n{context:?}",
         w.version
     );

@@ -571,7 +571,32 @@ mod tests {
             program: PathBuf::from(program),
             process_env: vec![("SMOLVM_FAKE_STATE".into(), "/tmp/s".into())],
             state_env: BTreeMap::from([("HOME".to_string(), "/root".to_string())]),
+            remote: None,
         }
+    }
+
+    #[test]
+    fn a_server_entry_is_format_3_with_its_url_and_reads_back() {
+        let mut e = entry("m1");
+        e.target = Target {
+            program: PathBuf::new(),
+            process_env: Vec::new(),
+            state_env: BTreeMap::new(),
+            remote: Some("unix:///run/smolvm/api.sock".into()),
+        };
+        let text = e.to_json().unwrap();
+        assert!(text.contains("\"format\": 3"), "{text}");
+        assert!(text.contains("\"remote\": \"unix:///run/smolvm/api.sock\""), "{text}");
+        assert_eq!(Entry::from_json(&text), Some(e.clone()));
+        assert_ne!(e.target.digest(), target("").digest());
+        // An entry naming something that is not a canonical URL is not believed.
+        for bad in ["unix://relative", "http://user:pw@h:1", "/bin/sh"] {
+            let planted = text.replace("unix:///run/smolvm/api.sock", bad);
+            assert_eq!(Entry::from_json(&planted), None, "{bad}");
+        }
+        // Nor a format-2 entry that claims a URL: format 2 is the CLI's.
+        let as_cli = text.replace("\"format\": 3", "\"format\": 2");
+        assert_eq!(Entry::from_json(&as_cli).map(|e| e.target.remote), Some(None));
     }
 
     pub(crate) fn entry(name: &str) -> Entry {

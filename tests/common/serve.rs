@@ -30,11 +30,16 @@ impl SimServer {
     }
 
     pub fn start_with(dir: &Path, version: &str, env: &[(&str, &str)]) -> SimServer {
+        SimServer::start_on(dir, dir.join("state"), version, env)
+    }
+
+    /// A server on a unix socket in `dir`, over the fake state `state`.
+    pub fn start_on(dir: &Path, state: PathBuf, version: &str, env: &[(&str, &str)]) -> SimServer {
         let socket = dir.join("api.sock");
         let mut server = SimServer {
             child: None,
             url: String::new(),
-            state: dir.join("state"),
+            state,
             version: version.to_string(),
             listen: format!("unix://{}", socket.display()),
             socket,
@@ -111,6 +116,20 @@ impl SimServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Start it again with these extra variables (the fake's knobs) instead of the old ones.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.restart();
+    }
+
+    /// The extra variables it runs with.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
     }
 
     /// The fake's machines, by name (the CLI's view of the same state).
