@@ -551,17 +551,17 @@ mod tests {
             (
                 paths("client.key", "client.key", "ca.pem"),
                 CERT_VAR,
-                "no CERTIFICATE",
+                "no CERTIFICATE section in it",
             ),
             (
                 paths("client.pem", "client.pem", "ca.pem"),
                 KEY_VAR,
-                "no PRIVATE KEY",
+                "no PRIVATE KEY section in it",
             ),
             (
                 paths("client.pem", "client.key", "server.key"),
                 CA_VAR,
-                "no CERTIFICATE",
+                "no CERTIFICATE section in it",
             ),
             // A key that is not the certificate's.
             (
@@ -575,7 +575,7 @@ mod tests {
                     ..ours()
                 },
                 CA_VAR,
-                "malformed PEM BEGIN",
+                "a malformed PEM BEGIN line",
             ),
             (
                 Paths {
@@ -583,7 +583,7 @@ mod tests {
                     ..ours()
                 },
                 CERT_VAR,
-                "not valid base64",
+                "a PEM section is not valid base64",
             ),
             (
                 Paths {
@@ -591,7 +591,7 @@ mod tests {
                     ..ours()
                 },
                 KEY_VAR,
-                "no END line",
+                "a PEM section has no END line",
             ),
             (
                 Paths {
@@ -599,15 +599,27 @@ mod tests {
                     ..ours()
                 },
                 KEY_VAR,
-                "malformed PEM BEGIN",
+                "a malformed PEM BEGIN line",
             ),
         ];
         for (p, var, why) in cases {
             let err = build(&p).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
             let msg = err.to_string();
-            assert!(msg.starts_with(var) && msg.contains(why), "{msg}");
+            let path = match var {
+                CERT_VAR => &p.cert,
+                KEY_VAR => &p.key,
+                _ => &p.ca,
+            };
+            if why == "client identity" {
+                assert!(msg.starts_with(var) && msg.contains(why), "{msg}");
+            } else {
+                // Our words only: the PEM parser's own messages quote the offending line (as
+                // text or as a byte list) or a base64 symbol.
+                assert_eq!(msg, format!("{var} ({}): {why}", path.display()));
+            }
             assert!(!msg.contains("sekrit"), "{msg}");
+            assert!(!msg.contains("115, 101, 107, 114, 105, 116"), "{msg}");
             assert_no_pem(&msg);
         }
     }
