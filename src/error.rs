@@ -238,7 +238,9 @@ impl Error {
     /// route the server does not have is a 404 without that code).
     pub fn is_not_found(&self) -> bool {
         match self {
-            Error::Api { status, code, .. } => *status == 404 && code.as_deref() == Some("NOT_FOUND"),
+            Error::Api { status, code, .. } => {
+                *status == 404 && code.as_deref() == Some("NOT_FOUND")
+            }
             Error::Failed { stderr, .. } => String::from_utf8_lossy(stderr).lines().any(|l| {
                 l.starts_with("Error: vm not found:")
                     || (l.starts_with("Error: config operation failed: machine status: machine '")

@@ -863,7 +863,11 @@ pub(crate) fn delete_command_for(smolvm: &Smolvm, name: &str, role: &cleanup::Ro
 /// `machine delete --cascade --name NAME`, as the user would type it.
 pub(crate) fn cascade_command(smolvm: &Smolvm, name: &str) -> String {
     if let Some(url) = smolvm.remote_url() {
-        return curl_command(url, "DELETE", &format!("/api/v1/machines/{name}?cascade=true"));
+        return curl_command(
+            url,
+            "DELETE",
+            &format!("/api/v1/machines/{name}?cascade=true"),
+        );
     }
     command_text(smolvm, &["machine", "delete", "--cascade", "--name", name])
 }
@@ -879,7 +883,12 @@ fn data_dir_command(smolvm: &Smolvm, name: &str) -> String {
 /// The request as a `curl` command line, for a machine of a `smolvm serve` client (TLS
 /// client files named by the variables, never inlined).
 fn curl_command(url: &str, method: &str, path: &str) -> String {
-    let mut words = vec!["curl".to_string(), "-fsS".to_string(), "-X".into(), method.into()];
+    let mut words = vec![
+        "curl".to_string(),
+        "-fsS".to_string(),
+        "-X".into(),
+        method.into(),
+    ];
     if let Some(sock) = url.strip_prefix("unix://") {
         words.push("--unix-socket".into());
         words.push(shell_word(sock));
@@ -887,8 +896,15 @@ fn curl_command(url: &str, method: &str, path: &str) -> String {
     } else {
         if url.starts_with("https://") {
             words.extend(
-                ["--cert", "\"$SMOLVM_HARNESS_TLS_CERT\"", "--key", "\"$SMOLVM_HARNESS_TLS_KEY\"", "--cacert", "\"$SMOLVM_HARNESS_TLS_CA\""]
-                    .map(str::to_string),
+                [
+                    "--cert",
+                    "\"$SMOLVM_HARNESS_TLS_CERT\"",
+                    "--key",
+                    "\"$SMOLVM_HARNESS_TLS_KEY\"",
+                    "--cacert",
+                    "\"$SMOLVM_HARNESS_TLS_CA\"",
+                ]
+                .map(str::to_string),
             );
         }
         words.push(shell_word(&format!("{url}{path}")));

@@ -98,7 +98,8 @@ pub(crate) fn acquire(smolvm: &Smolvm) -> Result<Option<Slot>> {
     }
     let cfg = config()?;
     // The cap is per host: the local smolvm's, and each server's own.
-    let dir = match crate::cleanup::target_digest(smolvm).filter(|_| smolvm.remote_url().is_some()) {
+    let dir = match crate::cleanup::target_digest(smolvm).filter(|_| smolvm.remote_url().is_some())
+    {
         Some(digest) => state_dir::subdir(&format!("slots-{digest}"))?,
         None => state_dir::subdir("slots")?,
     };

@@ -439,7 +439,12 @@ impl World {
         let fake_state = tempfile::tempdir().unwrap();
         let server_dir = tempfile::tempdir().unwrap();
         let server = version.strip_prefix("api-").map(|real| {
-            serve::SimServer::start_on(server_dir.path(), fake_state.path().to_path_buf(), real, &[])
+            serve::SimServer::start_on(
+                server_dir.path(),
+                fake_state.path().to_path_buf(),
+                real,
+                &[],
+            )
         });
         World {
             fake_state,
@@ -462,7 +467,10 @@ impl World {
 
     /// The CLI's view of the world's smolvm state (also for an `api-*` world).
     fn client(&self) -> Smolvm {
-        fake_client(self.fake_state.path().to_str().unwrap(), self.real_version())
+        fake_client(
+            self.fake_state.path().to_str().unwrap(),
+            self.real_version(),
+        )
     }
 
     /// For an `api-*` world, the fake's knobs (`SMOLVM_FAKE_*`) act in the server, which runs
@@ -632,7 +640,11 @@ impl World {
     #[track_caller]
     fn assert_left_to_the_next_sweep(&self, context: &dyn std::fmt::Debug) {
         let left = self.machines();
-        assert_eq!(left.len(), 1, "the server's create landed: {left:?}\n{context:?}");
+        assert_eq!(
+            left.len(),
+            1,
+            "the server's create landed: {left:?}\n{context:?}"
+        );
         assert_eq!(
             self.ledger(),
             [(left[0].clone(), false)],

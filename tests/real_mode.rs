@@ -46,7 +46,10 @@ fn create_command(machine: &Machine) -> String {
         .transcript()
         .into_iter()
         .map(|entry| entry.command)
-        .find(|c| c.contains(" machine create ") || (c.starts_with("POST ") && c.contains(" /api/v1/machines {")))
+        .find(|c| {
+            c.contains(" machine create ")
+                || (c.starts_with("POST ") && c.contains(" /api/v1/machines {"))
+        })
         .unwrap_or_else(|| panic!("no create in the transcript of {}", machine.name()))
 }
 
@@ -222,10 +225,17 @@ fn allow_cidr_on_a_packed_machine(packed: Arc<Pack>, smolvm: Smolvm) {
     assert!(create_says(&create, " --from ", r#""from":"#), "{create}");
     // `--net` explicitly: some versions do not infer it from a CIDR when `--from` is given.
     assert!(
-        create_says(&create, " --net --allow-cidr 10.0.0.0/8", r#""allowedCidrs":["10.0.0.0/8"]"#),
+        create_says(
+            &create,
+            " --net --allow-cidr 10.0.0.0/8",
+            r#""allowedCidrs":["10.0.0.0/8"]"#
+        ),
         "{create}"
     );
-    assert!(create_says(&create, " --net ", r#""network":true"#), "{create}");
+    assert!(
+        create_says(&create, " --net ", r#""network":true"#),
+        "{create}"
+    );
     let info = vm.status().expect("status").expect("exists");
     assert_ne!(info.network, Some(false), "{info:?}");
 }
@@ -354,7 +364,11 @@ fn real_mode_suite_against_the_fake_cli() {
         return;
     }
     let fake_state = tempfile::tempdir().expect("tempdir");
-    let state = fake_state.path().to_str().expect("a UTF-8 temp path").to_string();
+    let state = fake_state
+        .path()
+        .to_str()
+        .expect("a UTF-8 temp path")
+        .to_string();
     run_suite_in_a_child(&[("SMOLVM_FAKE_STATE", &state)]);
     let left = smolvm_harness::sim::read_fake_state(fake_state.path()).expect("fake state");
     let names: Vec<&str> = left.iter().map(|m| m.name.as_str()).collect();
@@ -384,9 +398,16 @@ fn real_mode_suite_over_the_api() {
         ("SMOLVM_FAKE_STATE", &state),
         ("SMOLVM_FAKE_LOG", client_log.to_str().expect("UTF-8")),
     ]);
-    assert!(server.machines().is_empty(), "machines left behind: {:?}", server.machines());
+    assert!(
+        server.machines().is_empty(),
+        "machines left behind: {:?}",
+        server.machines()
+    );
     let served = std::fs::read_to_string(&server_log).unwrap_or_default();
-    assert!(served.contains(r#""machine","create""#), "the server made the machines:\n{served}");
+    assert!(
+        served.contains(r#""machine","create""#),
+        "the server made the machines:\n{served}"
+    );
     let direct = std::fs::read_to_string(&client_log).unwrap_or_default();
     assert!(
         direct.lines().all(|l| !l.contains(r#""machine""#)),

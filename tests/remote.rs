@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use rstest::rstest;
 use serial_test::file_serial;
-use smolvm_harness::requires_smolvm;
 use serve::SimServer;
+use smolvm_harness::requires_smolvm;
 use smolvm_harness::{
     CpPath, CreateOptions, Error, ExecOptions, Golden, Machine, MachineState, Smolvm, Version,
 };
@@ -418,7 +418,12 @@ fn child_holds_a_machine() {
 /// Run `guarded_by_the_skip_attribute` in a child with `env`: (success, output).
 fn guarded_child(env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "guarded_by_the_skip_attribute", "--nocapture", "--include-ignored"])
+        .args([
+            "--exact",
+            "guarded_by_the_skip_attribute",
+            "--nocapture",
+            "--include-ignored",
+        ])
         .env_remove("SMOLVM_HARNESS_REQUIRE")
         .env_remove("SMOLVM_BIN")
         .envs(env.iter().copied())
@@ -439,8 +444,14 @@ fn the_skip_attribute_follows_smolvm_host() {
     // A server that does not answer: skipped, saying which host.
     let (ok, text) = guarded_child(&[("SMOLVM_HOST", &dead)]);
     assert!(ok, "{text}");
-    assert!(text.contains("SKIPPED guarded_by_the_skip_attribute"), "{text}");
-    assert!(text.contains(&format!("SMOLVM_HOST={dead} did not answer")), "{text}");
+    assert!(
+        text.contains("SKIPPED guarded_by_the_skip_attribute"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("SMOLVM_HOST={dead} did not answer")),
+        "{text}"
+    );
     assert!(!text.contains("BODY RAN"), "{text}");
     // Required: a failure.
     let (ok, text) = guarded_child(&[("SMOLVM_HOST", &dead), ("SMOLVM_HARNESS_REQUIRE", "1")]);

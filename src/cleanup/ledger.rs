@@ -586,7 +586,10 @@ mod tests {
         };
         let text = e.to_json().unwrap();
         assert!(text.contains("\"format\": 3"), "{text}");
-        assert!(text.contains("\"remote\": \"unix:///run/smolvm/api.sock\""), "{text}");
+        assert!(
+            text.contains("\"remote\": \"unix:///run/smolvm/api.sock\""),
+            "{text}"
+        );
         assert_eq!(Entry::from_json(&text), Some(e.clone()));
         assert_ne!(e.target.digest(), target("").digest());
         // An entry naming something that is not a canonical URL is not believed.
@@ -596,7 +599,10 @@ mod tests {
         }
         // Nor a format-2 entry that claims a URL: format 2 is the CLI's.
         let as_cli = text.replace("\"format\": 3", "\"format\": 2");
-        assert_eq!(Entry::from_json(&as_cli).map(|e| e.target.remote), Some(None));
+        assert_eq!(
+            Entry::from_json(&as_cli).map(|e| e.target.remote),
+            Some(None)
+        );
     }
 
     pub(crate) fn entry(name: &str) -> Entry {

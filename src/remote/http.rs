@@ -184,8 +184,8 @@ fn exchange<S: Read + Write>(
                 .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
         };
         let content_type = header("content-type");
-        let chunked = header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let chunked =
+            header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
         let mut rest = buf.split_off(len);
         // `Connection: close`: the end of the stream ends the body in every framing. Read it
