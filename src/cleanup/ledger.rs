@@ -302,16 +302,15 @@ impl Entry {
 
     pub(crate) fn from_json(text: &str) -> Option<Entry> {
         let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        let format = v.get("format")?.as_u64()?;
-        let remote = match format {
+        let str_of = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+        let remote = match v.get("format")?.as_u64()? {
             FORMAT => None,
-            // A remote entry names a URL that parses (so no program is ever run for it).
-            FORMAT_REMOTE => Some(str_of_value(&v, "remote").filter(|u| {
+            // A remote entry names a canonical URL (so no program is ever run for it).
+            FORMAT_REMOTE => Some(str_of("remote").filter(|u| {
                 crate::remote::Endpoint::parse(u).is_ok_and(|e| e.to_string() == *u)
             })?),
             _ => return None,
         };
-        let str_of = |key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
         let owner = owner_from_json(v.get("owner")?)?;
         let process_env = v
             .get("process_env")?
@@ -754,8 +753,4 @@ mod tests {
         let rel = absolute_program("bin/smolvm".into());
         assert!(rel.is_absolute() && rel.ends_with("bin/smolvm"));
     }
-}
-
-fn str_of_value(v: &serde_json::Value, key: &str) -> Option<String> {
-    v.get(key).and_then(|x| x.as_str()).map(str::to_string)
 }

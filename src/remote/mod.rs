@@ -6,7 +6,7 @@ pub(crate) mod api;
 pub(crate) mod endpoint;
 pub(crate) mod http;
 #[cfg(feature = "remote-tls")]
-mod tls;
+pub(crate) mod tls;
 
 pub(crate) use api::{ApiFacts, Remote};
 pub(crate) use endpoint::Endpoint;

@@ -711,6 +711,12 @@ mod tests {
         let head = server.join().unwrap().unwrap();
         assert!(head.starts_with("GET /health HTTP/1.1\r\n"), "{head}");
 
+        // The same through the public client: `Smolvm::remote` of an https URL.
+        let (port, server) = serve_once("server.pem", "server.key", "ca.pem", &[&TLS13]);
+        let smolvm = crate::Smolvm::remote(&format!("https://127.0.0.1:{port}")).unwrap();
+        assert_eq!(smolvm.version().unwrap(), crate::Version::new(1, 9, 2));
+        server.join().unwrap().unwrap();
+
         // Without a client identity, `connect` fails before a byte is sent (the listener
         // never even accepts).
         std::env::remove_var(CERT_VAR);
@@ -720,5 +726,9 @@ mod tests {
         let err = http::send(&endpoint, "GET", "/health", None, T, 1 << 20).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains(CERT_VAR));
+        // ... and `Smolvm::remote` refuses the URL up front.
+        let err = crate::Smolvm::remote(&format!("https://127.0.0.1:{port}")).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains(CERT_VAR), "{err}");
     }
 }
