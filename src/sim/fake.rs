@@ -52,7 +52,7 @@ pub fn fake_cli_main() -> i32 {
     if args.first().map(String::as_str) == Some("serve")
         && args
             .get(1)
-            .map_or(true, |a| a == "start" || a.starts_with('-'))
+            .is_none_or(|a| a == "start" || a.starts_with('-'))
         && !args.iter().any(|a| a == "--help" || a == "-h")
     {
         return serve_api(&args[1..]);

@@ -575,7 +575,7 @@ impl Api {
             }
             // `ls --json` keeps the record's `forkable` (false here); the API's is whether
             // this boot was started forkable, which the fake keeps in its state.
-            let forkable = m.map_or(false, |m| m.forkable);
+            let forkable = m.is_some_and(|m| m.forkable);
             o.insert("forkable".into(), json!(forkable));
             o.insert("forkpointHeld".into(), flag("forkpoint_held"));
         }
