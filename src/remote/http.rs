@@ -7,12 +7,18 @@
 //! can shut the ones in flight ([`cancel_in_flight`]) the way it kills smolvm processes.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io;
+#[cfg(feature = "remote")]
+use std::io::{Read, Write};
+#[cfg(feature = "remote")]
+use std::net::ToSocketAddrs;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "remote")]
+use std::time::Instant;
 
 use super::Endpoint;
 use crate::runner::lock;
@@ -44,29 +50,26 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// Send one request and read the whole response. `path` is already percent-encoded
 /// ([`encode_path`]). `timeout` bounds the connect and each read and write; `max_body`
-/// bounds what is kept of the response (more is an error, not a truncated JSON).
+/// bounds what is kept of the response (more is an error, not a truncated JSON). Without
+/// the `remote` feature, always an error.
+#[cfg(not(feature = "remote"))]
 pub(crate) fn send(
-    endpoint: &Endpoint,
-    method: &str,
-    path: &str,
-    body: Option<Body<'_>>,
-    timeout: Duration,
-    max_body: usize,
+    _endpoint: &Endpoint,
+    _method: &str,
+    _path: &str,
+    _body: Option<Body<'_>>,
+    _timeout: Duration,
+    _max_body: usize,
 ) -> io::Result<Response> {
-    #[cfg(not(feature = "remote"))]
-    {
-        let _ = (endpoint, method, path, body, timeout, max_body);
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "smolvm-harness was built without its `remote` feature",
-        ));
-    }
-    #[cfg(feature = "remote")]
-    send_over(endpoint, method, path, body, timeout, max_body)
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "smolvm-harness was built without its `remote` feature",
+    ))
 }
 
+/// [`send`] over a socket, for builds with the `remote` feature.
 #[cfg(feature = "remote")]
-fn send_over(
+pub(crate) fn send(
     endpoint: &Endpoint,
     method: &str,
     path: &str,
