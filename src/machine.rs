@@ -873,6 +873,12 @@ pub(crate) fn cascade_command(smolvm: &Smolvm, name: &str) -> String {
 }
 
 fn data_dir_command(smolvm: &Smolvm, name: &str) -> String {
+    if let Some(url) = smolvm.remote_url() {
+        return format!(
+            "`smolvm machine data-dir --name {name}` on the host of {url} (the API does not \
+             serve it)"
+        );
+    }
     if name_flag(smolvm) {
         command_text(smolvm, &["machine", "data-dir", "--name", name])
     } else {
