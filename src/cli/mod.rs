@@ -624,8 +624,7 @@ impl Smolvm {
         if let Some(remote) = self.api()? {
             self.remember_values(name, options.values_to_scrub());
             let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
-            let facts = self.api_facts()?;
-            let (cmd, out) = remote.exec(name, &argv, options, &[], facts, host_timeout)?;
+            let (cmd, out) = remote.exec(name, &argv, options, host_timeout)?;
             let cmd = cmd.with_secrets(&self.machine_secrets(name));
             let code = out.code.unwrap_or(-1);
             return Ok(ExecOutput::from_run(code, cmd, out));

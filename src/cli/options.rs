@@ -880,7 +880,9 @@ impl ExecOptions {
     /// Ask smolvm to stream the output (`--stream`) instead of buffering it in the agent.
     /// Needed for output over 11 MiB per stream, which smolvm ≥ 1.0 otherwise refuses (exit 1)
     /// and 0.8.x silently truncates; it also keeps stdout and stderr from being reordered.
-    /// The crate still captures everything and returns it when the command ends.
+    /// The crate still captures everything and returns it when the command ends. Over the
+    /// `smolvm serve` API (`SMOLVM_HOST`) it changes nothing: the exec route answers once,
+    /// buffered.
     pub fn stream(mut self) -> ExecOptions {
         self.stream = true;
         self

@@ -46,8 +46,6 @@ pub(crate) struct ApiFacts {
     pub(crate) fork: bool,
     /// `DELETE …?cascade=true`: from 1.7.0, as the CLI's `--cascade`.
     pub(crate) cascade: bool,
-    /// Exec rejects unknown fields (422) from 1.x; 0.8.2 ignores them.
-    pub(crate) exec_strict: bool,
 }
 
 impl ApiFacts {
@@ -65,7 +63,6 @@ impl ApiFacts {
             },
             fork: at_least(1, 2, 5),
             cascade: at_least(1, 7, 0),
-            exec_strict: at_least(1, 0, 0),
         }
     }
 }
@@ -222,18 +219,12 @@ impl Remote {
         name: &str,
         argv: &[String],
         options: &ExecOptions,
-        extra_env: &[(String, String)],
-        facts: ApiFacts,
         timeout: Duration,
     ) -> Result<(CommandLine, RawOutput)> {
-        let _ = facts;
         self.require_running(name, "exec", timeout)?;
-        let env: Vec<&(String, String)> = options
-            .env
-            .iter()
-            .chain(&options.secret_env)
-            .chain(extra_env)
-            .collect();
+        // Per-exec secrets travel in the body (the API resolves `secrets` refs on the server's
+        // host, not ours); the body is never shown with their values.
+        let env: Vec<&(String, String)> = options.env.iter().chain(&options.secret_env).collect();
         let mut body = json!({ "command": argv });
         if !env.is_empty() {
             body["env"] = env
