@@ -174,8 +174,8 @@ pub enum Error {
         /// smolvm's error code (`NOT_FOUND`, `CONFLICT`, `BAD_REQUEST`, `PORT_IN_USE`, …);
         /// `None` for a plain-text answer.
         code: Option<String>,
-        /// smolvm's message, or the plain-text body (capped; values of the request's env
-        /// scrubbed when shown).
+        /// smolvm's message, or the plain-text body (capped; the env values of the request
+        /// and of the machine scrubbed).
         message: String,
     },
 

@@ -380,3 +380,32 @@ fn malformed_urls_are_invalid_input() {
         assert!(matches!(err, Error::InvalidInput { .. }), "{url}: {err}");
     }
 }
+
+#[test]
+fn a_machine_s_env_is_scrubbed_from_later_errors_and_their_public_fields() {
+    // The server echoes everything it ever got; a later error quotes the create's env.
+    let s = Canned::start("1.9.2", |method, path, body| match (method, path) {
+        ("POST", "/api/v1/machines") => (200, "application/json", RUNNING.to_string()),
+        ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
+        ("POST", "/api/v1/machines/web/exec") => plain(200, &format!("not json, but {body}")),
+        _ => json(500, "boot failed: DB_PASSWORD=create-time-pass-1", "INTERNAL_ERROR"),
+    });
+    let smolvm = s.client();
+    smolvm
+        .machine_create(
+            "web",
+            &CreateOptions::image("alpine").net().env("DB_PASSWORD", "create-time-pass-1"),
+        )
+        .unwrap();
+    let err = smolvm.machine_start("web").unwrap_err();
+    let Error::Api { message, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(!message.contains("create-time-pass-1"), "{message}");
+    assert!(!format!("{err} {err:?}").contains("create-time-pass-1"), "{err}");
+    let opts = ExecOptions::default().secret_env("TOKEN", "exec-time-secret-2");
+    let err = smolvm.machine_exec("web", &["env"], &opts).unwrap_err();
+    assert!(matches!(err, Error::Parse { .. }), "{err}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("exec-time-secret-2"), "{shown}");
+}

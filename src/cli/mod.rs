@@ -489,7 +489,7 @@ impl Smolvm {
         if let Some(remote) = self.api()? {
             options.check_version(dialect)?;
             self.remember_values(name, options.env_values());
-            remote.create(name, options, self.api_facts()?, self.timeout())?;
+            self.scrubbed(name, remote.create(name, options, self.api_facts()?, self.timeout()))?;
             if options.restricts_egress() && !dialect.enforces_egress {
                 warn_unenforced_egress(dialect.version);
             }
@@ -536,7 +536,7 @@ impl Smolvm {
     pub fn machine_start(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         if let Some(remote) = self.api()? {
-            return remote.start(name, false, self.timeout());
+            return self.scrubbed(name, remote.start(name, false, self.timeout()));
         }
         let args = strings(&["machine", "start", "--name", name]);
         let env = self.secret_plan(name).host_vars;
@@ -548,7 +548,7 @@ impl Smolvm {
     pub fn machine_stop(&self, name: &str) -> Result<()> {
         validate_machine_name(name)?;
         if let Some(remote) = self.api()? {
-            return remote.stop(name, self.timeout());
+            return self.scrubbed(name, remote.stop(name, self.timeout()));
         }
         let args = strings(&["machine", "stop", "--name", name]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
@@ -563,7 +563,7 @@ impl Smolvm {
         validate_machine_name(name)?;
         if let Some(remote) = self.api()? {
             // The API's delete stops the machine first, on every version.
-            remote.delete(name, false, self.timeout())?;
+            self.scrubbed(name, remote.delete(name, false, self.timeout()))?;
             self.forget_machine(name);
             return Ok(());
         }
@@ -624,7 +624,7 @@ impl Smolvm {
         if let Some(remote) = self.api()? {
             self.remember_values(name, options.values_to_scrub());
             let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
-            let (cmd, out) = remote.exec(name, &argv, options, host_timeout)?;
+            let (cmd, out) = self.scrubbed(name, remote.exec(name, &argv, options, host_timeout))?;
             let cmd = cmd.with_secrets(&self.machine_secrets(name));
             let code = out.code.unwrap_or(-1);
             return Ok(ExecOutput::from_run(code, cmd, out));
@@ -684,7 +684,7 @@ impl Smolvm {
     pub fn machine_status(&self, name: &str) -> Result<Option<MachineInfo>> {
         validate_machine_name(name)?;
         if let Some(remote) = self.api()? {
-            return remote.status(name, self.timeout());
+            return self.scrubbed(name, remote.status(name, self.timeout()));
         }
         let args = strings(&["machine", "status", "--name", name, "--json"]);
         let (cmd, out) = self.run(Some(name), args, self.timeout())?;
@@ -719,7 +719,7 @@ impl Smolvm {
             }
         }
         if let Some(remote) = self.api()? {
-            return remote.start(name, true, self.timeout());
+            return self.scrubbed(name, remote.start(name, true, self.timeout()));
         }
         let args = strings(&["machine", "start", "--name", name, "--forkable"]);
         let env = self.secret_plan(name).host_vars;
@@ -751,7 +751,7 @@ impl Smolvm {
             let mut values = self.machine_secrets(golden);
             values.extend(options.values());
             self.remember_values(clone, values);
-            return remote.fork(golden, clone, options, self.timeout());
+            return self.scrubbed(clone, remote.fork(golden, clone, options, self.timeout()));
         }
         let mut values = self.machine_secrets(golden);
         values.extend(options.values());
@@ -819,7 +819,7 @@ impl Smolvm {
             "smolvm has --cascade from 1.7.0",
         )?;
         if let Some(remote) = self.api()? {
-            remote.delete(name, true, self.timeout())?;
+            self.scrubbed(name, remote.delete(name, true, self.timeout()))?;
             self.forget_machine(name);
             return Ok(());
         }
@@ -976,10 +976,11 @@ impl Smolvm {
         match (src, dst) {
             (CpPath::Host(host), CpPath::Guest { machine, path }) => {
                 let bytes = std::fs::read(host).map_err(|e| Error::io("read", host, e))?;
-                remote.upload(machine, path, bytes, self.api_facts()?, self.timeout())
+                let sent = remote.upload(machine, path, bytes, self.api_facts()?, self.timeout());
+                self.scrubbed(machine, sent)
             }
             (CpPath::Guest { machine, path }, CpPath::Host(host)) => {
-                let bytes = remote.download(machine, path, self.timeout())?;
+                let bytes = self.scrubbed(machine, remote.download(machine, path, self.timeout()))?;
                 std::fs::write(host, bytes).map_err(|e| Error::io("write", host, e))
             }
             // `copy::argv` refused the other combinations already.
@@ -988,6 +989,46 @@ impl Smolvm {
                 "one side on the host, the other in a machine",
             )),
         }
+    }
+}
+
+impl Smolvm {
+    /// An API error of `machine`'s, also scrubbing the env and secret values the machine was
+    /// given earlier (a server's message or a guest's output may quote them), as the CLI's
+    /// command lines do.
+    fn scrubbed<T>(&self, machine: &str, result: Result<T>) -> Result<T> {
+        result.map_err(|e| {
+            let known = self.machine_secrets(machine);
+            if known.is_empty() {
+                return e;
+            }
+            match e {
+                Error::Api {
+                    request,
+                    status,
+                    code,
+                    message,
+                } => {
+                    let request = request.with_secrets(&known);
+                    let message = request.redact_output(&message);
+                    Error::Api {
+                        request,
+                        status,
+                        code,
+                        message,
+                    }
+                }
+                Error::Unreachable { request, source } => Error::Unreachable {
+                    request: request.with_secrets(&known),
+                    source,
+                },
+                Error::Parse { command, reason } => Error::Parse {
+                    command: command.with_secrets(&known),
+                    reason: command.with_secrets(&known).redact_output(&reason),
+                },
+                other => other,
+            }
+        })
     }
 }
 

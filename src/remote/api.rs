@@ -452,6 +452,8 @@ fn api_error(request: CommandLine, resp: &Response) -> Error {
         }
         _ => {}
     }
+    // Scrubbed here, not only when shown: the field is public.
+    let message = request.redact_output(&message);
     Error::Api {
         request,
         status: resp.status,
@@ -468,7 +470,7 @@ fn json_of(req: &CommandLine, resp: &Response) -> Result<Value> {
 fn parse_error(req: &CommandLine, resp: &Response, why: &str) -> Error {
     Error::Parse {
         command: req.clone(),
-        reason: format!("{why}: {}", shown(resp)),
+        reason: req.redact_output(&format!("{why}: {}", shown(resp))),
     }
 }
 
