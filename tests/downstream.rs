@@ -8,6 +8,10 @@
 //! - with `SMOLVM_HARNESS_REQUIRE=1`: every test fails, saying why;
 //! - with `SMOLVM_BIN` at its own fake: every body runs, and no machine is left behind.
 //!
+//! And README's nextest partitions over hosts, as written, each against a simulated
+//! `smolvm serve` of that fake: every test once, each on its partition's server, with a
+//! golden, a machine cap and cleanup per server.
+//!
 //! The nested cargo builds into `<our target dir>/downstream`, so its dependencies are
 //! compiled once (the first run takes a few minutes on two cores) and never next to the
 //! sources; it runs `--offline` after one `cargo fetch`, which downloads from crates.io only
@@ -476,7 +480,11 @@ fn test_of(machine: &str) -> Option<&'static str> {
 fn nextest_ran(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim_start)
-        .filter(|l| ["PASS [", "FAIL [", "SIGKILL [", "TIMEOUT ["].iter().any(|s| l.starts_with(s)))
+        .filter(|l| {
+            ["PASS [", "FAIL [", "SIGKILL [", "TIMEOUT ["]
+                .iter()
+                .any(|s| l.starts_with(s))
+        })
         .filter_map(|l| l.split_whitespace().last().map(str::to_string))
         .collect()
 }
@@ -491,7 +499,11 @@ fn readme_partition_commands() -> Vec<(String, Vec<String>)> {
     let start = at + readme[at..].find("```sh\n").expect("its sh block") + "```sh\n".len();
     let block = &readme[start..start + readme[start..].find("```").expect("end of the block")];
     let mut lines: Vec<&str> = block.lines().collect();
-    assert_eq!(lines.pop(), Some("wait"), "the block ends with `wait`:\n{block}");
+    assert_eq!(
+        lines.pop(),
+        Some("wait"),
+        "the block ends with `wait`:\n{block}"
+    );
     lines
         .into_iter()
         .map(|line| {
