@@ -8,6 +8,10 @@
 //! - with `SMOLVM_HARNESS_REQUIRE=1`: every test fails, saying why;
 //! - with `SMOLVM_BIN` at its own fake: every body runs, and no machine is left behind.
 //!
+//! And README's nextest partitions over hosts, as written, each against a simulated
+//! `smolvm serve` of that fake: every test once, each on its partition's server, with a
+//! golden, a machine cap and cleanup per server.
+//!
 //! The nested cargo builds into `<our target dir>/downstream`, so its dependencies are
 //! compiled once (the first run takes a few minutes on two cores) and never next to the
 //! sources; it runs `--offline` after one `cargo fetch`, which downloads from crates.io only
@@ -350,6 +354,334 @@ fn published_packages_hold_only_what_users_need() {
         assert!(
             macros.iter().any(|f| f == needed),
             "{needed} missing from the macros crate: {macros:?}"
+        );
+    }
+}
+
+/// A simulated `smolvm serve` of the downstream crate's own fake, on a unix socket in `dir`,
+/// with its own state and log; SIGTERMed and reaped on drop.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        use std::io::{BufRead, BufReader};
+        fs::create_dir_all(dir).expect("server dir");
+        let (state, log) = (dir.join("state"), dir.join("log.jsonl"));
+        let listen = format!("unix://{}", dir.join("api.sock").display());
+        let mut cmd = Command::new(fake_bin());
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| k.starts_with("SMOLVM_")) {
+                cmd.env_remove(&key);
+            }
+        }
+        let mut child = cmd
+            .args(["serve", "start", "--listen", &listen])
+            .env("SMOLVM_FAKE_STATE", &state)
+            .env("SMOLVM_FAKE_LOG", &log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the downstream fake's serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let url = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
+                        break url.to_string();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no `listening on` line from the fake's serve within 20 s");
+                }
+            }
+        };
+        Server {
+            child,
+            url,
+            state,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The names of the machines created through this server, in order.
+    fn created(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|entry| {
+                let argv: Vec<String> = entry["argv"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect();
+                (argv.get(..2)? == ["machine", "create"] && entry["code"] == 0)
+                    .then(|| argv.last().cloned())?
+            })
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `<prefix>-<slug>` of the machines a test's process names (`generate_name` without the
+/// process token and counter).
+fn name_stem(test: &str) -> String {
+    let name = smolvm_harness::generate_name("smt", test);
+    let mut parts: Vec<&str> = name.split('-').collect();
+    parts.truncate(parts.len() - 2);
+    parts.join("-")
+}
+
+/// The test (of [`TESTS`]) whose process made a machine of this generated name.
+fn test_of(machine: &str) -> Option<&'static str> {
+    let mut parts: Vec<&str> = machine.split('-').collect();
+    parts.truncate(parts.len().saturating_sub(2));
+    let stem = parts.join("-");
+    TESTS.into_iter().find(|t| name_stem(t) == stem)
+}
+
+/// The tests nextest ran, from its `PASS [ … ] … <binary> <test>` lines.
+fn nextest_ran(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim_start)
+        .filter(|l| {
+            ["PASS [", "FAIL [", "SIGKILL [", "TIMEOUT ["]
+                .iter()
+                .any(|s| l.starts_with(s))
+        })
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}
+
+/// README's "Spreading a suite over hosts" block: each line's `SMOLVM_HOST` and argv.
+fn readme_partition_commands() -> Vec<(String, Vec<String>)> {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let at = readme
+        .find("**Spreading a suite over hosts.**")
+        .expect("README's \"Spreading a suite over hosts\"");
+    let start = at + readme[at..].find("```sh\n").expect("its sh block") + "```sh\n".len();
+    let block = &readme[start..start + readme[start..].find("```").expect("end of the block")];
+    let mut lines: Vec<&str> = block.lines().collect();
+    assert_eq!(
+        lines.pop(),
+        Some("wait"),
+        "the block ends with `wait`:\n{block}"
+    );
+    lines
+        .into_iter()
+        .map(|line| {
+            let words = line
+                .strip_suffix(" &")
+                .unwrap_or_else(|| panic!("{line:?} runs in the background"));
+            let mut words = words.split_whitespace();
+            let host = words
+                .next()
+                .and_then(|w| w.strip_prefix("SMOLVM_HOST="))
+                .unwrap_or_else(|| panic!("{line:?} sets SMOLVM_HOST first"));
+            (host.to_string(), words.map(str::to_string).collect())
+        })
+        .collect()
+}
+
+/// README's partitions over hosts, run as written with each `SMOLVM_HOST` at a simulated
+/// server of its own: every test runs once, on its partition's server, and each server has
+/// its own golden, machine cap and cleanup (one state directory shared by both runs, as on
+/// one CI machine).
+#[test]
+fn nextest_partitions_each_on_its_own_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (out, _) = run(cargo(tmp.path(), &["nextest", "--version"]));
+    if !out.status.success() {
+        eprintln!("cargo-nextest is not installed: the partitions over hosts did not run");
+        return;
+    }
+    let commands = readme_partition_commands();
+    assert_eq!(commands.len(), 2, "two partitions: {commands:?}");
+    assert_ne!(commands[0].0, commands[1].0, "two hosts: {commands:?}");
+    fetch();
+    // The fake that serves is the one the nested build makes; build it before the servers
+    // start (the runs below rebuild nothing).
+    let (out, text) = run(cargo(
+        tmp.path(),
+        &["build", "--offline", "--example", "smolvm-fake"],
+    ));
+    assert!(out.status.success(), "build the fake:\n{text}");
+    let servers = [
+        Server::start(&tmp.path().join("host-1")),
+        Server::start(&tmp.path().join("host-2")),
+    ];
+    let state_dir = tmp.path().join("harness");
+
+    let runs: Vec<(Output, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = commands
+            .iter()
+            .zip(&servers)
+            .map(|((_, argv), server)| {
+                assert_eq!(argv[0], "cargo", "{argv:?}");
+                let mut args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+                args.extend([
+                    "--offline",
+                    "--no-fail-fast",
+                    "--success-output",
+                    "immediate",
+                ]);
+                let mut cmd = cargo(tmp.path(), &args);
+                cmd.env("SMOLVM_HOST", &server.url)
+                    .env("SMOLVM_HARNESS_REQUIRE", "1")
+                    .env("SMOLVM_HARNESS_GOLDEN_GRACE", "1s")
+                    .env("SMOLVM_HARNESS_STATE_DIR", &state_dir)
+                    // Packs for a server on this host are made by the local CLI, into
+                    // that server's state.
+                    .env("SMOLVM_BIN", fake_bin())
+                    .env("SMOLVM_FAKE_STATE", &server.state);
+                s.spawn(move || run(cmd))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a partition's thread"))
+            .collect()
+    });
+
+    // Both pass, nothing skipped, and together they ran every test exactly once.
+    let mut ran: Vec<String> = Vec::new();
+    let mut by_partition: Vec<Vec<String>> = Vec::new();
+    for (out, text) in &runs {
+        assert!(out.status.success(), "a partition failed:\n{text}");
+        assert!(!text.contains("SKIPPED"), "a partition skipped:\n{text}");
+        let tests = nextest_ran(text);
+        assert!(!tests.is_empty(), "a partition ran nothing:\n{text}");
+        ran.extend(tests.iter().cloned());
+        by_partition.push(tests);
+    }
+    ran.sort();
+    let mut all: Vec<String> = TESTS.iter().map(|t| t.to_string()).collect();
+    all.sort();
+    assert_eq!(ran, all, "every test exactly once:\n{runs:#?}");
+
+    // Each server created the machines of exactly its partition's tests, and the golden
+    // (named after its key; the golden test's clone is a fork of it) only where that test ran.
+    let golden_test = "sees_the_provisioned_files";
+    for (server, tests) in servers.iter().zip(&by_partition) {
+        let (log, created) = (server.log(), server.created());
+        let goldens: Vec<&String> = created
+            .iter()
+            .filter(|m| m.starts_with("smt-golden-app-"))
+            .collect();
+        let mut owners: Vec<&str> = created
+            .iter()
+            .filter(|m| !m.starts_with("smt-golden-app-"))
+            .map(|m| test_of(m).unwrap_or_else(|| panic!("{m}: whose? {created:?}")))
+            .collect();
+        let golden = tests.iter().any(|t| t == golden_test);
+        assert_eq!(
+            goldens.len(),
+            usize::from(golden),
+            "{}: a golden of its own only where {golden_test} ran: {created:?}",
+            server.url
+        );
+        owners.extend(goldens.iter().map(|_| golden_test));
+        owners.sort();
+        let mut expected: Vec<&str> = tests.iter().map(String::as_str).collect();
+        expected.sort();
+        assert_eq!(
+            owners, expected,
+            "{}: one create for each of its partition's tests, no other:\n{log}",
+            server.url
+        );
+        let forks: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(r#""machine","fork""#))
+            .collect();
+        assert_eq!(
+            forks.len(),
+            if golden { 2 } else { 0 },
+            "{}: the golden's smoke fork and the test's clone only on the golden test's \
+             server:\n{log}",
+            server.url
+        );
+        let clone = format!("\"{}-", name_stem(golden_test));
+        assert!(
+            !golden || forks.iter().any(|f| f.contains(&clone)),
+            "{}: {golden_test}'s clone forked here:\n{log}",
+            server.url
+        );
+    }
+
+    // One machine cap per server: a slot directory each, in the one state directory.
+    let slots: Vec<String> = fs::read_dir(&state_dir)
+        .expect("the shared state directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("slots"))
+        .collect();
+    assert_eq!(
+        slots.len(),
+        2,
+        "one slot directory per server, none for a local smolvm: {slots:?}"
+    );
+    assert!(slots.iter().all(|n| n.starts_with("slots-")), "{slots:?}");
+
+    // The golden goes after its grace (by the watcher, through its server), the rest at once:
+    // nothing is left on either server.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for server in &servers {
+        let left = loop {
+            let left = read_fake_state(&server.state).expect("read a server's state");
+            if left.is_empty() || std::time::Instant::now() >= deadline {
+                break left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(
+            server.state.join("state.json").exists() && left.is_empty(),
+            "machines left on {}: {left:?}\n{}",
+            server.url,
+            server.log()
+        );
+        let created = server.created().len();
+        let deletes = server.log().matches(r#""machine","delete""#).count();
+        assert!(
+            deletes >= created,
+            "{}: each machine deleted through its server:\n{}",
+            server.url,
+            server.log()
         );
     }
 }
