@@ -747,15 +747,12 @@ impl Smolvm {
         let dialect = self.dialect()?;
         let golden_plan = self.secret_plan(golden);
         let (args, plan) = options.argv(golden, clone, dialect, &golden_plan)?;
-        if let Some(remote) = self.api()? {
-            let mut values = self.machine_secrets(golden);
-            values.extend(options.values());
-            self.remember_values(clone, values);
-            return self.scrubbed(clone, remote.fork(golden, clone, options, self.timeout()));
-        }
         let mut values = self.machine_secrets(golden);
         values.extend(options.values());
         self.remember_values(clone, values);
+        if let Some(remote) = self.api()? {
+            return self.scrubbed(clone, remote.fork(golden, clone, options, self.timeout()));
+        }
         // smolvm reads the golden's secrets when it boots the clone.
         let env = plan.host_vars.clone();
         let (cmd, out) = self.run_with(Some(clone), args, env, &[], self.timeout())?;
