@@ -134,10 +134,8 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             // (its entry stays for the watcher and the next sweep).
             (Some(list), stage) => {
                 let seen = list.iter().find(|m| m.name == name);
-                let remote_pending =
-                    reg.smolvm.remote_url().is_some() && stage == Stage::Creating && seen.is_none();
-                let create = if remote_pending {
-                    CreateState::Unknown
+                let create = if reg.smolvm.remote_url().is_some() && stage == Stage::Creating {
+                    super::sweep::server_create_state(reg.claim.registered_at, seen.is_some())
                 } else {
                     CreateState::Over
                 };

@@ -133,9 +133,8 @@ pub(crate) fn settle(
     for ((path, entry), create) in entries.into_iter().zip(creates) {
         let name = entry.claim.name.clone();
         let seen = machines.get(&name);
-        // A server's create that listed its machine has made it; one that did not may yet.
-        let create = if entry.target.remote.is_some() && seen.is_some() {
-            CreateState::Over
+        let create = if entry.target.remote.is_some() {
+            server_create_state(entry.created_at, seen.is_some())
         } else {
             create
         };
@@ -203,21 +202,30 @@ pub(crate) fn settle(
     Ok(settled)
 }
 
+/// Whether a create sent to a server (`sent_at`, Unix seconds) is over: a server finishes a
+/// request whatever becomes of its client, out of our sight, so it is over once its machine
+/// is `listed`, or once the server's own request limit (300 s) and ours have surely passed.
+/// The one rule for the signal thread, the exit hook, the watcher and the sweep.
+pub(crate) fn server_create_state(sent_at: u64, listed: bool) -> CreateState {
+    if listed {
+        return CreateState::Over;
+    }
+    let age = ledger::now().saturating_sub(sent_at);
+    let bound = REMOTE_CREATE_BOUND.max(crate::config::config_or_default().call_timeout);
+    if age > bound.as_secs() + 30 {
+        CreateState::Over
+    } else {
+        CreateState::Unknown
+    }
+}
+
 /// Whether the create an entry was written for may still be running.
 pub(crate) fn create_state(entry: &Entry) -> CreateState {
     if entry.claim.stage == Stage::Created {
         return CreateState::Over;
     }
     if entry.target.remote.is_some() {
-        // A create sent to a server goes on there when its client dies, out of our sight:
-        // over once the server's own request limit (300 s) and ours have surely passed.
-        let age = ledger::now().saturating_sub(entry.created_at);
-        let bound = REMOTE_CREATE_BOUND.max(crate::config::config_or_default().call_timeout);
-        return if age > bound.as_secs() + 30 {
-            CreateState::Over
-        } else {
-            CreateState::Unknown
-        };
+        return server_create_state(entry.created_at, false);
     }
     match process::create_running(&entry.key()) {
         Some(true) => CreateState::Running,
@@ -230,5 +238,19 @@ pub(crate) fn create_state(entry: &Entry) -> CreateState {
                 CreateState::Unknown
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_create_is_over_once_listed_or_past_the_server_limit() {
+        let now = ledger::now();
+        assert_eq!(server_create_state(now, true), CreateState::Over);
+        assert_eq!(server_create_state(now, false), CreateState::Unknown);
+        let long_ago = now.saturating_sub(REMOTE_CREATE_BOUND.as_secs() * 10);
+        assert_eq!(server_create_state(long_ago, false), CreateState::Over);
     }
 }
