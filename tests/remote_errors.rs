@@ -388,13 +388,19 @@ fn a_machine_s_env_is_scrubbed_from_later_errors_and_their_public_fields() {
         ("POST", "/api/v1/machines") => (200, "application/json", RUNNING.to_string()),
         ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
         ("POST", "/api/v1/machines/web/exec") => plain(200, &format!("not json, but {body}")),
-        _ => json(500, "boot failed: DB_PASSWORD=create-time-pass-1", "INTERNAL_ERROR"),
+        _ => json(
+            500,
+            "boot failed: DB_PASSWORD=create-time-pass-1",
+            "INTERNAL_ERROR",
+        ),
     });
     let smolvm = s.client();
     smolvm
         .machine_create(
             "web",
-            &CreateOptions::image("alpine").net().env("DB_PASSWORD", "create-time-pass-1"),
+            &CreateOptions::image("alpine")
+                .net()
+                .env("DB_PASSWORD", "create-time-pass-1"),
         )
         .unwrap();
     let err = smolvm.machine_start("web").unwrap_err();
@@ -402,7 +408,10 @@ fn a_machine_s_env_is_scrubbed_from_later_errors_and_their_public_fields() {
         panic!("{err:?}")
     };
     assert!(!message.contains("create-time-pass-1"), "{message}");
-    assert!(!format!("{err} {err:?}").contains("create-time-pass-1"), "{err}");
+    assert!(
+        !format!("{err} {err:?}").contains("create-time-pass-1"),
+        "{err}"
+    );
     let opts = ExecOptions::default().secret_env("TOKEN", "exec-time-secret-2");
     let err = smolvm.machine_exec("web", &["env"], &opts).unwrap_err();
     assert!(matches!(err, Error::Parse { .. }), "{err}");

@@ -489,7 +489,10 @@ impl Smolvm {
         if let Some(remote) = self.api()? {
             options.check_version(dialect)?;
             self.remember_values(name, options.env_values());
-            self.scrubbed(name, remote.create(name, options, self.api_facts()?, self.timeout()))?;
+            self.scrubbed(
+                name,
+                remote.create(name, options, self.api_facts()?, self.timeout()),
+            )?;
             if options.restricts_egress() && !dialect.enforces_egress {
                 warn_unenforced_egress(dialect.version);
             }
@@ -624,7 +627,8 @@ impl Smolvm {
         if let Some(remote) = self.api()? {
             self.remember_values(name, options.values_to_scrub());
             let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
-            let (cmd, out) = self.scrubbed(name, remote.exec(name, &argv, options, host_timeout))?;
+            let (cmd, out) =
+                self.scrubbed(name, remote.exec(name, &argv, options, host_timeout))?;
             let cmd = cmd.with_secrets(&self.machine_secrets(name));
             let code = out.code.unwrap_or(-1);
             return Ok(ExecOutput::from_run(code, cmd, out));
@@ -977,7 +981,8 @@ impl Smolvm {
                 self.scrubbed(machine, sent)
             }
             (CpPath::Guest { machine, path }, CpPath::Host(host)) => {
-                let bytes = self.scrubbed(machine, remote.download(machine, path, self.timeout()))?;
+                let bytes =
+                    self.scrubbed(machine, remote.download(machine, path, self.timeout()))?;
                 std::fs::write(host, bytes).map_err(|e| Error::io("write", host, e))
             }
             // `copy::argv` refused the other combinations already.

@@ -425,7 +425,11 @@ fn machine_path(name: &str) -> String {
 /// The error a non-2xx answer means: `{"error","code"}` JSON, or axum's plain text (400
 /// malformed JSON, 413 body too large, 422 unknown field or wrong type).
 fn api_error(request: CommandLine, resp: &Response) -> Error {
-    let json: Option<Value> = serde_json::from_slice(&resp.body).ok();
+    // smolvm's own errors are JSON; axum's extractor rejections are plain text.
+    let json: Option<Value> = resp
+        .is_json()
+        .then(|| serde_json::from_slice(&resp.body).ok())
+        .flatten();
     let (code, message) = match json
         .as_ref()
         .and_then(|v| v.get("error").and_then(Value::as_str))

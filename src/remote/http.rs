@@ -40,12 +40,14 @@ impl Response {
 }
 
 /// One request body: its content type and bytes.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub(crate) struct Body<'a> {
     pub(crate) content_type: &'static str,
     pub(crate) bytes: &'a [u8],
 }
 
 /// The largest response head read; `smolvm serve` sends a handful of headers.
+#[cfg(feature = "remote")]
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Send one request and read the whole response. `path` is already percent-encoded
@@ -296,6 +298,7 @@ pub(crate) fn encode_path(path: &str) -> String {
 }
 
 /// An open socket, as the signal cleanup can shut it.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 enum Socket {
     Unix(UnixStream),
     Tcp(TcpStream),
@@ -309,8 +312,10 @@ fn in_flight() -> &'static Mutex<HashMap<u64, (u32, Socket)>> {
 }
 
 /// A socket's place in [`in_flight`], for as long as its request runs.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 struct Listed(u64);
 
+#[cfg(feature = "remote")]
 impl Listed {
     fn new(socket: Socket) -> Listed {
         static NEXT: AtomicU64 = AtomicU64::new(0);

@@ -1,6 +1,5 @@
 //! The harness against `smolvm serve` (`SMOLVM_HOST`, [`crate::Smolvm::remote`]): the same
 //! operations as the CLI client, as HTTP requests to smolvm's API.
-#![allow(dead_code)] // wired into `Smolvm` in the next commits
 
 pub(crate) mod api;
 pub(crate) mod endpoint;
