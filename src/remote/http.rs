@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::net::ToSocketAddrs;
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
+#[cfg(feature = "remote")]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
