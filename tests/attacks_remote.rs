@@ -509,6 +509,87 @@ fn held_garbage_answers_are_typed_errors() {
     ));
 }
 
+/// DEFECT. A create the server answers 408 (its 300 s request limit, `TimeoutLayer`, with
+/// the create going on behind it: smolvm-cli-more.md §9.2) or that our own timeout cuts
+/// (`Error::Unreachable`) is not over on the server. `abandon` (src/cleanup/registry.rs)
+/// lists at once, finds nothing yet, judges `Gone` with `CreateState::Over`, and removes the
+/// record *and the ledger entry*; the create lands seconds later and no layer (exit hook,
+/// watcher, next sweep) ever hears of it. Over the CLI the timed-out create is killed and
+/// reaped, so `Over` was true there. Expected: the entry stays (stage `creating`, a server's
+/// create pending until listed or `REMOTE_CREATE_BOUND`), and the watcher or the next
+/// sweep deletes the machine when it lands.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn defect_a_create_the_server_timed_out_lands_later_and_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = SimServer::start_with(
+        dir.path(),
+        "1.9.2",
+        &[
+            ("SMOLVM_FAKE_SERVE_TIMEOUT", "1"),
+            ("SMOLVM_FAKE_LATENCY", "create=4s"),
+        ],
+    );
+    let proc = child("create_times_out", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, text) = finish(proc, Duration::from_secs(60));
+    assert!(ok, "{text}");
+    assert!(text.contains("CREATE FAILED"), "{text}");
+    // The create lands on the server after the client gave up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.machines().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let landed = server.machines();
+    let entries = ledger_names(state.path());
+    // Give the crash watcher its chance, then run the next run's sweep.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server.machines().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sweep = child("sweep", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, swept) = finish(sweep, Duration::from_secs(60));
+    assert!(ok, "{swept}");
+    assert!(
+        server.machines().is_empty(),
+        "the create that landed after the 408 leaked: {:?} (landed: {landed:?}; ledger \
+         entries when it landed: {entries:?})\n{text}\n{swept}",
+        server.machines()
+    );
+}
+
+/// DEFECT. "Each of stdout and stderr is kept up to the output cap; see
+/// `ExecOutput::stdout_dropped`" (`Smolvm::machine_exec`). Over the API the whole response
+/// body is bounded by `max(2 × cap, 16 MiB)` (`Remote::call`, src/remote/api.rs) and past it
+/// the exec is an *error* (`response body over … bytes`), not truncated output: a guest
+/// that prints more than that (or less, in control characters, which JSON escapes six-fold)
+/// fails where the CLI returns its output with the middle dropped. Expected: `Ok`, stdout
+/// kept to the cap and the rest counted in `stdout_dropped()`.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn defect_exec_output_past_twice_the_cap_is_an_error_not_truncated() {
+    let state = tempfile::tempdir().unwrap();
+    let proc = child("big_exec", state.path())
+        .env("SMOLVM_HARNESS_OUTPUT_CAP", "1KiB")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, text) = finish(proc, Duration::from_secs(120));
+    assert!(ok, "{text}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Secrets
 // ---------------------------------------------------------------------------------------
@@ -752,6 +833,32 @@ fn attack_child() {
             assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
             assert!(smolvm.machine_list().is_err());
             assert!(smolvm.pack_create("alpine", "/tmp/never-packed").is_err());
+        }
+        "create_times_out" => {
+            let err = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .start()
+                .expect_err("the server answers 408 after 1 s");
+            println!("CREATE FAILED: {err}");
+        }
+        "big_exec" => {
+            // 17 MiB of guest output, over max(2 × 1 KiB, 16 MiB).
+            let stdout = "a".repeat(17 * 1024 * 1024);
+            let body: &'static str = Box::leak(
+                format!(r#"{{"exitCode":0,"stdout":"{stdout}","stderr":""}}"#).into_boxed_str(),
+            );
+            let server = Canned::unix("1.9.2", move |method, _| match method {
+                "GET" => (200, "application/json", RUNNING.into()),
+                _ => (200, "application/json", body.to_string()),
+            });
+            let smolvm = Smolvm::remote(&server.url).unwrap();
+            let out = smolvm
+                .machine_exec("web", &["cat", "/big"], &ExecOptions::default())
+                .expect("output over the cap is truncated, not an error");
+            assert!(out.stdout_dropped() > 0);
+            assert!(out.stdout().len() <= 1024, "{}", out.stdout().len());
         }
         other => panic!("unknown role {other}"),
     }
