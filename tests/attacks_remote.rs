@@ -590,6 +590,50 @@ fn defect_exec_output_past_twice_the_cap_is_an_error_not_truncated() {
     assert!(ok, "{text}");
 }
 
+/// HELD. SIGTERM while an exec hangs on the server (`SMOLVM_FAKE_LATENCY=exec=60s` in the
+/// server's env). The signal thread must shut the socket in flight
+/// (`http::cancel_in_flight`) rather than wait for the call's 300 s timeout, delete the
+/// machine, and end the process. Expected: the child ends well within the call timeout,
+/// and nothing is left on the server or in the ledger.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn sigterm_during_a_hung_exec_returns_promptly_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = SimServer::start_with(dir.path(), "1.9.2", &[("SMOLVM_FAKE_LATENCY", "exec=60s")]);
+    let release = dir.path().join("never");
+    let held = dir.path().join("never.held");
+    let proc = child("hold_and_exec", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .env("ATTACK_RELEASE", &release)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&held, Duration::from_secs(30)), "child never held");
+    // Let the exec reach the server.
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe {
+        libc::kill(proc.id() as libc::pid_t, libc::SIGTERM);
+    }
+    // Well under the 300 s call timeout the exec would otherwise wait for.
+    let (_, text) = finish(proc, Duration::from_secs(45));
+    // The main thread's exec returns an error (its socket was shut), never the guest's answer.
+    assert!(!text.contains("EXEC RETURNED OK"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.machines().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.machines().is_empty(),
+        "{:?}\n{text}",
+        server.machines()
+    );
+    assert!(ledger_names(state.path()).is_empty(), "{text}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Secrets
 // ---------------------------------------------------------------------------------------
@@ -859,6 +903,21 @@ fn attack_child() {
                 .expect("output over the cap is truncated, not an error");
             assert!(out.stdout_dropped() > 0);
             assert!(out.stdout().len() <= 1024, "{}", out.stdout().len());
+        }
+        "hold_and_exec" => {
+            let vm = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .start()
+                .unwrap();
+            let release = release.clone().unwrap();
+            std::fs::write(format!("{}.held", release.display()), vm.name()).unwrap();
+            let out = vm.exec(&["sleep", "1000"]);
+            if out.is_ok() {
+                println!("EXEC RETURNED OK");
+            }
+            println!("EXEC RETURNED {out:?}");
         }
         other => panic!("unknown role {other}"),
     }
