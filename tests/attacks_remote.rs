@@ -311,6 +311,76 @@ fn exit_hook_with_server_clock_skew(skew: i64) {
     );
 }
 
+/// DEFECT, the dangerous direction of the clock comparison above. A chosen name (`web`)
+/// held as a static: someone deletes our `web` on the server and makes their own `web` a
+/// few seconds later. Against a server whose clock is behind ours by those seconds, their
+/// machine's `createdAt` falls inside our create's window (`registered_at..=created_by`,
+/// our clock), `judge` says `Ours` (`AbsentBeforeCreate`, stage `created`), and the exit
+/// hook deletes *their* machine. Over a local CLI (one clock) the same sequence is judged
+/// `NotOurs`. Expected: someone else's `web` stays.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn defect_a_server_clock_behind_makes_the_exit_hook_delete_someone_elses_machine() {
+    remade_by_someone_else_with_server_clock_behind(true);
+}
+
+/// HELD (control for the test above). Same sequence, one clock: someone else's `web` stays.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn held_a_chosen_name_remade_by_someone_else_stays_at_exit() {
+    remade_by_someone_else_with_server_clock_behind(false);
+}
+
+fn remade_by_someone_else_with_server_clock_behind(behind: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let release = dir.path().join("release");
+    let held = dir.path().join("release.held");
+    let proc = child("forget_web_then_exit", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .env("ATTACK_RELEASE", &release)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&held, Duration::from_secs(30)), "child never held");
+    let entry: serde_json::Value = {
+        let dir = state.path().join("ledger");
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .expect("a ledger entry");
+        serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap()
+    };
+    assert_eq!(entry["evidence"], "absent-before-create", "{entry}");
+    let created_by = entry["created_by"].as_u64().expect("created");
+    // Someone else, by hand, a few seconds later: ours goes, theirs comes.
+    std::thread::sleep(Duration::from_secs(3));
+    let cli = server.cli();
+    cli.machine_delete("web").unwrap();
+    cli.machine_create("web", &CreateOptions::image("alpine").net())
+        .unwrap();
+    // The server's clock is behind ours by the time since our create returned.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if behind {
+        skew_server_clock(&server.state, -((now - created_by) as i64));
+    }
+    std::fs::write(&release, "").unwrap();
+    let (ok, text) = finish(proc, Duration::from_secs(60));
+    assert!(ok, "{text}");
+    assert_eq!(
+        server.machines(),
+        vec!["web".to_string()],
+        "someone else's `web` was deleted\n{text}"
+    );
+}
+
 /// DEFECT. One server, two spellings of its URL (`unix:///d/x/../api.sock` and
 /// `unix:///d/api.sock`; likewise `localhost` and `127.0.0.1`): the ledger groups entries by
 /// the URL string (`Target::remote`, src/cleanup/ledger.rs; `sweep` filters `e.target ==
@@ -932,6 +1002,17 @@ fn attack_child() {
             println!("EXEC RETURNED {out:?}");
             // As a static or a `#[once]` fixture: no guard drops it; the teardown under way
             // (the signal thread's) is the one that deletes it.
+            std::mem::forget(vm);
+        }
+        "forget_web_then_exit" => {
+            let vm = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .name("web")
+                .start()
+                .unwrap();
+            hold(&vm);
             std::mem::forget(vm);
         }
         other => panic!("unknown role {other}"),
