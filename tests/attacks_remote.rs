@@ -171,7 +171,15 @@ fn child(role: &str, state: &Path) -> Command {
     .env_remove("SMOLVM_HOST")
     .env_remove("SMOLVM_BIN")
     .env_remove("SMOLVM_HARNESS_REQUIRE")
-    .env_remove("SMOLVM_HARNESS_KEEP");
+    .env_remove("SMOLVM_HARNESS_KEEP")
+    .env_remove("SMOLVM_HARNESS_RUN_ID");
+    // The same under nextest as under cargo test: no run id, so a `Golden::shared` is the
+    // child's alone (a run's golden would outlive it by its grace, by design).
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NEXTEST") {
+            cmd.env_remove(key);
+        }
+    }
     cmd
 }
 
@@ -878,6 +886,37 @@ fn held_copy_into_a_stopped_machine_is_refused_not_auto_started() {
     assert_eq!(vm.status().unwrap().unwrap().state, MachineState::Stopped);
 }
 
+/// HELD. `Pack::shared` and `Golden::shared` over the API of a server on this host: the
+/// local CLI (`SMOLVM_BIN`) packs, the server creates from the pack's path, a run-shared
+/// golden forks over the API, and the guards leave nothing on the server.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn held_shared_pack_and_golden_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let proc = child("shared_pack_and_golden", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_BIN", serve::FAKE)
+        .env("SMOLVM_FAKE_STATE", dir.path().join("local-cli-state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, text) = finish(proc, Duration::from_secs(90));
+    assert!(ok, "{text}");
+    assert!(text.contains("PACKED AND FORKED"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.machines().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.machines().is_empty(),
+        "{:?}\n{text}",
+        server.machines()
+    );
+}
+
 /// HELD. A malformed `SMOLVM_HOST` never falls back to a local smolvm, even with
 /// `SMOLVM_BIN` naming a working fake: not available, the create fails, no machine anywhere.
 #[test]
@@ -1014,6 +1053,26 @@ fn attack_child() {
                 .unwrap();
             hold(&vm);
             std::mem::forget(vm);
+        }
+        "shared_pack_and_golden" => {
+            let pack = smolvm_harness::Pack::shared_with(&smolvm, "alpine").unwrap();
+            let again = smolvm_harness::Pack::shared_with(&smolvm, "alpine").unwrap();
+            assert!(Arc::ptr_eq(&pack, &again));
+            let vm = Machine::builder()
+                .smolvm(smolvm.clone())
+                .from_pack(&pack)
+                .start()
+                .unwrap();
+            assert_eq!(vm.exec(&["echo", "hi"]).unwrap().stdout_str(), "hi\n");
+            drop(vm);
+            let build =
+                |g: smolvm_harness::GoldenBuilder| g.smolvm(smolvm.clone()).image("alpine").net();
+            let golden = smolvm_harness::Golden::shared("attack-remote-golden", build).unwrap();
+            let same = smolvm_harness::Golden::shared("attack-remote-golden", build).unwrap();
+            assert!(Arc::ptr_eq(&golden, &same));
+            let clone = golden.fork().unwrap();
+            assert_eq!(clone.exec(&["echo", "ok"]).unwrap().stdout_str(), "ok\n");
+            println!("PACKED AND FORKED");
         }
         other => panic!("unknown role {other}"),
     }
