@@ -234,37 +234,6 @@ fn ledger_names(state: &Path) -> Vec<String> {
     names
 }
 
-/// Move the `created_at` of every machine in the fake server's state by `secs`: what the
-/// server's API then says in `createdAt` is what a server whose clock is `secs` ahead of
-/// ours would have said.
-fn skew_server_clock(state: &Path, secs: i64) {
-    let file = state.join("state.json");
-    let text = std::fs::read_to_string(&file).expect("fake state");
-    let mut v: serde_json::Value = serde_json::from_str(&text).expect("fake state JSON");
-    fn walk(v: &mut serde_json::Value, secs: i64, n: &mut usize) {
-        match v {
-            serde_json::Value::Object(o) => {
-                if let Some(t) = o.get("created_at").and_then(serde_json::Value::as_u64) {
-                    o.insert(
-                        "created_at".into(),
-                        serde_json::json!((t as i64 + secs) as u64),
-                    );
-                    *n += 1;
-                }
-                for x in o.values_mut() {
-                    walk(x, secs, n);
-                }
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, secs, n)),
-            _ => {}
-        }
-    }
-    let mut n = 0;
-    walk(&mut v, secs, &mut n);
-    assert!(n > 0, "no machine in the fake state: {text}");
-    std::fs::write(&file, v.to_string()).expect("write fake state");
-}
-
 // ---------------------------------------------------------------------------------------
 // Ownership
 // ---------------------------------------------------------------------------------------
@@ -277,12 +246,14 @@ fn held_exit_hook_deletes_a_forgotten_machine_over_the_api() {
     exit_hook_with_server_clock_skew(0);
 }
 
-/// DEFECT. A server on another host has its own clock. `judge` (src/cleanup/owner.rs,
-/// `made_in_window`) compares the API's `createdAt` (the *server's* clock) with
-/// `registered_at`/`created_by` (*our* clock) with 1 s of slack: against a server whose
-/// clock is an hour ahead (a skew of a few seconds is enough), a machine with a name we
-/// generated is judged `NotOurs`, its ledger entry is dropped, and it leaks from every layer
-/// that judges (exit hook, signal thread, watcher, sweep). Expected: the exit hook deletes it.
+/// Was a DEFECT, now fixed. A server on another host has its own clock. `judge`
+/// (src/cleanup/owner.rs, `made_in_window`) compared the API's `createdAt` (the *server's*
+/// clock) with `registered_at`/`created_by` (*our* clock) with 1 s of slack: against a
+/// server whose clock is an hour ahead (`SMOLVM_FAKE_CLOCK_SKEW` in the server's env), a
+/// machine with a name we generated was judged `NotOurs`, its ledger entry dropped, and it
+/// leaked from every layer that judges (exit hook, signal thread, watcher, sweep). Now the
+/// claim keeps the server's own `createdAt` from the create's answer. Expected: the exit hook
+/// deletes it.
 #[test]
 #[file_serial(attacks_remote_env)]
 fn defect_a_server_clock_ahead_makes_the_exit_hook_leak_our_machine() {
@@ -292,7 +263,12 @@ fn defect_a_server_clock_ahead_makes_the_exit_hook_leak_our_machine() {
 fn exit_hook_with_server_clock_skew(skew: i64) {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let server = SimServer::start(dir.path(), "1.9.2");
+    let skew_text = skew.to_string();
+    let server = SimServer::start_with(
+        dir.path(),
+        "1.9.2",
+        &[("SMOLVM_FAKE_CLOCK_SKEW", skew_text.as_str())],
+    );
     let release = dir.path().join("release");
     let held = dir.path().join("release.held");
     let proc = child("forget_then_exit", state.path())
@@ -305,9 +281,6 @@ fn exit_hook_with_server_clock_skew(skew: i64) {
         .unwrap();
     assert!(wait_for(&held, Duration::from_secs(30)), "child never held");
     assert_eq!(server.machines().len(), 1, "{:?}", server.machines());
-    if skew != 0 {
-        skew_server_clock(&server.state, skew);
-    }
     std::fs::write(&release, "").unwrap();
     let (ok, text) = finish(proc, Duration::from_secs(60));
     assert!(ok, "{text}");
@@ -319,13 +292,12 @@ fn exit_hook_with_server_clock_skew(skew: i64) {
     );
 }
 
-/// DEFECT, the dangerous direction of the clock comparison above. A chosen name (`web`)
-/// held as a static: someone deletes our `web` on the server and makes their own `web` a
-/// few seconds later. Against a server whose clock is behind ours by those seconds, their
-/// machine's `createdAt` falls inside our create's window (`registered_at..=created_by`,
-/// our clock), `judge` says `Ours` (`AbsentBeforeCreate`, stage `created`), and the exit
-/// hook deletes *their* machine. Over a local CLI (one clock) the same sequence is judged
-/// `NotOurs`. Expected: someone else's `web` stays.
+/// Was a DEFECT, now fixed: the dangerous direction of the clock comparison above. A chosen
+/// name (`web`) held as a static: someone deletes our `web` on the server and makes their
+/// own `web` a few seconds later. Against a server whose clock is behind ours by those
+/// seconds, their machine's `createdAt` fell inside our create's window (our clock), `judge`
+/// said `Ours`, and the exit hook deleted *their* machine. Now only the server's `createdAt`
+/// of the machine our create made counts. Expected: someone else's `web` stays.
 #[test]
 #[file_serial(attacks_remote_env)]
 fn defect_a_server_clock_behind_makes_the_exit_hook_delete_someone_elses_machine() {
@@ -342,7 +314,10 @@ fn held_a_chosen_name_remade_by_someone_else_stays_at_exit() {
 fn remade_by_someone_else_with_server_clock_behind(behind: bool) {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let server = SimServer::start(dir.path(), "1.9.2");
+    // The server's host clock is behind ours by the 3 s the other user waits below, so
+    // their machine's `createdAt` is inside our create's window on our clock.
+    let skew = if behind { "-3" } else { "0" };
+    let server = SimServer::start_with(dir.path(), "1.9.2", &[("SMOLVM_FAKE_CLOCK_SKEW", skew)]);
     let release = dir.path().join("release");
     let held = dir.path().join("release.held");
     let proc = child("forget_web_then_exit", state.path())
@@ -364,21 +339,13 @@ fn remade_by_someone_else_with_server_clock_behind(behind: bool) {
         serde_json::from_str(&std::fs::read_to_string(file.path()).unwrap()).unwrap()
     };
     assert_eq!(entry["evidence"], "absent-before-create", "{entry}");
-    let created_by = entry["created_by"].as_u64().expect("created");
+    assert!(entry["created_by"].as_u64().is_some(), "created: {entry}");
     // Someone else, by hand, a few seconds later: ours goes, theirs comes.
     std::thread::sleep(Duration::from_secs(3));
     let cli = server.cli();
     cli.machine_delete("web").unwrap();
     cli.machine_create("web", &CreateOptions::image("alpine").net())
         .unwrap();
-    // The server's clock is behind ours by the time since our create returned.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    if behind {
-        skew_server_clock(&server.state, -((now - created_by) as i64));
-    }
     std::fs::write(&release, "").unwrap();
     let (ok, text) = finish(proc, Duration::from_secs(60));
     assert!(ok, "{text}");

@@ -253,6 +253,20 @@ fn report(when: &str, t: &Tally) {
 #[dtor::dtor(unsafe)]
 fn exit_hook() {
     let _ = std::panic::catch_unwind(|| {
+        if registry::SIGNALLED.load(Ordering::SeqCst) {
+            // The signal thread is settling (the signal ended a call the main thread was in,
+            // and `main` returned): it owns the teardown. Cancelling its calls or draining
+            // under it would leave machines behind; wait for it (bounded), then let the
+            // process end as the signal says.
+            let deadline = std::time::Instant::now() + SIGNAL_TEARDOWN_LIMIT;
+            while !SIGNAL_SETTLED.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Then the signal thread re-raises the signal, which ends the process with the
+            // status that names it; returning first would end it as a success.
+            std::thread::sleep(Duration::from_secs(2));
+            return;
+        }
         let failing = PANICKED.load(Ordering::SeqCst);
         let tally = settle_own(Drain::TryFor(Duration::from_secs(2)), failing);
         report("at exit", &tally);
@@ -329,6 +343,12 @@ fn is_ignored(signal: i32) -> bool {
     }
 }
 
+/// Set when the signal thread has settled what was registered (see [`exit_hook`]).
+static SIGNAL_SETTLED: AtomicBool = AtomicBool::new(false);
+
+/// How long the exit hook waits for the signal thread's teardown.
+const SIGNAL_TEARDOWN_LIMIT: Duration = Duration::from_secs(120);
+
 #[cfg(unix)]
 fn terminate(signal: i32) -> ! {
     registry::SIGNALLED.store(true, Ordering::SeqCst);
@@ -340,6 +360,7 @@ fn terminate(signal: i32) -> ! {
         ..Tally::default()
     });
     report(&format!("{}:", signal_name(signal)), &tally);
+    SIGNAL_SETTLED.store(true, Ordering::SeqCst);
     // Re-raise with the default action: the exit status then names the signal.
     let _ = signal_hook::low_level::emulate_default_handler(signal);
     // Only if the default action did not end the process.

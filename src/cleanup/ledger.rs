@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::owner::{Claim, Evidence, Owner, Role, SharedGolden, Stage};
+use super::owner::{Claim, Clock, Evidence, Owner, Role, SharedGolden, Stage};
 use crate::config::{config_or_default, KeepPolicy};
 use crate::dialect::Version;
 use crate::error::{Error, Result};
@@ -259,6 +259,9 @@ impl Entry {
         if let Some(t) = c.created_by {
             o.insert("created_by".into(), t.into());
         }
+        if let Clock::Server { made_at: Some(t) } = c.clock {
+            o.insert("made_at".into(), t.into());
+        }
         match &c.role {
             Role::Machine => {}
             Role::Golden { shared } => {
@@ -358,6 +361,13 @@ impl Entry {
                 keep: parse_keep(&str_of("keep")?)?,
                 registered_at: v.get("registered_at")?.as_u64()?,
                 created_by: v.get("created_by").and_then(|x| x.as_u64()),
+                clock: if remote.is_some() {
+                    Clock::Server {
+                        made_at: v.get("made_at").and_then(|x| x.as_u64()),
+                    }
+                } else {
+                    Clock::Local
+                },
             },
             target: Target {
                 program: PathBuf::from(str_of("program")?),
@@ -577,6 +587,9 @@ mod tests {
     #[test]
     fn a_server_entry_is_format_3_with_its_url_and_reads_back() {
         let mut e = entry("m1");
+        e.claim.clock = Clock::Server {
+            made_at: Some(1_700_000_001),
+        };
         e.target = Target {
             program: PathBuf::new(),
             process_env: Vec::new(),
@@ -622,6 +635,7 @@ mod tests {
                 registered_at: 1_700_000_000,
                 created_by: None,
                 role: Role::Machine,
+                clock: Clock::Local,
             },
             target: target("/usr/bin/smolvm"),
             smolvm_version: Some(Version::new(1, 9, 2)),

@@ -253,6 +253,18 @@ pub(crate) struct Claim {
     pub(crate) registered_at: u64,
     pub(crate) created_by: Option<u64>,
     pub(crate) role: Role,
+    /// Whose clock the machine's creation time is read on.
+    pub(crate) clock: Clock,
+}
+
+/// Whose clock says when a machine was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// Ours: the CLI runs on this host (the window of [`Claim::registered_at`]).
+    Local,
+    /// A server's (`smolvm serve`), which need not agree with ours: its own `createdAt` of
+    /// the machine our create made, as the create's answer said (`None` until then).
+    Server { made_at: Option<u64> },
 }
 
 /// Whether the create a claim was registered for is still running.
@@ -331,10 +343,19 @@ pub(crate) fn judge(claim: &Claim, seen: Option<&MachineInfo>, create: CreateSta
 /// Whether a machine created at `made` (as `machine ls` says; unknown counts as yes) could be
 /// the one our create made: not before we registered it, not after our create returned. A
 /// second of slack each way, for clocks read in whole seconds.
+///
+/// On a server's clock, our window says nothing: the machine is the one our create made when
+/// its `createdAt` is the one that create's answer gave. Before that answer, only a generated
+/// name (which holds our token) can be ours.
 fn made_in_window(claim: &Claim, made: Option<u64>) -> bool {
     let Some(made) = made else {
         return true;
     };
+    match claim.clock {
+        Clock::Server { made_at: Some(at) } => return made == at,
+        Clock::Server { made_at: None } => return claim.evidence == Evidence::GeneratedName,
+        Clock::Local => {}
+    }
     let after_start = made + 1 >= claim.registered_at;
     let before_end = claim.created_by.is_none_or(|end| made <= end + 1);
     after_start && before_end
@@ -366,6 +387,7 @@ mod tests {
             registered_at: 1_000,
             created_by: (stage == Stage::Created).then_some(1_002),
             role: Role::Machine,
+            clock: Clock::Local,
         }
     }
 
@@ -484,6 +506,46 @@ mod tests {
         assert_eq!(
             judge(&c, Some(&made_at(Some(5_000))), CreateState::Over),
             Verdict::Ours
+        );
+    }
+
+    #[test]
+    fn on_a_server_s_clock_only_its_own_create_time_counts() {
+        let made_at = |t: u64| MachineInfo {
+            created_at: Some(t),
+            ..machine(&[])
+        };
+        // Our window is 1_000..=1_002 on our clock; the server's clock is an hour off.
+        for ev in [Evidence::GeneratedName, Evidence::AbsentBeforeCreate] {
+            let mut c = claim(ev, Stage::Created);
+            c.clock = Clock::Server {
+                made_at: Some(4_600),
+            };
+            assert_eq!(
+                judge(&c, Some(&made_at(4_600)), CreateState::Over),
+                Verdict::Ours
+            );
+            // Someone else's machine of that name, made later (or earlier) on the server.
+            for other in [4_603, 4_599, 1_001] {
+                assert_eq!(
+                    judge(&c, Some(&made_at(other)), CreateState::Over),
+                    Verdict::NotOurs,
+                    "{ev:?} {other}"
+                );
+            }
+        }
+        // Before the create's answer: only our token in a generated name proves it.
+        let mut c = claim(Evidence::GeneratedName, Stage::Creating);
+        c.clock = Clock::Server { made_at: None };
+        assert_eq!(
+            judge(&c, Some(&made_at(9_999)), CreateState::Over),
+            Verdict::Ours
+        );
+        let mut c = claim(Evidence::AbsentBeforeCreate, Stage::Creating);
+        c.clock = Clock::Server { made_at: None };
+        assert_eq!(
+            judge(&c, Some(&made_at(1_001)), CreateState::Over),
+            Verdict::NotOurs
         );
     }
 

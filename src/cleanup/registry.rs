@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::ledger::{self, Entry, Target};
-use super::owner::{self, judge, Claim, CreateState, Evidence, Owner, Role, Stage, Verdict};
+use super::owner::{self, judge, Claim, Clock, CreateState, Evidence, Owner, Role, Stage, Verdict};
 use super::{exit, sweep, watcher};
 use crate::cli::{CreateOptions, ForkOptions, PortMapping};
 use crate::config::KeepPolicy;
@@ -153,6 +153,16 @@ pub(crate) fn register(
         },
         created_by: (stage == Stage::Created).then(ledger::now),
         role,
+        clock: if smolvm.remote_url().is_some() {
+            // Registered again after its create: the server says when it made it.
+            let made_at = (stage == Stage::Created)
+                .then(|| smolvm.machine_status(name).ok().flatten())
+                .flatten()
+                .and_then(|m| m.created_at);
+            Clock::Server { made_at }
+        } else {
+            Clock::Local
+        },
     };
     let scope = Scope::of(smolvm);
     // Registered again (cleanup switched back on): no longer a kept clone.
@@ -269,14 +279,22 @@ fn made_by<T>(smolvm: &Smolvm, name: &str, call: impl FnOnce() -> Result<T>) -> 
     let result = call();
     drop(marked);
     let value = result?;
+    // A server's own time for the machine our create made: what its owner is told by.
+    let clock = smolvm.remote_url().map(|_| Clock::Server {
+        made_at: smolvm.server_made_at(name),
+    });
     let mut reg = registry();
     if let Some(r) = reg.get_mut(&key) {
         let done = ledger::now();
         r.claim.stage = Stage::Created;
         r.claim.created_by = Some(done);
+        if let Some(clock) = clock {
+            r.claim.clock = clock;
+        }
         if let Some((path, entry)) = &mut r.ledger {
             entry.claim.stage = Stage::Created;
             entry.claim.created_by = Some(done);
+            entry.claim.clock = r.claim.clock;
             // If this fails the entry still says "creating": later layers then wait for the
             // create to be over and judge by the evidence, which is as safe, only slower.
             if let Err(e) = entry
@@ -324,6 +342,16 @@ pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
             return;
         }
     };
+    if seen.is_none() && smolvm.remote_url().is_some() && may_still_land(err) {
+        // A server goes on with a create whose answer we did not get (a timeout on either
+        // side, a server error): the record and its entry stay, for the exit hook, the
+        // watcher and the next sweep, which wait until it is listed or surely over.
+        diag::log(&format!(
+            "smolvm-harness: the server may still be creating {name} ({err}); the exit hook, \
+             the crash watcher or the next sweep will look"
+        ));
+        return;
+    }
     match judge(&claim, seen.as_ref(), CreateState::Over) {
         Verdict::Ours => match delete(smolvm, name, &claim.role) {
             Ok(true) => forget(&key),
@@ -350,6 +378,21 @@ pub(crate) fn left_alone(smolvm: &Smolvm, name: &str) -> String {
     )
 }
 
+/// Whether a failed create sent to a server may still make its machine there: the request
+/// may have reached it (no answer in time, a broken connection, the server's own 408 or a
+/// 5xx). A refused or missing socket means it never did.
+fn may_still_land(err: &Error) -> bool {
+    match err {
+        Error::Unreachable { source, .. } => !matches!(
+            source.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        ),
+        Error::Parse { .. } => true,
+        Error::Api { status, .. } => *status == 408 || *status >= 500,
+        _ => false,
+    }
+}
+
 /// False when smolvm never ran (missing binary, spawn failure), refused the input before
 /// running, or refused the name as taken: then there is nothing of ours to delete.
 fn may_have_created(err: &Error) -> bool {
@@ -361,7 +404,13 @@ fn may_have_created(err: &Error) -> bool {
             | Error::Unsupported { .. }
             | Error::NameInUse { .. }
     );
-    !refused && !is_already_exists(err)
+    // A server that refused the request (4xx but its own timeout), or that was never reached.
+    let api_refused = match err {
+        Error::Api { status, .. } => (400..500).contains(status) && *status != 408,
+        Error::Unreachable { .. } => !may_still_land(err),
+        _ => false,
+    };
+    !refused && !api_refused && !is_already_exists(err)
 }
 
 /// smolvm's duplicate-name refusal: `machine 'N' already exists` (0.8.x) or `… already exists

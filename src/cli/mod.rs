@@ -489,10 +489,9 @@ impl Smolvm {
         if let Some(remote) = self.api()? {
             options.check_version(dialect)?;
             self.remember_values(name, options.env_values());
-            self.scrubbed(
-                name,
-                remote.create(name, options, self.api_facts()?, self.timeout()),
-            )?;
+            let made = remote.create(name, options, self.api_facts()?, self.timeout());
+            let made_at = self.scrubbed(name, made)?;
+            self.remember_made_at(name, made_at);
             if options.restricts_egress() && !dialect.enforces_egress {
                 warn_unenforced_egress(dialect.version);
             }
@@ -755,7 +754,10 @@ impl Smolvm {
         values.extend(options.values());
         self.remember_values(clone, values);
         if let Some(remote) = self.api()? {
-            return self.scrubbed(clone, remote.fork(golden, clone, options, self.timeout()));
+            let (ports, made_at) =
+                self.scrubbed(clone, remote.fork(golden, clone, options, self.timeout()))?;
+            self.remember_made_at(clone, made_at);
+            return Ok(ports);
         }
         // smolvm reads the golden's secrets when it boots the clone.
         let env = plan.host_vars.clone();
@@ -1080,6 +1082,13 @@ fn secrets_book() -> &'static Mutex<HashMap<BookKey, Vec<String>>> {
 /// (which smolvm, machine name): see [`Smolvm::book_key`].
 type BookKey = (String, String);
 
+/// A server's `createdAt` of each machine our create or fork made there, by (smolvm, machine
+/// name), until the cleanup registry takes it ([`Smolvm::server_made_at`]).
+fn made_at_book() -> &'static Mutex<HashMap<BookKey, u64>> {
+    static BOOK: OnceLock<Mutex<HashMap<BookKey, u64>>> = OnceLock::new();
+    BOOK.get_or_init(Default::default)
+}
+
 /// How each machine's secrets reach it, by (smolvm, machine name): kept in memory only, for
 /// as long as the machine may exist.
 fn plan_book() -> &'static Mutex<HashMap<BookKey, SecretPlan>> {
@@ -1150,6 +1159,21 @@ impl Smolvm {
         let key = self.book_key(machine);
         lock(secrets_book()).remove(&key);
         lock(plan_book()).remove(&key);
+        lock(made_at_book()).remove(&key);
+    }
+
+    fn remember_made_at(&self, machine: &str, made_at: Option<u64>) {
+        let key = self.book_key(machine);
+        match made_at {
+            Some(t) => lock(made_at_book()).insert(key, t),
+            None => lock(made_at_book()).remove(&key),
+        };
+    }
+
+    /// The server's own `createdAt` of the machine our last create (or fork) of `machine`
+    /// made on it: ownership over the API is judged on the server's clock, never ours.
+    pub(crate) fn server_made_at(&self, machine: &str) -> Option<u64> {
+        lock(made_at_book()).remove(&self.book_key(machine))
     }
 
     fn secret_plan(&self, name: &str) -> SecretPlan {

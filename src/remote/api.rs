@@ -106,14 +106,14 @@ impl Remote {
         })
     }
 
-    /// `POST /api/v1/machines`, created not started.
+    /// `POST /api/v1/machines`, created not started: the server's `createdAt` of it.
     pub(crate) fn create(
         &self,
         name: &str,
         options: &CreateOptions,
         facts: ApiFacts,
         timeout: Duration,
-    ) -> Result<()> {
+    ) -> Result<Option<u64>> {
         let body = create_body(name, options, facts, &self.endpoint)?;
         let secrets = options.env.iter().map(|(_, v)| v.clone()).collect();
         self.call(
@@ -124,7 +124,7 @@ impl Remote {
             secrets,
             timeout,
         )
-        .map(drop)
+        .map(|(_, resp)| made_at(&resp))
     }
 
     pub(crate) fn start(&self, name: &str, forkable: bool, timeout: Duration) -> Result<()> {
@@ -241,14 +241,15 @@ impl Remote {
         let secrets = env.iter().map(|(_, v)| v.clone()).collect();
         let started = Instant::now();
         let path = format!("{}/exec", machine_path(name));
-        let (req, resp) = self.call(
-            Some(name),
-            "POST",
-            path,
-            Some(Payload::Json(body)),
-            secrets,
-            timeout,
-        )?;
+        // The answer is one JSON document, read whole: both streams up to the cap each, as
+        // JSON strings (an escape is up to 6 bytes per byte of output), and never less than
+        // `MIN_EXEC_BODY`; past that, an error. What is read is cut to the cap as the CLI's
+        // output is.
+        let cap = usize::try_from(config_or_default().output_cap).unwrap_or(usize::MAX);
+        let max = cap.saturating_mul(12).max(MIN_EXEC_BODY);
+        let body = Some(Payload::Json(body));
+        let (req, resp) =
+            self.call_capped(Some(name), "POST", path, body, secrets, timeout, max)?;
         let v = json_of(&req, &resp)?;
         let Some(code) = v.get("exitCode").and_then(Value::as_i64) else {
             return Err(parse_error(&req, &resp, "no exitCode"));
@@ -320,14 +321,15 @@ impl Remote {
         Ok(resp.body)
     }
 
-    /// `POST …/{golden}/fork`: the clone's ports as the server remapped them.
+    /// `POST …/{golden}/fork`: the clone's ports as the server remapped them, and its
+    /// `createdAt`.
     pub(crate) fn fork(
         &self,
         golden: &str,
         clone: &str,
         options: &ForkOptions,
         timeout: Duration,
-    ) -> Result<Vec<PortMapping>> {
+    ) -> Result<(Vec<PortMapping>, Option<u64>)> {
         let env: Vec<String> = options
             .env
             .iter()
@@ -354,7 +356,7 @@ impl Remote {
             timeout,
         )?;
         let v = json_of(&req, &resp)?;
-        Ok(ports_of(&v))
+        Ok((ports_of(&v), made_at(&resp)))
     }
 
     /// One request, recorded in the machine's transcript; any answer but 2xx is an error.
@@ -366,6 +368,23 @@ impl Remote {
         body: Option<Payload>,
         secrets: Vec<String>,
         timeout: Duration,
+    ) -> Result<(CommandLine, Response)> {
+        let cap = usize::try_from(config_or_default().output_cap).unwrap_or(usize::MAX);
+        let max = cap.saturating_mul(2).max(MIN_BODY);
+        self.call_capped(machine, method, path, body, secrets, timeout, max)
+    }
+
+    /// [`Remote::call`], reading at most `max` bytes of answer.
+    #[allow(clippy::too_many_arguments)]
+    fn call_capped(
+        &self,
+        machine: Option<&str>,
+        method: &'static str,
+        path: String,
+        body: Option<Payload>,
+        secrets: Vec<String>,
+        timeout: Duration,
+        max: usize,
     ) -> Result<(CommandLine, Response)> {
         let shown_body = body.as_ref().map(|b| match b {
             Payload::Json(v) => cap_text(&redact_json(v).to_string(), SHOWN_BODY),
@@ -387,20 +406,37 @@ impl Remote {
             }),
             None => None,
         };
-        let max = usize::try_from(config_or_default().output_cap)
-            .unwrap_or(usize::MAX)
-            .saturating_mul(2)
-            .max(MIN_BODY);
         let started = Instant::now();
         let result = http::send(&self.endpoint, method, &path, body, timeout, max);
+        let result = result.map_err(|e| {
+            if crate::cleanup::terminating() && e.kind() == std::io::ErrorKind::InvalidData {
+                // Our own teardown shut the socket (`cancel_in_flight`), not the server.
+                std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "cancelled by the harness's cleanup (the process is ending)",
+                )
+            } else {
+                e
+            }
+        });
         let outcome = match &result {
             Ok(r) => format!("{} {}", r.status, reason(r.status)),
-            Err(e) => format!("unreachable: {e}"),
+            Err(e) => format!("no answer: {e}"),
         };
         crate::transcript::record_line(machine, &req, outcome, started.elapsed());
-        let resp = result.map_err(|source| Error::Unreachable {
-            request: req.clone(),
-            source,
+        let resp = result.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::InvalidData {
+                // The server answered, with something that is not a response we can read.
+                Error::Parse {
+                    command: req.clone(),
+                    reason: req.redact_output(&source.to_string()),
+                }
+            } else {
+                Error::Unreachable {
+                    request: req.clone(),
+                    source,
+                }
+            }
         })?;
         if (200..300).contains(&resp.status) {
             return Ok((req, resp));
@@ -412,6 +448,9 @@ impl Remote {
 /// At least this much of a response is read whatever the output cap (an error body, a
 /// listing of many machines).
 const MIN_BODY: usize = 16 * 1024 * 1024;
+/// At least this much of an exec answer is read, whatever the output cap: a guest's output
+/// over the cap is cut to it (as over the CLI), not an error, up to this size.
+const MIN_EXEC_BODY: usize = 256 * 1024 * 1024;
 /// How much of a request body a message shows.
 const SHOWN_BODY: usize = 2048;
 /// How much of an error body a message quotes.
@@ -650,6 +689,14 @@ fn machine_info(v: &Value) -> Option<MachineInfo> {
         labels: Default::default(),
         network: v.get("network").and_then(Value::as_bool),
     })
+}
+
+/// The `createdAt` of the `MachineInfo` a create or fork answered with.
+fn made_at(resp: &Response) -> Option<u64> {
+    serde_json::from_slice::<Value>(&resp.body)
+        .ok()?
+        .get("createdAt")?
+        .as_u64()
 }
 
 fn ports_of(v: &Value) -> Vec<PortMapping> {

@@ -52,7 +52,8 @@ impl Endpoint {
             if path.contains(['?', '#']) {
                 return Err(bad("a unix socket URL has no query or fragment"));
             }
-            return Ok(Endpoint::Unix(PathBuf::from(path)));
+            let path = clean(path).ok_or_else(|| bad("the path names no socket"))?;
+            return Ok(Endpoint::Unix(path));
         }
         let (rest, tls) = if let Some(rest) = url.strip_prefix("http://") {
             (rest, false)
@@ -97,7 +98,8 @@ impl Endpoint {
             .filter(|p| *p != 0)
             .ok_or_else(|| bad("the port must be 1-65535"))?;
         Ok(Endpoint::Tcp {
-            host: host.to_string(),
+            // Host names are case-insensitive: one spelling, one target.
+            host: host.to_ascii_lowercase(),
             port,
             tls,
         })
@@ -127,6 +129,26 @@ impl Endpoint {
     }
 }
 
+/// `path` without `.`, `..`, repeated or trailing `/`, worked out on the text (as URLs are):
+/// one socket, one spelling, so the ledger, the machine cap and the sweep see one server.
+/// `None` for the root itself.
+fn clean(path: &str) -> Option<PathBuf> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    Some(PathBuf::from(format!("/{}", parts.join("/"))))
+}
+
 impl fmt::Display for Endpoint {
     /// The canonical URL: recorded in the ledger, shown in messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -154,10 +176,22 @@ mod tests {
         ] {
             assert_eq!(Endpoint::parse(url).unwrap().to_string(), url);
         }
-        assert_eq!(
-            Endpoint::parse("http://h:1/").unwrap().to_string(),
-            "http://h:1"
-        );
+        // One server, one spelling: the ledger, the cap and the sweep group by it.
+        for (given, canonical) in [
+            ("http://h:1/", "http://h:1"),
+            ("http://LocalHost:1", "http://localhost:1"),
+            (
+                "unix:///run/smolvm/api.sock/",
+                "unix:///run/smolvm/api.sock",
+            ),
+            (
+                "unix:///run//x/../smolvm/./api.sock",
+                "unix:///run/smolvm/api.sock",
+            ),
+        ] {
+            assert_eq!(Endpoint::parse(given).unwrap().to_string(), canonical);
+        }
+        assert!(Endpoint::parse("http://LOCALHOST:1").unwrap().is_local());
     }
 
     #[test]
@@ -165,6 +199,8 @@ mod tests {
         for url in [
             "",
             "unix://relative.sock",
+            "unix:///",
+            "unix:///a/..",
             "unix:///a.sock?x=1",
             "tcp://h:1",
             "http://h",

@@ -80,27 +80,36 @@ pub(crate) fn send(
     timeout: Duration,
     max_body: usize,
 ) -> io::Result<Response> {
-    // A zero timeout means "none" to the socket calls: never let it through.
-    let timeout = timeout.max(Duration::from_millis(1));
+    // One deadline for the whole call: a server that trickles its answer a byte at a time
+    // cannot stretch it (each read and write gets only what is left).
+    let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
+    let call = Call {
+        endpoint,
+        method,
+        path,
+        body,
+        max_body,
+        deadline,
+    };
     match endpoint {
         Endpoint::Unix(path_) => {
             let s = UnixStream::connect(path_)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
+            let clock = Socket::Unix(s.try_clone()?);
+            clock.time_left(deadline)?;
             let _listed = Listed::new(Socket::Unix(s.try_clone()?));
-            exchange(s, endpoint, method, path, body, max_body)
+            exchange(s, &clock, call)
         }
         Endpoint::Tcp { host, port, tls } => {
             let s = connect_tcp(host, *port, timeout)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
+            let clock = Socket::Tcp(s.try_clone()?);
+            clock.time_left(deadline)?;
             s.set_nodelay(true)?;
             let _listed = Listed::new(Socket::Tcp(s.try_clone()?));
             if *tls {
                 #[cfg(feature = "remote-tls")]
                 {
                     let stream = super::tls::connect(s, host)?;
-                    return exchange(stream, endpoint, method, path, body, max_body);
+                    return exchange(stream, &clock, call);
                 }
                 #[cfg(not(feature = "remote-tls"))]
                 return Err(io::Error::new(
@@ -108,9 +117,20 @@ pub(crate) fn send(
                     "https needs smolvm-harness built with the `remote-tls` feature",
                 ));
             }
-            exchange(s, endpoint, method, path, body, max_body)
+            exchange(s, &clock, call)
         }
     }
+}
+
+/// One request, as [`exchange`] sends it.
+#[cfg(feature = "remote")]
+struct Call<'a> {
+    endpoint: &'a Endpoint,
+    method: &'a str,
+    path: &'a str,
+    body: Option<Body<'a>>,
+    max_body: usize,
+    deadline: Instant,
 }
 
 #[cfg(feature = "remote")]
@@ -135,16 +155,22 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream
     Err(last)
 }
 
-/// The protocol over any byte stream.
+/// The protocol over any byte stream; `clock` is its socket, whose timeouts are set to what
+/// is left of the call's deadline before each read and write.
 #[cfg(feature = "remote")]
 fn exchange<S: Read + Write>(
     mut stream: S,
-    endpoint: &Endpoint,
-    method: &str,
-    path: &str,
-    body: Option<Body<'_>>,
-    max_body: usize,
+    clock: &Socket,
+    call: Call<'_>,
 ) -> io::Result<Response> {
+    let Call {
+        endpoint,
+        method,
+        path,
+        body,
+        max_body,
+        deadline,
+    } = call;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
         endpoint.host_header()
@@ -157,13 +183,19 @@ fn exchange<S: Read + Write>(
         None => &[],
     };
     head.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
+    clock.time_left(deadline)?;
     stream.write_all(head.as_bytes())?;
-    stream.write_all(payload)?;
+    for piece in payload.chunks(64 * 1024) {
+        clock.time_left(deadline)?;
+        stream.write_all(piece)?;
+    }
+    clock.time_left(deadline)?;
     stream.flush()?;
 
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 16 * 1024];
     loop {
+        clock.time_left(deadline)?;
         let n = read_some(&mut stream, &mut chunk)?;
         if n == 0 {
             return Err(bad("the server closed the connection before answering"));
@@ -198,6 +230,7 @@ fn exchange<S: Read + Write>(
         // all (bounded), then frame.
         let limit = max_body.saturating_mul(2).saturating_add(MAX_HEAD);
         loop {
+            clock.time_left(deadline)?;
             let n = read_some(&mut stream, &mut chunk)?;
             if n == 0 {
                 break;
@@ -298,11 +331,35 @@ pub(crate) fn encode_path(path: &str) -> String {
     out
 }
 
-/// An open socket, as the signal cleanup can shut it.
+/// An open socket, as the signal cleanup can shut it and a call's deadline bounds it.
 #[cfg_attr(not(feature = "remote"), allow(dead_code))]
 enum Socket {
     Unix(UnixStream),
     Tcp(TcpStream),
+}
+
+#[cfg(feature = "remote")]
+impl Socket {
+    /// Set the read and write timeouts to what is left until `deadline`; past it, an error.
+    fn time_left(&self, deadline: Instant) -> io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no whole answer within the call's timeout",
+            ));
+        }
+        match self {
+            Socket::Unix(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.set_write_timeout(Some(left))
+            }
+            Socket::Tcp(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.set_write_timeout(Some(left))
+            }
+        }
+    }
 }
 
 /// Sockets of requests in flight, by id, with the pid that opened each (a child forked

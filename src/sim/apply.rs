@@ -1500,11 +1500,18 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
+/// The simulated host's clock: the real one, moved by `SMOLVM_FAKE_CLOCK_SKEW=SECS` (which
+/// may be negative), so that a server on "another host" can have a clock of its own.
 pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let skew: i64 = std::env::var("SMOLVM_FAKE_CLOCK_SKEW")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    now.saturating_add_signed(skew)
 }
 
 #[cfg(test)]

@@ -233,6 +233,7 @@
 //! | `SMOLVM_FAKE_HANG=exec` | subcommands that sleep forever |
 //! | `SMOLVM_FAKE_LOG=FILE` | append one JSON line per invocation (below) |
 //! | `SMOLVM_FAKE_SERVE_TIMEOUT=SECS` | `serve`: the per-request timeout (default 300) |
+//! | `SMOLVM_FAKE_CLOCK_SKEW=SECS` | the simulated host's clock runs this far ahead (negative: behind) of the real one, for creation times: a server on another host |
 //!
 //! An unusable state directory, an unknown knob key or a bad value is exit 1 with an
 //! `Error: smolvm-fake: …` line. `delete` without `-f` reads its `[y/N]` answer from stdin

@@ -139,12 +139,19 @@ impl SimServer {
             .unwrap_or_default()
     }
 
-    /// A CLI client of the same state, to make machines "by hand" behind the server.
+    /// A CLI client of the same state, to make machines "by hand" behind the server (on the
+    /// server's host: with its clock).
     pub fn cli(&self) -> smolvm_harness::Smolvm {
-        smolvm_harness::Smolvm::new(FAKE)
+        let mut cli = smolvm_harness::Smolvm::new(FAKE)
             .with_process_env("SMOLVM_FAKE_STATE", self.state.display().to_string())
             .with_process_env("SMOLVM_FAKE_VERSION", &self.version)
-            .with_version(self.version.parse().expect("a version"))
+            .with_version(self.version.parse().expect("a version"));
+        for (k, v) in &self.env {
+            if k == "SMOLVM_FAKE_CLOCK_SKEW" {
+                cli = cli.with_process_env(k, v);
+            }
+        }
+        cli
     }
 }
 
