@@ -2,9 +2,9 @@
 //! attacks one promise of README "Remote smolvm: one variable, the same suite" or the guide's
 //! "Remote smolvm (`SMOLVM_HOST`)", the way a demanding user (or a hostile server) would.
 //!
-//! Tests marked **DEFECT** fail on the code they were written against: each shows a promise
-//! broken, and says what is expected. Tests marked **HELD** are probes whose promise held;
-//! they stay as regression tests.
+//! Tests named `defect_*` failed on the code they were written against: each showed a
+//! promise broken, and says what is expected. All ten are fixed and stay as regression tests.
+//! Tests named `held_*` are probes whose promise held; they stay too.
 //!
 //! Servers: the simulated `smolvm serve` (`smolvm-fake serve`, `tests/common/serve.rs`), or a
 //! canned server answered by hand here (a unix socket or loopback TCP) for what no honest

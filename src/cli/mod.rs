@@ -28,7 +28,7 @@ use std::time::Duration;
 use crate::config::{config, config_or_default};
 use crate::dialect::{Dialect, Version};
 use crate::error::{CommandLine, Error, Result};
-use crate::remote::{ApiFacts, Endpoint, Remote};
+use crate::remote::{self, ApiFacts, Endpoint, Remote};
 use crate::runner::{lock, Invocation, ProcessRunner, RawOutput, Runner};
 use crate::sim::SimulatedRunner;
 use crate::transcript;
@@ -978,8 +978,16 @@ impl Smolvm {
     fn remote_cp(&self, remote: &Remote, src: &CpPath, dst: &CpPath) -> Result<()> {
         match (src, dst) {
             (CpPath::Host(host), CpPath::Guest { machine, path }) => {
+                let facts = self.api_facts()?;
+                // Checked before reading: a file far over the limit is not read into memory.
+                let size = std::fs::metadata(host)
+                    .map_err(|e| Error::io("read", host, e))?
+                    .len();
+                if usize::try_from(size).map_or(true, |n| n > facts.upload_limit) {
+                    return Err(remote::upload_too_large(size, facts));
+                }
                 let bytes = std::fs::read(host).map_err(|e| Error::io("read", host, e))?;
-                let sent = remote.upload(machine, path, bytes, self.api_facts()?, self.timeout());
+                let sent = remote.upload(machine, path, bytes, facts, self.timeout());
                 self.scrubbed(machine, sent)
             }
             (CpPath::Guest { machine, path }, CpPath::Host(host)) => {

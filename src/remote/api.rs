@@ -290,15 +290,7 @@ impl Remote {
         timeout: Duration,
     ) -> Result<()> {
         if bytes.len() > facts.upload_limit {
-            return Err(Error::invalid(
-                "upload",
-                format!(
-                    "{} bytes is over the {} MiB body limit of the smolvm {} API",
-                    bytes.len(),
-                    facts.upload_limit / (1024 * 1024),
-                    facts.version
-                ),
-            ));
+            return Err(upload_too_large(bytes.len() as u64, facts));
         }
         self.require_running(name, "copying into the machine", timeout)?;
         let path = format!("{}/files{}", machine_path(name), http::encode_path(guest));
@@ -443,6 +435,18 @@ impl Remote {
         }
         Err(api_error(req, &resp))
     }
+}
+
+/// An upload over the server's body limit, refused before anything is sent.
+pub(crate) fn upload_too_large(size: u64, facts: ApiFacts) -> Error {
+    Error::invalid(
+        "upload",
+        format!(
+            "{size} bytes is over the {} MiB body limit of the smolvm {} API",
+            facts.upload_limit / (1024 * 1024),
+            facts.version
+        ),
+    )
 }
 
 /// At least this much of a response is read whatever the output cap (an error body, a

@@ -7,5 +7,5 @@ pub(crate) mod http;
 #[cfg(feature = "remote-tls")]
 pub(crate) mod tls;
 
-pub(crate) use api::{ApiFacts, Remote};
+pub(crate) use api::{upload_too_large, ApiFacts, Remote};
 pub(crate) use endpoint::Endpoint;
