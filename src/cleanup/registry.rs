@@ -379,16 +379,16 @@ pub(crate) fn left_alone(smolvm: &Smolvm, name: &str) -> String {
 }
 
 /// Whether a failed create sent to a server may still make its machine there: the request
-/// may have reached it (no answer in time, a broken connection, the server's own 408 or a
-/// 5xx). A refused or missing socket means it never did.
+/// may have reached it and it did not finish answering (no answer in time, a broken
+/// connection, the server's own 408 timeout). A refused or missing socket means it never
+/// got it; any other answer (a 500 included) means it is done, and a listing now is the truth.
 fn may_still_land(err: &Error) -> bool {
     match err {
         Error::Unreachable { source, .. } => !matches!(
             source.kind(),
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
         ),
-        Error::Parse { .. } => true,
-        Error::Api { status, .. } => *status == 408 || *status >= 500,
+        Error::Api { status, .. } => *status == 408,
         _ => false,
     }
 }
