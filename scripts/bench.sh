@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh                      # all of them (about 5 minutes on 2 cores)
 #   scripts/bench.sh call_overhead        # only some: call_overhead harness_cost machine_cap
-#                                         #            suite_scale downstream golden
+#                                         #            suite_scale downstream golden remote
 #
 # Needs: the Rust toolchain, cargo-nextest for the process-per-test figures, and crates.io
 # for the testcontainers comparison (each is reported as NOT MEASURED when missing).
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=(call_overhead harness_cost machine_cap suite_scale downstream golden)
+all=(call_overhead harness_cost machine_cap suite_scale downstream golden remote)
 if [ "$#" -gt 0 ]; then benches=("$@"); else benches=("${all[@]}"); fi
 for b in "${benches[@]}"; do
   case " ${all[*]} " in
