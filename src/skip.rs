@@ -234,8 +234,9 @@ pub fn smolvm_check() -> SkipDecision {
         let usable = crate::Smolvm::remote(&url);
         let reason = match &usable {
             Ok(_) => format!(
-                "the smolvm API at SMOLVM_HOST={url} did not answer GET /health (start `smolvm \
-                 serve` there, or unset SMOLVM_HOST)"
+                "the smolvm API at SMOLVM_HOST={url} did not answer GET /health ({}; start \
+                 `smolvm serve` there, or unset SMOLVM_HOST)",
+                crate::cli::health_failure(&url).unwrap_or_else(|| "no answer".to_string())
             ),
             Err(e) => format!("SMOLVM_HOST cannot be used: {e}"),
         };

@@ -83,6 +83,10 @@ fn a_machine_lives_and_dies_over_the_api() {
             MachineState::Running,
             "the refused exec did not start it"
         );
+        // The API does not serve the console: said, with what to wait with instead.
+        let err = vm.console_log().unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("wait_for_port"), "{err}");
         let transcript: String = vm.transcript().iter().map(|e| format!("{e}\n")).collect();
         assert!(transcript.contains("POST unix://"), "{transcript}");
         assert!(!transcript.contains("hello-over-http"), "{transcript}");
@@ -163,6 +167,38 @@ fn secrets_and_raw_flags_at_create_are_refused_before_any_request() {
         assert!(!err.to_string().contains("s3cr3t-value"));
     }
     assert!(server.machines().is_empty());
+}
+
+/// Packs are made by the local CLI; without one, the refusal says so (not "smolvm not
+/// found", which is baffling when the suite points at a server).
+#[test]
+#[file_serial(remote_env)]
+fn a_pack_without_a_local_smolvm_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_holds_a_machine",
+            "--nocapture",
+            "--include-ignored",
+        ])
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_BIN", dir.path().join("no-smolvm-here"))
+        .env("REMOTE_CHILD", "pack")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("PACK Unsupported"), "{text}");
+    assert!(
+        text.contains("packs are made by the local smolvm CLI"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -406,6 +442,15 @@ fn child_holds_a_machine() {
             }
             drop(vm);
         }
+        "pack" => {
+            let err = smolvm_harness::Pack::shared("alpine").unwrap_err();
+            let kind = if matches!(err, Error::Unsupported { .. }) {
+                "Unsupported"
+            } else {
+                "other"
+            };
+            println!("PACK {kind}: {err}");
+        }
         "sweep" => {
             let deleted = smolvm_harness::sweep(&smolvm).unwrap();
             println!("SWEPT {deleted:?}");
@@ -452,6 +497,8 @@ fn the_skip_attribute_follows_smolvm_host() {
         text.contains(&format!("SMOLVM_HOST={dead} did not answer")),
         "{text}"
     );
+    // ... and why: a missing socket is not a refused connection or a TLS failure.
+    assert!(text.contains("No such file or directory"), "{text}");
     assert!(!text.contains("BODY RAN"), "{text}");
     // Required: a failure.
     let (ok, text) = guarded_child(&[("SMOLVM_HOST", &dead), ("SMOLVM_HARNESS_REQUIRE", "1")]);

@@ -418,3 +418,30 @@ fn a_machine_s_env_is_scrubbed_from_later_errors_and_their_public_fields() {
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("exec-time-secret-2"), "{shown}");
 }
+
+#[test]
+fn a_server_that_closes_without_answering_is_unreachable_not_a_parse_error() {
+    // It reads the request, then dies (closes): the request may have acted, but nothing
+    // came back, which is the server being unreachable, not an answer we cannot read.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("dies.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (_, path, _) = read_request(&mut conn);
+            if path == "/health" {
+                let body = r#"{"status":"ok","version":"1.9.2"}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        }
+    });
+    let smolvm = Smolvm::remote(&format!("unix://{}", sock.display())).unwrap();
+    let err = smolvm.machine_list().unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("closed the connection"), "{err}");
+}

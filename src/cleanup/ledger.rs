@@ -151,6 +151,14 @@ impl Target {
 }
 
 impl Target {
+    /// What a message calls it: the server's URL, or the program.
+    pub(crate) fn describe(&self) -> String {
+        match &self.remote {
+            Some(url) => url.clone(),
+            None => self.program.display().to_string(),
+        }
+    }
+
     /// 8 hex digits naming this target in ledger file names and create marks.
     pub(crate) fn digest(&self) -> String {
         let mut h: u32 = 0x811c_9dc5;

@@ -665,7 +665,7 @@ fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
                     for name in &settled.deleted {
                         diag::log(&format!(
                             "smolvm-harness watcher: deleted machine {name} of a test process \
-                             that died"
+                             that ended without deleting it"
                         ));
                     }
                     waiting += settled.waiting.len();
@@ -677,7 +677,7 @@ fn settle_until_done(dir: &Path, select: impl Fn(&Entry) -> bool) {
                         diag::log(&format!(
                             "smolvm-harness watcher: cannot list machines of {} ({e}); trying \
                              again",
-                            target.program.display()
+                            target.describe()
                         ));
                     }
                     waiting += 1;

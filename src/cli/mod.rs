@@ -155,7 +155,10 @@ impl Smolvm {
             #[cfg(not(feature = "remote-tls"))]
             return Err(Error::invalid(
                 "smolvm host URL",
-                "https:// needs smolvm-harness built with its `remote-tls` feature",
+                format!(
+                    "{url}: https:// needs smolvm-harness built with its `remote-tls` feature \
+                     (features = [\"remote-tls\"] in your Cargo.toml)"
+                ),
             ));
         }
         let remote = Remote::new(endpoint);
@@ -453,9 +456,17 @@ impl Smolvm {
                              host; create from an image",
                 });
             }
-            return Smolvm::new(smolvm_bin_from_env())
-                .with_timeout(self.timeout())
-                .pack_create(image, output);
+            let local = Smolvm::new(smolvm_bin_from_env()).with_timeout(self.timeout());
+            if !local.is_available() {
+                return Err(Error::Unsupported {
+                    what: "pack create over the smolvm API",
+                    version: self.version()?,
+                    reason: "the API cannot pack: packs are made by the local smolvm CLI \
+                             (SMOLVM_BIN, else smolvm on PATH), and none is installed here; \
+                             create from an image",
+                });
+            }
+            return local.pack_create(image, output);
         }
         let output = output.as_ref();
         let out_str = path_arg("pack output", output)?;
@@ -842,10 +853,11 @@ impl Smolvm {
         validate_machine_name(name)?;
         if self.api()?.is_some() {
             return Err(Error::Unsupported {
-                what: "machine data-dir over the smolvm API",
+                what: "the guest console log (machine data-dir, console_log, wait_for_log) over \
+                       the smolvm API",
                 version: self.version()?,
-                reason: "the API does not say where a machine's files are, and they are on \
-                         the server's host",
+                reason: "the API does not serve the console log, and a machine's files are on \
+                         the server's host; wait with wait_for_port, wait_for_file or wait_until",
             });
         }
         let args = if self.dialect()?.name_flag {
@@ -1052,29 +1064,48 @@ const HEALTH_PROBE_LIMIT: Duration = Duration::from_secs(10);
 /// only for availability (`for_availability`), as the CLI's binary lookup is: every skip
 /// guard of a suite against a dead host must not wait for it again.
 fn remote_health(remote: &Remote, timeout: Duration, for_availability: bool) -> Result<Version> {
-    static SEEN: OnceLock<Mutex<HashMap<String, Option<Version>>>> = OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    let cached = lock(seen).get(remote.url()).copied();
+    let cached = lock(health_seen()).get(remote.url()).cloned();
     match cached {
-        Some(Some(v)) => return Ok(v),
-        Some(None) if for_availability => {
+        Some(Ok(v)) => return Ok(v),
+        Some(Err(why)) if for_availability => {
             return Err(Error::Unreachable {
                 request: CommandLine::request("GET", remote.url(), "/health", None, Vec::new()),
                 source: std::io::Error::new(
                     std::io::ErrorKind::NotConnected,
-                    "the server did not answer earlier in this process",
+                    format!("earlier in this process: {why}"),
                 ),
             })
         }
-        Some(None) | None => {}
+        Some(Err(_)) | None => {}
     }
     let result = remote.health(timeout);
-    lock(seen).insert(remote.url().to_string(), result.as_ref().ok().copied());
+    let seen = match &result {
+        Ok(v) => Ok(*v),
+        Err(e) => Err(e.to_string()),
+    };
+    lock(health_seen()).insert(remote.url().to_string(), seen);
     result
 }
 
-/// True if the binary from the environment (`SMOLVM_BIN`, else `smolvm` on `PATH`) resolves
-/// to an executable file. Cheap: checked once per binary.
+/// What `GET /health` of each server said in this process: its version, or why not.
+fn health_seen() -> &'static Mutex<HashMap<String, std::result::Result<Version, String>>> {
+    static SEEN: OnceLock<Mutex<HashMap<String, std::result::Result<Version, String>>>> =
+        OnceLock::new();
+    SEEN.get_or_init(Default::default)
+}
+
+/// Why the server at `url` was found unavailable in this process, if it was: for the skip
+/// guards' message (a missing socket, a refused connection and a TLS failure need different
+/// fixes).
+pub(crate) fn health_failure(url: &str) -> Option<String> {
+    let canonical = Endpoint::parse(url).ok()?.to_string();
+    lock(health_seen()).get(&canonical)?.clone().err()
+}
+
+/// True if smolvm can be used as the environment says: with `SMOLVM_HOST` set, its server
+/// answered `GET /health` (see [`Smolvm::is_available`]); else the binary from `SMOLVM_BIN`
+/// (else `smolvm` on `PATH`) resolves to an executable file. Cheap: checked once per binary
+/// or server.
 pub fn is_available() -> bool {
     Smolvm::from_env().is_available()
 }

@@ -401,7 +401,7 @@ impl Remote {
         let started = Instant::now();
         let result = http::send(&self.endpoint, method, &path, body, timeout, max);
         let result = result.map_err(|e| {
-            if crate::cleanup::terminating() && e.kind() == std::io::ErrorKind::InvalidData {
+            if crate::cleanup::terminating() && e.kind() == std::io::ErrorKind::ConnectionAborted {
                 // Our own teardown shut the socket (`cancel_in_flight`), not the server.
                 std::io::Error::new(
                     std::io::ErrorKind::Interrupted,

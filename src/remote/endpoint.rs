@@ -45,6 +45,15 @@ impl Endpoint {
         if url.contains('\0') || url.chars().any(char::is_whitespace) {
             return Err(bad("contains NUL or whitespace"));
         }
+        // Schemes are case-insensitive (RFC 3986): `HTTP://h:1` is `http://h:1`.
+        let lowered;
+        let url = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.bytes().any(|b| b.is_ascii_uppercase()) => {
+                lowered = format!("{}://{rest}", scheme.to_ascii_lowercase());
+                lowered.as_str()
+            }
+            _ => url,
+        };
         if let Some(path) = url.strip_prefix("unix://") {
             if !path.starts_with('/') {
                 return Err(bad("a unix socket path must be absolute"));
@@ -180,6 +189,8 @@ mod tests {
         for (given, canonical) in [
             ("http://h:1/", "http://h:1"),
             ("http://LocalHost:1", "http://localhost:1"),
+            ("HTTP://h:1", "http://h:1"),
+            ("Unix:///a.sock", "unix:///a.sock"),
             (
                 "unix:///run/smolvm/api.sock/",
                 "unix:///run/smolvm/api.sock",

@@ -198,7 +198,12 @@ fn exchange<S: Read + Write>(
         clock.time_left(deadline)?;
         let n = read_some(&mut stream, &mut chunk)?;
         if n == 0 {
-            return Err(bad("the server closed the connection before answering"));
+            // Not garbage from the server: it stopped answering (died, or our own teardown shut
+            // the socket). The request may still have acted.
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection before answering",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];

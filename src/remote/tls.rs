@@ -44,7 +44,7 @@ pub(crate) fn check_env() -> Result<(), Error> {
     Paths::from_env()
         .and_then(|paths| config(&paths))
         .map(|_| ())
-        .map_err(|e| Error::invalid("TLS client certificate", e.to_string()))
+        .map_err(|e| Error::invalid("TLS files (SMOLVM_HARNESS_TLS_*)", e.to_string()))
 }
 
 /// The three PEM files of one client identity.
@@ -679,7 +679,7 @@ mod tests {
             matches!(
                 &err,
                 Error::InvalidInput {
-                    what: "TLS client certificate",
+                    what: "TLS files (SMOLVM_HARNESS_TLS_*)",
                     ..
                 }
             ),

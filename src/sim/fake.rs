@@ -53,8 +53,11 @@ pub fn fake_cli_main() -> i32 {
         && args
             .get(1)
             .is_none_or(|a| a == "start" || a.starts_with('-'))
-        && !args.iter().any(|a| a == "--help" || a == "-h")
     {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{SERVE_USAGE}");
+            return 0;
+        }
         return serve_api(&args[1..]);
     }
     let out = run_fake(&args);
@@ -64,6 +67,13 @@ pub fn fake_cli_main() -> i32 {
     let _ = io::stderr().lock().write_all(&out.stderr);
     out.code
 }
+
+/// `smolvm-fake serve --help`: the one `serve` form the fake has.
+const SERVE_USAGE: &str = "Serve the simulated smolvm API (smolvm-harness's fake)\n\n\
+Usage: smolvm serve start [-l|--listen <unix:///abs/path.sock | /abs/path | ADDR:PORT>]\n\n\
+Prints `smolvm API server listening on <url>` when ready; SIGTERM or SIGINT stops it.\n\
+SMOLVM_FAKE_STATE and SMOLVM_FAKE_VERSION choose the machines and the API shapes, as for \
+the CLI.";
 
 #[cfg(feature = "remote")]
 fn serve_api(args: &[String]) -> i32 {
