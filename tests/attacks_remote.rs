@@ -10,11 +10,12 @@
 //! canned server answered by hand here (a unix socket or loopback TCP) for what no honest
 //! server does (trickling answers, odd bodies).
 
+#[path = "common/canned_api.rs"]
+mod canned_api;
 #[path = "common/serve.rs"]
 mod serve;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,140 +23,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use canned_api::{read_request, Canned, RUNNING, STOPPED};
 use serial_test::file_serial;
-use serve::SimServer;
+use serve::{finish, ledger_names, wait_for, SimServer};
 use smolvm_harness::{CreateOptions, Error, ExecOptions, Machine, MachineState, Smolvm};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// One canned answer: status, content type, body.
-type Answer = (u16, &'static str, String);
-
-/// Requests a canned server saw (health excluded): (method, path, body length).
-type Seen = Arc<Mutex<Vec<(String, String, usize)>>>;
-
-/// A canned `smolvm serve` on a unix socket or loopback TCP: `/health` says `version`, every
-/// other request is answered by `route` and recorded.
-struct Canned {
-    _dir: tempfile::TempDir,
-    url: String,
-    port: Option<u16>,
-    seen: Seen,
-}
-
-impl Canned {
-    fn unix(
-        version: &'static str,
-        route: impl Fn(&str, &str) -> Answer + Send + Sync + 'static,
-    ) -> Canned {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("api.sock");
-        let listener = UnixListener::bind(&sock).expect("bind");
-        let seen: Seen = Arc::default();
-        let log = Arc::clone(&seen);
-        let route = Arc::new(route);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let (log, route) = (Arc::clone(&log), Arc::clone(&route));
-                std::thread::spawn(move || answer(conn, version, &log, &*route));
-            }
-        });
-        Canned {
-            url: format!("unix://{}", sock.display()),
-            _dir: dir,
-            port: None,
-            seen,
-        }
-    }
-
-    fn tcp(
-        version: &'static str,
-        route: impl Fn(&str, &str) -> Answer + Send + Sync + 'static,
-    ) -> Canned {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().unwrap().port();
-        let seen: Seen = Arc::default();
-        let log = Arc::clone(&seen);
-        let route = Arc::new(route);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let (log, route) = (Arc::clone(&log), Arc::clone(&route));
-                std::thread::spawn(move || answer(conn, version, &log, &*route));
-            }
-        });
-        Canned {
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-            port: Some(port),
-            seen,
-        }
-    }
-
-    fn requests(&self) -> Vec<(String, String, usize)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn answer<S: Read + Write>(
-    mut conn: S,
-    version: &str,
-    log: &Seen,
-    route: &dyn Fn(&str, &str) -> Answer,
-) {
-    let (method, path, len) = read_request(&mut conn);
-    let (status, ctype, text) = if path == "/health" {
-        (
-            200,
-            "application/json",
-            format!(r#"{{"status":"ok","version":"{version}"}}"#),
-        )
-    } else {
-        log.lock()
-            .unwrap()
-            .push((method.clone(), path.clone(), len));
-        route(&method, &path)
-    };
-    let _ = write!(
-        conn,
-        "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-        text.len()
-    );
-}
-
-/// (method, path, body length); the body is read and dropped.
-fn read_request<S: Read>(conn: &mut S) -> (String, String, usize) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let mut first = head.lines().next().unwrap_or("").split(' ');
-    let method = first.next().unwrap_or("").to_string();
-    let path = first.next().unwrap_or("").to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    let _ = conn.read_exact(&mut body);
-    (method, path, len)
-}
-
-const RUNNING: &str = r#"{"name":"web","state":"running","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":false,"createdAt":1}"#;
-const STOPPED: &str = r#"{"name":"web","state":"stopped","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":false,"createdAt":1}"#;
 
 /// This test binary again, running `attack_child` with `role`.
 fn child(role: &str, state: &Path) -> Command {
@@ -181,57 +56,6 @@ fn child(role: &str, state: &Path) -> Command {
         }
     }
     cmd
-}
-
-fn wait_for(path: &Path, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
-/// Wait for a child (bounded), returning (success, stdout + stderr).
-fn finish(mut child: std::process::Child, limit: Duration) -> (bool, String) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut text = String::new();
-            if let Some(mut s) = child.stdout.take() {
-                let _ = s.read_to_string(&mut text);
-            }
-            if let Some(mut s) = child.stderr.take() {
-                let _ = s.read_to_string(&mut text);
-            }
-            return (status.success(), text);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn ledger_names(state: &Path) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(state.join("ledger")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .filter_map(|e| {
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-            Some(v["name"].as_str()?.to_string())
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 // ---------------------------------------------------------------------------------------
@@ -429,7 +253,7 @@ fn defect_a_trailing_slash_on_a_unix_url_makes_a_live_server_unavailable() {
 /// "a host path on a remote smolvm". Expected: the create is sent, as for `localhost`.
 #[test]
 fn defect_localhost_in_capitals_is_taken_for_a_remote_host() {
-    let server = Canned::tcp("1.9.2", |method, _| match method {
+    let server = Canned::tcp("1.9.2", |method, _, _| match method {
         "POST" => (
             200,
             "application/json",
@@ -537,7 +361,7 @@ fn held_a_silent_server_is_bounded() {
 /// errors, never a panic or a hang.
 #[test]
 fn held_garbage_answers_are_typed_errors() {
-    let server = Canned::unix("not-a-version", |_, path| {
+    let server = Canned::unix("not-a-version", |_, path, _| {
         if path == "/api/v1/machines" {
             (200, "text/html", "<html>proxy login</html>".into())
         } else {
@@ -709,7 +533,7 @@ fn defect_an_unreadable_exec_answer_quotes_the_secret_in_the_error() {
         format!("TOKEN={SECRET}\n"),
     ] {
         let body: &'static str = Box::leak(body.into_boxed_str());
-        let server = Canned::unix("1.9.2", move |method, _| match method {
+        let server = Canned::unix("1.9.2", move |method, _, _| match method {
             "GET" => (200, "application/json", RUNNING.into()),
             _ => (200, "application/json", body.to_string()),
         });
@@ -733,7 +557,7 @@ fn defect_an_unreadable_exec_answer_quotes_the_secret_in_the_error() {
 #[test]
 fn held_an_api_error_echoing_the_secret_is_scrubbed() {
     const SECRET: &str = "s3cr3t-echoed-by-server";
-    let server = Canned::unix("1.9.2", |method, _| match method {
+    let server = Canned::unix("1.9.2", |method, _, _| match method {
         "GET" => (200, "application/json", RUNNING.into()),
         _ => (
             422,
@@ -808,7 +632,7 @@ fn held_no_argv_on_the_host_holds_an_exec_secret() {
 /// status look, no PUT), and so is an egress policy (no POST).
 #[test]
 fn held_0_8_2_refuses_big_uploads_and_egress_before_sending() {
-    let server = Canned::unix("0.8.2", |method, _| match method {
+    let server = Canned::unix("0.8.2", |method, _, _| match method {
         "GET" => (200, "application/json", RUNNING.into()),
         _ => (200, "application/json", "{}".into()),
     });
@@ -981,7 +805,7 @@ fn attack_child() {
             let body: &'static str = Box::leak(
                 format!(r#"{{"exitCode":0,"stdout":"{stdout}","stderr":""}}"#).into_boxed_str(),
             );
-            let server = Canned::unix("1.9.2", move |method, _| match method {
+            let server = Canned::unix("1.9.2", move |method, _, _| match method {
                 "GET" => (200, "application/json", RUNNING.into()),
                 _ => (200, "application/json", body.to_string()),
             });

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rstest::rstest;
 use serial_test::file_serial;
-use serve::SimServer;
+use serve::{finish, ledger_names, wait_for, SimServer};
 use smolvm_harness::requires_smolvm;
 use smolvm_harness::{
     CpPath, CreateOptions, Error, ExecOptions, Golden, Machine, MachineState, Smolvm, Version,
@@ -267,7 +267,7 @@ fn a_server_down_at_cleanup_keeps_the_entry_for_the_next_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let state = harness_state();
     let mut server = SimServer::start(dir.path(), "1.9.2");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "child_holds_a_machine",
@@ -285,15 +285,15 @@ fn a_server_down_at_cleanup_keeps_the_entry_for_the_next_sweep() {
         .unwrap();
     // Wait for the started machine, stop the server, then let the child drop its guard.
     let held_file = dir.path().join("release.held");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !held_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for(&held_file, Duration::from_secs(20)),
+        "the child never held"
+    );
     let held = server.machines();
     assert_eq!(held.len(), 1, "{held:?}");
     server.stop();
     std::fs::write(dir.path().join("release"), "").unwrap();
-    let out = child_output(&mut child);
+    let out = finish(child, Duration::from_secs(30));
     assert!(out.0, "{}", out.1);
     assert!(
         out.1.contains("could not reach the smolvm API"),
@@ -348,10 +348,10 @@ fn sigkill_the_watcher_deletes_over_the_api() {
         .spawn()
         .unwrap();
     let held_file = dir.path().join("never.held");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !held_file.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_for(&held_file, Duration::from_secs(20)),
+        "the child never held"
+    );
     assert_eq!(server.machines().len(), 1);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -360,45 +360,6 @@ fn sigkill_the_watcher_deletes_over_the_api() {
         std::thread::sleep(Duration::from_millis(25));
     }
     assert!(server.machines().is_empty(), "{:?}", server.machines());
-}
-
-fn child_output(child: &mut std::process::Child) -> (bool, String) {
-    use std::io::Read;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut text = String::new();
-            if let Some(mut s) = child.stdout.take() {
-                let _ = s.read_to_string(&mut text);
-            }
-            if let Some(mut s) = child.stderr.take() {
-                let _ = s.read_to_string(&mut text);
-            }
-            return (status.success(), text);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("child did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn ledger_names(state: &std::path::Path) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(state.join("ledger")) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .filter_map(|e| {
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-            Some(v["name"].as_str()?.to_string())
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 /// The child side of the process-level tests above (a no-op in a normal run).

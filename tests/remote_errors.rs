@@ -6,116 +6,15 @@
 //! content type and body each case needs (the simulated `smolvm serve` produces the same
 //! shapes from real flows: tests/sim_serve.rs, tests/remote.rs).
 
-use std::io::{Read, Write};
+#[path = "common/canned_api.rs"]
+mod canned_api;
+
+use std::io::Write;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use canned_api::{json, plain, read_request, Answer, Canned, RUNNING};
 use smolvm_harness::{CpPath, CreateOptions, Error, ExecOptions, Smolvm};
-
-/// One answer: status, content type, body.
-type Answer = (u16, &'static str, String);
-
-/// A canned server on a unix socket: `/health` says `version`; every other request is
-/// answered by `route(method, path, body)`, and recorded.
-struct Canned {
-    _dir: tempfile::TempDir,
-    url: String,
-    seen: Arc<Mutex<Vec<(String, String, String)>>>,
-}
-
-impl Canned {
-    fn start(
-        version: &'static str,
-        route: impl Fn(&str, &str, &str) -> Answer + Send + Sync + 'static,
-    ) -> Canned {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock: PathBuf = dir.path().join("api.sock");
-        let listener = UnixListener::bind(&sock).expect("bind");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let (method, path, body) = read_request(&mut conn);
-                let (status, ctype, text) = if path == "/health" {
-                    (
-                        200,
-                        "application/json",
-                        format!(
-                            r#"{{"status":"ok","version":"{version}","machines":{{"total":0,"running":0}},"uptime_seconds":1}}"#
-                        ),
-                    )
-                } else {
-                    log.lock()
-                        .unwrap()
-                        .push((method.clone(), path.clone(), body.clone()));
-                    route(&method, &path, &body)
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-            }
-        });
-        Canned {
-            url: format!("unix://{}", sock.display()),
-            _dir: dir,
-            seen,
-        }
-    }
-
-    fn client(&self) -> Smolvm {
-        Smolvm::remote(&self.url).expect("a valid URL")
-    }
-
-    fn requests(&self) -> Vec<(String, String, String)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn read_request(conn: &mut std::os::unix::net::UnixStream) -> (String, String, String) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let mut lines = head.lines();
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let method = first.next().unwrap_or("").to_string();
-    let path = first.next().unwrap_or("").to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    let _ = conn.read_exact(&mut body);
-    (method, path, String::from_utf8_lossy(&body).to_string())
-}
-
-fn json(status: u16, error: &str, code: &str) -> Answer {
-    (
-        status,
-        "application/json",
-        format!(r#"{{"error":"{error}","code":"{code}"}}"#),
-    )
-}
-
-fn plain(status: u16, text: &str) -> Answer {
-    (status, "text/plain; charset=utf-8", text.to_string())
-}
-
-const RUNNING: &str = r#"{"name":"web","state":"running","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":false,"createdAt":1}"#;
 
 /// (status, code) of an `Error::Api`.
 fn api_of(e: &Error) -> (u16, Option<String>) {
@@ -127,7 +26,7 @@ fn api_of(e: &Error) -> (u16, Option<String>) {
 
 #[test]
 fn not_found_is_not_found_and_deletes_are_idempotent() {
-    let s = Canned::start("1.9.2", |_, _, _| {
+    let s = Canned::unix("1.9.2", |_, _, _| {
         json(404, "machine 'web' not found", "NOT_FOUND")
     });
     let smolvm = s.client();
@@ -150,7 +49,7 @@ fn not_found_is_not_found_and_deletes_are_idempotent() {
 #[test]
 fn a_route_the_server_lacks_is_not_a_missing_machine() {
     // 0.8.2 has no fork route: a bare 404, no error code.
-    let s = Canned::start("1.9.2", |_, _, _| plain(404, ""));
+    let s = Canned::unix("1.9.2", |_, _, _| plain(404, ""));
     let err = s.client().machine_delete("web").unwrap_err();
     assert_eq!(api_of(&err), (404, None));
     assert!(!err.is_not_found(), "{err}");
@@ -174,7 +73,7 @@ fn conflicts_bad_requests_and_server_errors_keep_code_and_message() {
     ];
     for (answer, status, code, says) in cases {
         let a = answer.clone();
-        let s = Canned::start("1.9.2", move |_, _, _| a.clone());
+        let s = Canned::unix("1.9.2", move |_, _, _| a.clone());
         let err = s.client().machine_start("web").unwrap_err();
         assert_eq!(
             api_of(&err),
@@ -190,7 +89,7 @@ fn conflicts_bad_requests_and_server_errors_keep_code_and_message() {
 
 #[test]
 fn create_conflict_is_already_exists_and_the_body_is_shown_redacted() {
-    let s = Canned::start("1.9.2", |_, _, body| {
+    let s = Canned::unix("1.9.2", |_, _, body| {
         // A server that quotes the request back must not leak it either.
         json(
             409,
@@ -213,7 +112,7 @@ fn create_conflict_is_already_exists_and_the_body_is_shown_redacted() {
 
 #[test]
 fn exec_exit_code_is_data_not_an_error() {
-    let s = Canned::start("1.9.2", |method, path, _| match (method, path) {
+    let s = Canned::unix("1.9.2", |method, path, _| match (method, path) {
         ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
         _ => (
             200,
@@ -232,7 +131,7 @@ fn exec_exit_code_is_data_not_an_error() {
 
 #[test]
 fn exec_errors_never_show_env_values() {
-    let s = Canned::start("1.9.2", |method, path, body| match (method, path) {
+    let s = Canned::unix("1.9.2", |method, path, body| match (method, path) {
         ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
         _ => json(
             400,
@@ -258,7 +157,7 @@ fn exec_errors_never_show_env_values() {
 
 #[test]
 fn exec_and_copies_on_a_stopped_machine_are_refused_like_the_cli() {
-    let s = Canned::start("1.9.2", |method, path, _| match (method, path) {
+    let s = Canned::unix("1.9.2", |method, path, _| match (method, path) {
         ("GET", "/api/v1/machines/web") => (
             200,
             "application/json",
@@ -281,7 +180,7 @@ fn exec_and_copies_on_a_stopped_machine_are_refused_like_the_cli() {
 
 #[test]
 fn uploads_over_the_limit_of_0_8_are_refused_before_sending() {
-    let s = Canned::start("0.8.2", |_, _, _| {
+    let s = Canned::unix("0.8.2", |_, _, _| {
         (200, "application/json", RUNNING.to_string())
     });
     let big = tempfile::NamedTempFile::new().unwrap();
@@ -304,7 +203,7 @@ fn uploads_over_the_limit_of_0_8_are_refused_before_sending() {
 
 #[test]
 fn what_0_8_would_drop_is_refused_before_sending() {
-    let s = Canned::start("0.8.2", |m, p, _| panic!("nothing may be sent: {m} {p}"));
+    let s = Canned::unix("0.8.2", |m, p, _| panic!("nothing may be sent: {m} {p}"));
     let smolvm = s.client();
     for opts in [
         CreateOptions::image("alpine").allow_cidr("10.0.0.0/8"),
@@ -318,7 +217,7 @@ fn what_0_8_would_drop_is_refused_before_sending() {
 
 #[test]
 fn json_expected_and_not_given_is_a_parse_error() {
-    let s = Canned::start("1.9.2", |_, _, _| plain(200, "<html>proxy</html>"));
+    let s = Canned::unix("1.9.2", |_, _, _| plain(200, "<html>proxy</html>"));
     let err = s.client().machine_list().unwrap_err();
     assert!(matches!(err, Error::Parse { .. }), "{err}");
     assert!(err.to_string().contains("GET"), "{err}");
@@ -384,7 +283,7 @@ fn malformed_urls_are_invalid_input() {
 #[test]
 fn a_machine_s_env_is_scrubbed_from_later_errors_and_their_public_fields() {
     // The server echoes everything it ever got; a later error quotes the create's env.
-    let s = Canned::start("1.9.2", |method, path, body| match (method, path) {
+    let s = Canned::unix("1.9.2", |method, path, body| match (method, path) {
         ("POST", "/api/v1/machines") => (200, "application/json", RUNNING.to_string()),
         ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
         ("POST", "/api/v1/machines/web/exec") => plain(200, &format!("not json, but {body}")),

@@ -160,3 +160,57 @@ impl Drop for SimServer {
         self.stop();
     }
 }
+
+/// Wait until `path` exists, at most `limit`; whether it does.
+pub fn wait_for(path: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Wait for a child (bounded; killed past `limit`), returning (success, stdout + stderr).
+pub fn finish(mut child: Child, limit: Duration) -> (bool, String) {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut text = String::new();
+            if let Some(mut s) = child.stdout.take() {
+                let _ = s.read_to_string(&mut text);
+            }
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut text);
+            }
+            return (status.success(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The machine names of the ledger entries in the harness state directory `state`, sorted.
+pub fn ledger_names(state: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(state.join("ledger")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+            Some(v["name"].as_str()?.to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
