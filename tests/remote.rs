@@ -176,14 +176,7 @@ fn secrets_and_raw_flags_at_create_are_refused_before_any_request() {
 fn a_pack_without_a_local_smolvm_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let server = SimServer::start(dir.path(), "1.9.2");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_holds_a_machine",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env("SMOLVM_HOST", &server.url)
+    let out = remote_child(&server)
         .env("SMOLVM_BIN", dir.path().join("no-smolvm-here"))
         .env("REMOTE_CHILD", "pack")
         .output()
@@ -231,14 +224,7 @@ fn the_ledger_records_the_url_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let state = harness_state();
     let server = SimServer::start(dir.path(), "1.9.2");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_holds_a_machine",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env("SMOLVM_HOST", &server.url)
+    let out = remote_child(&server)
         .env("SMOLVM_HARNESS_STATE_DIR", state.path())
         .env("REMOTE_CHILD", "ledger")
         .output()
@@ -267,14 +253,7 @@ fn a_server_down_at_cleanup_keeps_the_entry_for_the_next_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let state = harness_state();
     let mut server = SimServer::start(dir.path(), "1.9.2");
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_holds_a_machine",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env("SMOLVM_HOST", &server.url)
+    let child = remote_child(&server)
         .env("SMOLVM_HARNESS_STATE_DIR", state.path())
         .env("SMOLVM_HARNESS_WATCHER", "off")
         .env("REMOTE_CHILD", "hold_until_released")
@@ -304,14 +283,7 @@ fn a_server_down_at_cleanup_keeps_the_entry_for_the_next_sweep() {
     assert_eq!(entries, held, "the entry stays for the next sweep");
     // The next run: the server is back; the sweep reaches it through the recorded URL.
     server.restart();
-    let swept = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_holds_a_machine",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env("SMOLVM_HOST", &server.url)
+    let swept = remote_child(&server)
         .env("SMOLVM_HARNESS_STATE_DIR", state.path())
         .env("REMOTE_CHILD", "sweep")
         .output()
@@ -332,14 +304,7 @@ fn sigkill_the_watcher_deletes_over_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let state = harness_state();
     let server = SimServer::start(dir.path(), "1.9.2");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_holds_a_machine",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env("SMOLVM_HOST", &server.url)
+    let mut child = remote_child(&server)
         .env("SMOLVM_HARNESS_STATE_DIR", state.path())
         .env("REMOTE_CHILD", "hold_until_released")
         .env("REMOTE_RELEASE", dir.path().join("never"))
@@ -360,6 +325,20 @@ fn sigkill_the_watcher_deletes_over_the_api() {
         std::thread::sleep(Duration::from_millis(25));
     }
     assert!(server.machines().is_empty(), "{:?}", server.machines());
+}
+
+/// This test binary again, running `child_holds_a_machine` against `server` (`SMOLVM_HOST`);
+/// the caller sets `REMOTE_CHILD` and the rest.
+fn remote_child(server: &SimServer) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "child_holds_a_machine",
+        "--nocapture",
+        "--include-ignored",
+    ])
+    .env("SMOLVM_HOST", &server.url);
+    cmd
 }
 
 /// The child side of the process-level tests above (a no-op in a normal run).
