@@ -37,15 +37,11 @@ impl Canned {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("api.sock");
         let listener = UnixListener::bind(&sock).expect("bind");
-        let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
-        let (log, route): (_, Arc<Route>) = (Arc::clone(&seen), Arc::new(route));
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let (log, route) = (Arc::clone(&log), Arc::clone(&route));
-                std::thread::spawn(move || answer(conn, version, &log, &*route));
-            }
-        });
+        let seen = serve(
+            move || listener.accept().ok().map(|(c, _)| c),
+            version,
+            route,
+        );
         Canned {
             url: format!("unix://{}", sock.display()),
             _dir: dir,
@@ -62,15 +58,11 @@ impl Canned {
         let dir = tempfile::tempdir().expect("tempdir");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("local addr").port();
-        let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
-        let (log, route): (_, Arc<Route>) = (Arc::clone(&seen), Arc::new(route));
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let (log, route) = (Arc::clone(&log), Arc::clone(&route));
-                std::thread::spawn(move || answer(conn, version, &log, &*route));
-            }
-        });
+        let seen = serve(
+            move || listener.accept().ok().map(|(c, _)| c),
+            version,
+            route,
+        );
         Canned {
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
@@ -87,6 +79,23 @@ impl Canned {
     pub fn requests(&self) -> Vec<Request> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// Answer every connection `accept` gives, each on a thread of its own; the requests seen.
+fn serve<S: Read + Write + Send + 'static>(
+    mut accept: impl FnMut() -> Option<S> + Send + 'static,
+    version: &'static str,
+    route: impl Fn(&str, &str, &str) -> Answer + Send + Sync + 'static,
+) -> Arc<Mutex<Vec<Request>>> {
+    let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
+    let (log, route): (_, Arc<Route>) = (Arc::clone(&seen), Arc::new(route));
+    std::thread::spawn(move || {
+        while let Some(conn) = accept() {
+            let (log, route) = (Arc::clone(&log), Arc::clone(&route));
+            std::thread::spawn(move || answer(conn, version, &log, &*route));
+        }
+    });
+    seen
 }
 
 fn answer<S: Read + Write>(mut conn: S, version: &str, log: &Mutex<Vec<Request>>, route: &Route) {
