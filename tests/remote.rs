@@ -61,6 +61,12 @@ fn a_machine_lives_and_dies_over_the_api() {
         let host = dir.path().join("in.txt");
         std::fs::write(&host, "payload").unwrap();
         vm.copy_in(&host, "/tmp/in file.txt").unwrap();
+        // Bytes that are not UTF-8 come back exactly (the API's base64 fields).
+        let blob = dir.path().join("blob.bin");
+        std::fs::write(&blob, [0u8, 0xff, 0xfe, b'\n']).unwrap();
+        vm.copy_in(&blob, "/tmp/blob.bin").unwrap();
+        let out = vm.exec(&["cat", "/tmp/blob.bin"]).unwrap();
+        assert_eq!(out.stdout(), [0u8, 0xff, 0xfe, b'\n']);
         let back = dir.path().join("out.txt");
         smolvm
             .machine_cp(

@@ -344,3 +344,36 @@ fn a_server_that_closes_without_answering_is_unreachable_not_a_parse_error() {
     assert!(matches!(err, Error::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("closed the connection"), "{err}");
 }
+
+#[test]
+fn exec_output_is_byte_exact_from_the_base64_fields() {
+    // `stdoutB64` (1.x) wins over the lossy `stdout`: bytes that are not UTF-8 survive.
+    let s = Canned::unix("1.9.2", |method, path, _| match (method, path) {
+        ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
+        _ => (
+            200,
+            "application/json",
+            r#"{"exitCode":0,"stdout":"\ufffd\n","stderr":"","stdoutB64":"/wo=","stderrB64":""}"#
+                .to_string(),
+        ),
+    });
+    let out = s
+        .client()
+        .machine_exec("web", &["cat", "/bin/blob"], &ExecOptions::default())
+        .unwrap();
+    assert_eq!(out.stdout(), [0xff, b'\n']);
+    // Not base64 at all: a parse error, never silently the lossy text.
+    let s = Canned::unix("1.9.2", |method, path, _| match (method, path) {
+        ("GET", "/api/v1/machines/web") => (200, "application/json", RUNNING.to_string()),
+        _ => (
+            200,
+            "application/json",
+            r#"{"exitCode":0,"stdout":"x","stderr":"","stdoutB64":"%%%"}"#.to_string(),
+        ),
+    });
+    let err = s
+        .client()
+        .machine_exec("web", &["true"], &ExecOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::Parse { .. }), "{err}");
+}

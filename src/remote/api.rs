@@ -254,12 +254,18 @@ impl Remote {
         let Some(code) = v.get("exitCode").and_then(Value::as_i64) else {
             return Err(parse_error(&req, &resp, "no exitCode"));
         };
-        let text = |k: &str| {
-            v.get(k)
+        // Byte for byte where the server sends base64 (1.x), as the CLI's output is; the
+        // plain field (lossy UTF-8) otherwise.
+        let text = |k: &str| -> Result<Vec<u8>> {
+            if let Some(encoded) = v.get(format!("{k}B64")).and_then(Value::as_str) {
+                return decode_b64(encoded)
+                    .ok_or_else(|| parse_error(&req, &resp, &format!("{k}B64 is not base64")));
+            }
+            Ok(v.get(k)
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .as_bytes()
-                .to_vec()
+                .to_vec())
         };
         let cap = config_or_default().output_cap;
         let capped = |bytes: Vec<u8>| {
@@ -267,8 +273,8 @@ impl Remote {
             c.push(&bytes);
             c.finish()
         };
-        let (stdout, stdout_truncation) = capped(text("stdout"));
-        let (stderr, stderr_truncation) = capped(text("stderr"));
+        let (stdout, stdout_truncation) = capped(text("stdout")?);
+        let (stderr, stderr_truncation) = capped(text("stderr")?);
         let out = RawOutput {
             code: Some(i32::try_from(code).unwrap_or(i32::MAX)),
             stdout,
@@ -693,6 +699,19 @@ fn machine_info(v: &Value) -> Option<MachineInfo> {
         labels: Default::default(),
         network: v.get("network").and_then(Value::as_bool),
     })
+}
+
+/// Standard base64 (the API's `stdoutB64`), or `None` when it is not.
+#[cfg(feature = "remote")]
+fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// Without the `remote` feature no answer is ever read.
+#[cfg(not(feature = "remote"))]
+fn decode_b64(_text: &str) -> Option<Vec<u8>> {
+    None
 }
 
 /// The `createdAt` of the `MachineInfo` a create or fork answered with.
