@@ -377,3 +377,35 @@ fn exec_output_is_byte_exact_from_the_base64_fields() {
         .unwrap_err();
     assert!(matches!(err, Error::Parse { .. }), "{err}");
 }
+
+#[test]
+fn a_server_that_keeps_the_connection_open_is_not_waited_for() {
+    // It answers with a Content-Length and keeps the socket open (ignoring `Connection:
+    // close`): the answer is whole, so the call returns, well inside its timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("open.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = read_request(&mut conn);
+            let body = r#"{"status":"ok","version":"1.9.2"}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            held.push(conn);
+        }
+    });
+    let smolvm = Smolvm::remote(&format!("unix://{}", sock.display()))
+        .unwrap()
+        .with_timeout(Duration::from_secs(120));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(smolvm.version().map(|v| v.to_string())));
+    let got = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("answered without waiting for the close");
+    assert_eq!(got.unwrap(), "1.9.2");
+}

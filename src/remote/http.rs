@@ -2,9 +2,10 @@
 //! connection (`Connection: close`), the body framed by `Content-Length` or chunked (parsed
 //! by `httparse`), over a unix socket, TCP, or TLS (feature `remote-tls`).
 //!
-//! Every socket has read and write timeouts, so a server that accepts and never answers
-//! costs at most the call's timeout; and every open socket is listed, so the signal cleanup
-//! can shut the ones in flight ([`cancel_in_flight`]) the way it kills smolvm processes.
+//! Each call has one deadline (its timeout), which bounds the connect and every read and
+//! write, so a server that accepts and never answers, or trickles its answer, costs at most
+//! the call's timeout; and every open socket is listed, so the signal cleanup can shut the
+//! ones in flight ([`cancel_in_flight`]) the way it kills smolvm processes.
 
 use std::collections::HashMap;
 use std::io;
@@ -52,7 +53,7 @@ pub(crate) struct Body<'a> {
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Send one request and read the whole response. `path` is already percent-encoded
-/// ([`encode_path`]). `timeout` bounds the connect and each read and write; `max_body`
+/// ([`encode_path`]). `timeout` bounds the whole call (connect, writes, reads); `max_body`
 /// bounds what is kept of the response (more is an error, not a truncated JSON). Without
 /// the `remote` feature, always an error.
 #[cfg(not(feature = "remote"))]
@@ -233,8 +234,11 @@ fn exchange<S: Read + Write>(
         let mut rest = buf.split_off(len);
         // `Connection: close`: the end of the stream ends the body in every framing. Read it
         // all (bounded), then frame.
+        // A server that keeps the connection open anyway is not waited for once a
+        // `Content-Length` body is whole.
         let limit = max_body.saturating_mul(2).saturating_add(MAX_HEAD);
-        loop {
+        let whole = |rest: &[u8]| length.filter(|_| !chunked).is_some_and(|n| rest.len() >= n);
+        while !whole(&rest) {
             clock.time_left(deadline)?;
             let n = read_some(&mut stream, &mut chunk)?;
             if n == 0 {
@@ -245,11 +249,6 @@ fn exchange<S: Read + Write>(
                 return Err(bad(&format!(
                     "response body over {max_body} bytes (SMOLVM_HARNESS_OUTPUT_CAP)"
                 )));
-            }
-            if let Some(n) = length.filter(|_| !chunked) {
-                if rest.len() >= n {
-                    break;
-                }
             }
         }
         let body = if chunked {
