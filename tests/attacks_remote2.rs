@@ -236,6 +236,62 @@ fn defect_a_create_answer_without_a_numeric_created_at_leaks_our_chosen_name() {
     }
 }
 
+/// DEFECT. Round one's fix judges a chosen name over the API by the server's `createdAt` of
+/// the machine our create made (guide: "a chosen name someone re-made in another second is
+/// left alone"). But when the exit hook (or the signal thread) cannot list, src/cleanup/
+/// exit.rs `settle_own` takes `(None, Stage::Created)` with evidence other than
+/// `OwnerLabel` as `Verdict::Ours` ("without labels our succeeded create is all the proof
+/// there is") and deletes by name: over the API the evidence is never `OwnerLabel`, so a
+/// listing that fails (a 500 from one bad record, a list over the output cap, a slow list
+/// past its timeout) while a `DELETE` works deletes *someone else's* `web`, which was re-made
+/// (here: `createdAt` 500 s after ours) after ours went. Expected: no `DELETE` of a machine
+/// whose `createdAt` is not our create's. Suggested fix: over the API, when the list fails,
+/// look at `GET /api/v1/machines/{name}` and judge its `createdAt` (or leave the entry to the
+/// watcher and the next sweep, `Verdict::Pending`), never delete unproven.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn defect_a_failed_listing_at_exit_deletes_someone_elses_chosen_name() {
+    let state = tempfile::tempdir().unwrap();
+    let created = Arc::new(AtomicBool::new(false));
+    let deleted = Arc::new(AtomicBool::new(false));
+    let (c, d) = (Arc::clone(&created), Arc::clone(&deleted));
+    let ours = r#"{"name":"web","state":"created","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":false,"createdAt":1700000000}"#;
+    let theirs = r#"{"name":"web","state":"running","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":false,"createdAt":1700000500}"#;
+    let server = Canned::unix("1.9.2", move |method, path, _| match (method, path) {
+        ("GET", "/api/v1/machines") if c.load(Ordering::SeqCst) => {
+            canned_api::json(500, "failed to read a machine record", "INTERNAL_ERROR")
+        }
+        ("GET", "/api/v1/machines") => (200, "application/json", r#"{"machines":[]}"#.into()),
+        ("POST", "/api/v1/machines") => {
+            c.store(true, Ordering::SeqCst);
+            (200, "application/json", ours.into())
+        }
+        // Ours was deleted meanwhile, and someone made their own `web`.
+        ("GET", "/api/v1/machines/web") => (200, "application/json", theirs.into()),
+        ("DELETE", p) if p.starts_with("/api/v1/machines/web") => {
+            d.store(true, Ordering::SeqCst);
+            (200, "application/json", "{}".into())
+        }
+        _ => canned_api::json(404, "machine not found", "NOT_FOUND"),
+    });
+    let proc = child("create_web_forget", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, text) = finish(proc, Duration::from_secs(60));
+    assert!(ok, "{text}");
+    assert!(text.contains("CREATED web"), "{text}");
+    assert!(
+        !deleted.load(Ordering::SeqCst),
+        "someone else's `web` (createdAt 1700000500; ours was 1700000000) was deleted at exit \
+         unlooked-at\n{text}\nrequests: {:?}",
+        server.requests()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A create that may still land
 // ---------------------------------------------------------------------------------------
@@ -282,7 +338,11 @@ fn defect_a_chosen_name_whose_create_timed_out_and_landed_is_left_without_a_word
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(server.machines(), vec!["web".to_string()], "landed");
-    assert_eq!(ledger_names(state.path()), vec!["web".to_string()], "{text}");
+    assert_eq!(
+        ledger_names(state.path()),
+        vec!["web".to_string()],
+        "{text}"
+    );
     let sweep = child("sweep", state.path())
         .env("SMOLVM_HOST", &server.url)
         .env("SMOLVM_HARNESS_WATCHER", "off")
@@ -298,6 +358,61 @@ fn defect_a_chosen_name_whose_create_timed_out_and_landed_is_left_without_a_word
         swept.contains("web was not deleted") && swept.contains("delete"),
         "the sweep dropped the entry of `web` (very likely ours) without a word:\n{text}\n---\n{swept}"
     );
+}
+
+/// HELD. A socket path reused by another server: a process made `web` on server one and
+/// was SIGKILLed; server one is gone, and server two now listens on the same socket with its
+/// own `web`, made by hand (another second on its clock). The next sweep, under the same URL,
+/// judges by the `createdAt` our create was answered: server two's `web` stays, and the
+/// entry goes.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn held_a_reused_socket_path_never_costs_the_new_server_its_chosen_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut one = SimServer::start_on(dir.path(), dir.path().join("one"), "1.9.2", &[]);
+    let held = dir.path().join("held");
+    let mut proc = child("hold_web", state.path())
+        .env("SMOLVM_HOST", &one.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .env("ATTACK2_HELD", &held)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if !wait_for(&held, Duration::from_secs(30)) {
+        proc.kill().unwrap();
+        let (_, text) = finish_status(proc, Duration::from_secs(10));
+        panic!("child never held\n{text}");
+    }
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    assert_eq!(ledger_names(state.path()), vec!["web".to_string()]);
+    let url = one.url.clone();
+    one.stop();
+    drop(one);
+    let _ = std::fs::remove_file(dir.path().join("api.sock"));
+    let two = SimServer::start_on(
+        dir.path(),
+        dir.path().join("two"),
+        "1.9.2",
+        &[("SMOLVM_FAKE_CLOCK_SKEW", "100")],
+    );
+    assert_eq!(two.url, url, "the same socket");
+    two.cli()
+        .machine_create("web", &smolvm_harness::CreateOptions::image("alpine").net())
+        .unwrap();
+    let sweep = child("sweep", state.path())
+        .env("SMOLVM_HOST", &two.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, swept) = finish(sweep, Duration::from_secs(60));
+    assert!(ok, "{swept}");
+    assert_eq!(two.machines(), vec!["web".to_string()], "{swept}");
+    assert!(ledger_names(state.path()).is_empty(), "{swept}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -398,7 +513,9 @@ fn held_content_length_lies_are_errors_or_cut() {
     let smolvm = Smolvm::remote(&url)
         .unwrap()
         .with_timeout(Duration::from_secs(5));
-    let err = smolvm.machine_list().expect_err("a body shorter than its length");
+    let err = smolvm
+        .machine_list()
+        .expect_err("a body shorter than its length");
     assert!(
         matches!(err, Error::Unreachable { .. } | Error::Parse { .. }),
         "{err:?}"
@@ -461,11 +578,19 @@ fn signal_during_hung_exec(
         .env("SMOLVM_HARNESS_WATCHER", "off")
         .env("ATTACK2_HELD", &held)
         .env("ATTACK2_MACHINES", machines.to_string())
+        .env("SMOLVM_HARNESS_MAX_MACHINES", "8")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_for(&held, Duration::from_secs(60)), "child never held");
+    if !wait_for(&held, Duration::from_secs(60)) {
+        // SAFETY: a signal to our own child, not yet reaped.
+        unsafe {
+            libc::kill(proc.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let (_, text) = finish_status(proc, Duration::from_secs(10));
+        panic!("child never held\n{text}");
+    }
     std::thread::sleep(Duration::from_millis(700));
     // SAFETY: a signal to our own child, not yet reaped.
     unsafe {
@@ -552,6 +677,18 @@ fn attack2_child() {
                 .create()
                 .expect_err("the server answers 408 after 1 s");
             println!("CREATE FAILED: {err}");
+        }
+        "hold_web" => {
+            let vm = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .name("web")
+                .create()
+                .unwrap();
+            let held = PathBuf::from(std::env::var("ATTACK2_HELD").unwrap());
+            std::fs::write(&held, vm.name()).unwrap();
+            std::thread::sleep(Duration::from_secs(120));
         }
         "sweep" => {
             let swept = smolvm_harness::sweep(&smolvm).unwrap();
