@@ -511,6 +511,57 @@ fn defect_the_next_sweep_misses_a_leak_under_localhost_when_run_with_127_0_0_1()
     );
 }
 
+/// HELD. `Golden::shared` over one server across two processes of one run
+/// (`SMOLVM_HARNESS_RUN_ID`, as nextest runs a suite): the golden is made once, each process
+/// forks its clone over the API, and after both exit the crash watcher retires the golden once
+/// its grace (here 1 s) is over: nothing is left on the server, nothing in the ledger.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn held_a_run_shared_golden_over_the_api_is_made_once_and_retired_after_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = SimServer::start(dir.path(), "1.9.2");
+    let spawn = || {
+        child("shared_golden", state.path())
+            .env("SMOLVM_HOST", &server.url)
+            .env("SMOLVM_HARNESS_RUN_ID", "attacks-remote2-run")
+            .env("SMOLVM_HARNESS_GOLDEN_GRACE", "1s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (ok_a, text_a) = finish(a, Duration::from_secs(90));
+    let (ok_b, text_b) = finish(b, Duration::from_secs(90));
+    assert!(ok_a && ok_b, "{text_a}\n---\n{text_b}");
+    let goldens = |t: &str| t.matches("GOLDEN ").count();
+    assert_eq!(goldens(&text_a) + goldens(&text_b), 2);
+    let name_of = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("GOLDEN "))
+            .map(str::to_string)
+    };
+    assert_eq!(name_of(&text_a), name_of(&text_b), "one golden for the run");
+    assert!(
+        name_of(&text_a).is_some_and(|n| n.starts_with("Some(")),
+        "{text_a}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(server.machines().is_empty() && ledger_names(state.path()).is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        server.machines().is_empty(),
+        "left on the server: {:?}; ledger: {:?}\n{text_a}\n---\n{text_b}",
+        server.machines(),
+        ledger_names(state.path())
+    );
+    assert!(ledger_names(state.path()).is_empty());
+}
+
 // ---------------------------------------------------------------------------------------
 // The per-call deadline, and odd bodies
 // ---------------------------------------------------------------------------------------
@@ -832,6 +883,14 @@ fn attack2_child() {
             let held = PathBuf::from(std::env::var("ATTACK2_HELD").unwrap());
             std::fs::write(&held, vm.name()).unwrap();
             std::thread::sleep(Duration::from_secs(120));
+        }
+        "shared_golden" => {
+            let build =
+                |g: smolvm_harness::GoldenBuilder| g.smolvm(smolvm.clone()).image("alpine").net();
+            let golden = smolvm_harness::Golden::shared("attacks-remote2-golden", build).unwrap();
+            let clone = golden.fork().unwrap();
+            assert_eq!(clone.exec(&["echo", "ok"]).unwrap().stdout_str(), "ok\n");
+            println!("GOLDEN {:?}", golden.name());
         }
         "sweep" => {
             let swept = smolvm_harness::sweep(&smolvm).unwrap();
