@@ -562,6 +562,113 @@ fn held_a_run_shared_golden_over_the_api_is_made_once_and_retired_after_its_grac
     assert!(ledger_names(state.path()).is_empty());
 }
 
+/// DEFECT. `may_still_land` (src/cleanup/registry.rs) takes any answer but 408 as "the
+/// server is done" ("a 500 included"). A `504 Gateway Timeout` (or 502) is not the server's
+/// answer but a proxy's in front of it (an nginx or a load balancer before `smolvm serve`
+/// on another host, its own 60 s read timeout under a slow pull): the create goes on behind
+/// it. `abandon` lists at once, finds nothing yet, judges `Gone`, and removes the record
+/// *and its ledger entry*; the create lands 2 s later and no layer (exit hook, watcher, next
+/// sweep) ever hears of it: round one's 408 leak, through a proxy. Expected: the next sweep
+/// deletes the machine that landed. Suggested fix: treat 502 and 504 (a gateway's, the
+/// request may have reached the server) like 408 in `may_still_land`.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn defect_a_create_a_proxy_timed_out_504_lands_later_and_leaks() {
+    // Control: the server's own 408 (round one's fix) keeps the entry, and the sweep deletes.
+    let (deleted, text) = create_answered_then_landed(408);
+    assert!(deleted, "after a 408: {text}");
+    let (deleted, text) = create_answered_then_landed(504);
+    assert!(deleted, "after a 504: {text}");
+}
+
+/// A child's create (a generated name) is answered `status`, and the machine lands on the
+/// server 2 s later; then the next run's sweep. Whether the landed machine was deleted.
+fn create_answered_then_landed(status: u16) -> (bool, String) {
+    let state = tempfile::tempdir().unwrap();
+    let made: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let deleted = Arc::new(AtomicBool::new(false));
+    let (m, d) = (Arc::clone(&made), Arc::clone(&deleted));
+    let server = Canned::unix("1.9.2", move |method, path, body| {
+        let listed = if d.load(Ordering::SeqCst) {
+            None
+        } else {
+            m.lock().unwrap().clone()
+        };
+        match (method, path) {
+            ("GET", "/api/v1/machines") => {
+                let items = listed
+                    .map(|n| {
+                        format!(
+                            r#"{{"name":"{n}","state":"stopped","cpus":1,"memoryMb":512,"mounts":[],"ports":[],"network":true,"createdAt":1700000000}}"#
+                        )
+                    })
+                    .unwrap_or_default();
+                (
+                    200,
+                    "application/json",
+                    format!(r#"{{"machines":[{items}]}}"#),
+                )
+            }
+            ("POST", "/api/v1/machines") => {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                let name = v["name"].as_str().unwrap().to_string();
+                let m = Arc::clone(&m);
+                // The server goes on with the create behind the proxy: it lands in 2 s.
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(2));
+                    *m.lock().unwrap() = Some(name);
+                });
+                if status == 408 {
+                    canned_api::json(408, "request timed out", "TIMEOUT")
+                } else {
+                    (
+                        status,
+                        "text/html",
+                        "<html><body><h1>504 Gateway Time-out</h1></body></html>".into(),
+                    )
+                }
+            }
+            ("DELETE", _) => {
+                d.store(true, Ordering::SeqCst);
+                (200, "application/json", "{}".into())
+            }
+            _ => canned_api::json(404, "machine not found", "NOT_FOUND"),
+        }
+    });
+    let proc = child("create_generated_fails", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, text) = finish(proc, Duration::from_secs(60));
+    assert!(ok, "{text}");
+    assert!(text.contains("CREATE FAILED"), "{text}");
+    // It lands.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while made.lock().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(made.lock().unwrap().is_some());
+    let entries = ledger_names(state.path());
+    let sweep = child("sweep", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, swept) = finish(sweep, Duration::from_secs(60));
+    assert!(ok, "{swept}");
+    let shown = format!(
+        "the create that landed behind the {status} leaked: {:?} (ledger entries after the \
+         failed create: {entries:?})\n{text}\n{swept}",
+        made.lock().unwrap()
+    );
+    (deleted.load(Ordering::SeqCst), shown)
+}
+
 // ---------------------------------------------------------------------------------------
 // The per-call deadline, and odd bodies
 // ---------------------------------------------------------------------------------------
@@ -891,6 +998,15 @@ fn attack2_child() {
             let clone = golden.fork().unwrap();
             assert_eq!(clone.exec(&["echo", "ok"]).unwrap().stdout_str(), "ok\n");
             println!("GOLDEN {:?}", golden.name());
+        }
+        "create_generated_fails" => {
+            let err = Machine::builder()
+                .smolvm(smolvm)
+                .image("alpine")
+                .net()
+                .create()
+                .expect_err("the server (or its proxy) answers a timeout");
+            println!("CREATE FAILED: {err}");
         }
         "sweep" => {
             let swept = smolvm_harness::sweep(&smolvm).unwrap();
