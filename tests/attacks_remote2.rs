@@ -669,6 +669,52 @@ fn create_answered_then_landed(status: u16) -> (bool, String) {
     (deleted.load(Ordering::SeqCst), shown)
 }
 
+/// HELD. A server down when the crash watcher looks, up again later: a SIGKILLed process
+/// leaves a machine (watcher on) while its server is stopped; the watcher cannot list, and
+/// the entry stays; with the server back, the watcher or the next run's sweep deletes it.
+#[test]
+#[file_serial(attacks_remote_env)]
+fn held_a_server_down_for_the_watcher_is_settled_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut server = SimServer::start(dir.path(), "1.9.2");
+    let held = dir.path().join("held");
+    let mut proc = child("hold_generated", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("ATTACK2_HELD", &held)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&held, Duration::from_secs(30)), "child never held");
+    server.stop();
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    // The watcher's turn, against a dead socket.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ledger_names(state.path()).len(), 1, "the entry stays");
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.machines().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sweep = child("sweep", state.path())
+        .env("SMOLVM_HOST", &server.url)
+        .env("SMOLVM_HARNESS_WATCHER", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, swept) = finish(sweep, Duration::from_secs(60));
+    assert!(ok, "{swept}");
+    assert!(
+        server.machines().is_empty(),
+        "{:?}\n{swept}",
+        server.machines()
+    );
+    assert!(ledger_names(state.path()).is_empty(), "{swept}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The per-call deadline, and odd bodies
 // ---------------------------------------------------------------------------------------
