@@ -4,10 +4,11 @@
 //! create that may still land, the exit hook waiting for a signal teardown, and the per-call
 //! deadline of our HTTP client.
 //!
-//! Tests named `defect_*` fail on the code they were written against: each shows a promise
+//! Tests named `defect_*` failed on the code they were written against: each showed a promise
 //! of README "Remote smolvm: one variable, the same suite", the guide's "Remote smolvm
-//! (`SMOLVM_HOST`)" or the crate's own docs broken, and says what is expected. Tests named
-//! `held_*` are probes whose promise held; they stay as regression tests.
+//! (`SMOLVM_HOST`)" or the crate's own docs broken, and says what is expected. All seven are
+//! fixed and stay as regression tests (each was seen failing with its fix reverted). Tests
+//! named `held_*` are probes whose promise held; they stay too.
 
 #[path = "common/canned_api.rs"]
 mod canned_api;
@@ -869,6 +870,16 @@ fn signal_during_hung_exec(
     latency: &str,
     limit: Duration,
 ) -> (ExitStatus, String, Vec<String>) {
+    signal_during_hung_exec_with(signal, machines, latency, limit, &[])
+}
+
+fn signal_during_hung_exec_with(
+    signal: i32,
+    machines: usize,
+    latency: &str,
+    limit: Duration,
+    env: &[(&str, &str)],
+) -> (ExitStatus, String, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let server = SimServer::start_with(dir.path(), "1.9.2", &[("SMOLVM_FAKE_LATENCY", latency)]);
@@ -879,6 +890,7 @@ fn signal_during_hung_exec(
         .env("ATTACK2_HELD", &held)
         .env("ATTACK2_MACHINES", machines.to_string())
         .env("SMOLVM_HARNESS_MAX_MACHINES", "8")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -954,8 +966,9 @@ fn held_over_the_cli_a_signal_during_a_hung_exec_ends_the_process_by_that_signal
     }
 }
 
-/// DEFECT. The exit hook waits for the signal thread's teardown at most 120 s
-/// (`SIGNAL_TEARDOWN_LIMIT`, src/cleanup/exit.rs), while that teardown may take far longer:
+/// Was a DEFECT, now fixed. The exit hook waits for the signal thread's teardown at most twice
+/// one call's bound (`signal_teardown_limit`, src/cleanup/exit.rs; 120 s by default, 4 s
+/// here), while that teardown may take far longer:
 /// one `machine ls` and one delete per machine, each bounded by `CLEANUP_TIMEOUT` (60 s).
 /// With three machines held as statics on a server whose deletes hang, the exit hook gives
 /// up after 122 s and returns, and the process *exits as a success* (libtest's 0: the test
@@ -968,11 +981,14 @@ fn held_over_the_cli_a_signal_during_a_hung_exec_ends_the_process_by_that_signal
 #[test]
 #[file_serial(attacks_remote_env)]
 fn defect_a_long_signal_teardown_ends_the_process_as_a_success() {
-    let (status, text, _) = signal_during_hung_exec(
+    // Calls bounded at 2 s: the exit hook waits 4 s for a teardown that needs 8 s (a list and
+    // three hanging deletes), then must end the process by SIGTERM itself.
+    let (status, text, _) = signal_during_hung_exec_with(
         libc::SIGTERM,
         3,
         "exec=300s,delete=300s",
-        Duration::from_secs(240),
+        Duration::from_secs(60),
+        &[("SMOLVM_HARNESS_TIMEOUT", "2s")],
     );
     assert_eq!(
         status.signal(),

@@ -145,8 +145,11 @@ fn settle_own(how: Drain, failing: bool) -> Tally {
             // watcher or the next sweep looks again. Without labels our succeeded create is
             // all the proof there is: delete what is there rather than leak it.
             // (In-process clients have no one to defer to: their machines go by name.)
+            // (Over the API the server's `createdAt` is the proof, and it needs the listing:
+            // a server that cannot list now is left to the watcher and the next sweep.)
             (None, Stage::Created)
-                if reg.claim.evidence != Evidence::OwnerLabel || reg.ledger.is_none() =>
+                if (reg.claim.evidence != Evidence::OwnerLabel || reg.ledger.is_none())
+                    && reg.smolvm.remote_url().is_none() =>
             {
                 Verdict::Ours
             }
@@ -258,13 +261,21 @@ fn exit_hook() {
             // and `main` returned): it owns the teardown. Cancelling its calls or draining
             // under it would leave machines behind; wait for it (bounded), then let the
             // process end as the signal says.
-            let deadline = std::time::Instant::now() + SIGNAL_TEARDOWN_LIMIT;
+            let deadline = std::time::Instant::now() + signal_teardown_limit();
             while !SIGNAL_SETTLED.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(5));
             }
             // Then the signal thread re-raises the signal, which ends the process with the
-            // status that names it; returning first would end it as a success.
+            // status that names it. Returning first would end it as a success: if it has not
+            // happened (a teardown past the limit), raise it from here.
             std::thread::sleep(Duration::from_secs(2));
+            #[cfg(unix)]
+            {
+                let signal = SIGNAL_NUMBER.load(Ordering::SeqCst);
+                if signal != 0 {
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                }
+            }
             return;
         }
         let failing = PANICKED.load(Ordering::SeqCst);
@@ -346,11 +357,22 @@ fn is_ignored(signal: i32) -> bool {
 /// Set when the signal thread has settled what was registered (see [`exit_hook`]).
 static SIGNAL_SETTLED: AtomicBool = AtomicBool::new(false);
 
-/// How long the exit hook waits for the signal thread's teardown.
-const SIGNAL_TEARDOWN_LIMIT: Duration = Duration::from_secs(120);
+/// The signal being handled, for the exit hook to end the process by it.
+static SIGNAL_NUMBER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// How long the exit hook waits for the signal thread's teardown: twice the bound of one of
+/// its calls (a listing and a delete; 120 s by default), then it ends the process by the
+/// signal itself.
+fn signal_teardown_limit() -> Duration {
+    let call = crate::config::config_or_default()
+        .call_timeout
+        .min(CLEANUP_TIMEOUT);
+    call.saturating_mul(2)
+}
 
 #[cfg(unix)]
 fn terminate(signal: i32) -> ! {
+    SIGNAL_NUMBER.store(signal, Ordering::SeqCst);
     registry::SIGNALLED.store(true, Ordering::SeqCst);
     registry::TERMINATING.store(true, Ordering::SeqCst);
     second_signal().store(true, Ordering::SeqCst);

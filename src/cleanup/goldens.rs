@@ -136,7 +136,7 @@ pub(crate) fn retire(root: &Path, this_run: Option<&str>) -> usize {
 /// Whether `e` is a clone of the golden `golden` on the same smolvm.
 pub(crate) fn is_clone_of(e: &Entry, golden: &Entry) -> bool {
     matches!(&e.claim.role, Role::Clone { golden: g } if *g == golden.claim.name)
-        && e.target == golden.target
+        && e.target.same_server(&golden.target)
 }
 
 /// Judge and delete one retired golden; true when it is settled (deleted, gone, or not ours).

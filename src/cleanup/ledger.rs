@@ -151,6 +151,18 @@ impl Target {
 }
 
 impl Target {
+    /// Whether two targets reach the same smolvm state: equal, or the same server under two
+    /// spellings of the loopback host (a machine left under one is swept under the other).
+    pub(crate) fn same_server(&self, other: &Target) -> bool {
+        match (&self.remote, &other.remote) {
+            (Some(a), Some(b)) => {
+                let key = |u: &str| crate::remote::Endpoint::parse(u).map(|e| e.server_key());
+                a == b || matches!((key(a), key(b)), (Ok(x), Ok(y)) if x == y)
+            }
+            _ => self == other,
+        }
+    }
+
     /// What a message calls it: the server's URL, or the program.
     pub(crate) fn describe(&self) -> String {
         match &self.remote {

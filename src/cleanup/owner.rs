@@ -345,15 +345,17 @@ pub(crate) fn judge(claim: &Claim, seen: Option<&MachineInfo>, create: CreateSta
 /// second of slack each way, for clocks read in whole seconds.
 ///
 /// On a server's clock, our window says nothing: the machine is the one our create made when
-/// its `createdAt` is the one that create's answer gave. Before that answer, only a generated
-/// name (which holds our token) can be ours.
+/// its `createdAt` is the one that create's answer gave.
 fn made_in_window(claim: &Claim, made: Option<u64>) -> bool {
     let Some(made) = made else {
         return true;
     };
     match claim.clock {
         Clock::Server { made_at: Some(at) } => return made == at,
-        Clock::Server { made_at: None } => return claim.evidence == Evidence::GeneratedName,
+        // Our create's answer did not say (no answer, or no `createdAt`): unknown, as an
+        // unknown creation time is. A generated name is then ours by its token; a chosen one
+        // is ours only if our create succeeded, else it cannot be told (and is left, said).
+        Clock::Server { made_at: None } => return true,
         Clock::Local => {}
     }
     let after_start = made + 1 >= claim.registered_at;
@@ -534,7 +536,9 @@ mod tests {
                 );
             }
         }
-        // Before the create's answer: only our token in a generated name proves it.
+        // Without the create's answer: our token in a generated name proves it; a chosen name
+        // cannot be told (left, and said); a create that succeeded without saying when makes
+        // a chosen name ours, as over a CLI without labels.
         let mut c = claim(Evidence::GeneratedName, Stage::Creating);
         c.clock = Clock::Server { made_at: None };
         assert_eq!(
@@ -545,7 +549,12 @@ mod tests {
         c.clock = Clock::Server { made_at: None };
         assert_eq!(
             judge(&c, Some(&made_at(1_001)), CreateState::Over),
-            Verdict::NotOurs
+            Verdict::CannotTell
+        );
+        c.stage = Stage::Created;
+        assert_eq!(
+            judge(&c, Some(&made_at(1_001)), CreateState::Over),
+            Verdict::Ours
         );
     }
 

@@ -279,9 +279,16 @@ fn made_by<T>(smolvm: &Smolvm, name: &str, call: impl FnOnce() -> Result<T>) -> 
     let result = call();
     drop(marked);
     let value = result?;
-    // A server's own time for the machine our create made: what its owner is told by.
+    // A server's own time for the machine our create made: what its owner is told by (asked
+    // of the server when the create's answer did not say).
     let clock = smolvm.remote_url().map(|_| Clock::Server {
-        made_at: smolvm.server_made_at(name),
+        made_at: smolvm.server_made_at(name).or_else(|| {
+            smolvm
+                .machine_status(name)
+                .ok()
+                .flatten()
+                .and_then(|m| m.created_at)
+        }),
     });
     let mut reg = registry();
     if let Some(r) = reg.get_mut(&key) {
@@ -380,15 +387,20 @@ pub(crate) fn left_alone(smolvm: &Smolvm, name: &str) -> String {
 
 /// Whether a failed create sent to a server may still make its machine there: the request
 /// may have reached it and it did not finish answering (no answer in time, a broken
-/// connection, the server's own 408 timeout). A refused or missing socket means it never
-/// got it; any other answer (a 500 included) means it is done, and a listing now is the truth.
+/// connection, its own 408 timeout, a proxy's 502/503/504). A refused or missing socket
+/// means it never got it; any other answer of the server's (a 500 included) means it is
+/// done, and a listing now is the truth.
 fn may_still_land(err: &Error) -> bool {
     match err {
         Error::Unreachable { source, .. } => !matches!(
             source.kind(),
             std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
         ),
-        Error::Api { status, .. } => *status == 408,
+        // The server's own timeout, or a proxy's answer for a server that did not answer it
+        // in time (502, 504; a 503 without smolvm's own code): the server may go on.
+        Error::Api { status, code, .. } => {
+            *status == 408 || *status == 502 || *status == 504 || (*status == 503 && code.is_none())
+        }
         _ => false,
     }
 }
@@ -406,7 +418,8 @@ fn may_have_created(err: &Error) -> bool {
     );
     // A server that refused the request (4xx but its own timeout), or that was never reached.
     let api_refused = match err {
-        Error::Api { status, .. } => (400..500).contains(status) && *status != 408,
+        Error::Api { .. } if may_still_land(err) => false,
+        Error::Api { status, .. } => (400..500).contains(status),
         Error::Unreachable { .. } => !may_still_land(err),
         _ => false,
     };

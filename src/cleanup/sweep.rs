@@ -68,7 +68,7 @@ pub fn sweep(smolvm: &Smolvm) -> Result<Vec<String>> {
     let candidates: Vec<(PathBuf, Entry)> = ledger::read_all(&ledger_dir)
         .into_iter()
         .filter(|(_, e)| {
-            e.target == target
+            e.target.same_server(&target)
                 && e.claim.owner.liveness() == Liveness::Dead
                 && !e.claim.role.is_shared_golden()
         })

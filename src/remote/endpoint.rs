@@ -128,6 +128,21 @@ impl Endpoint {
         }
     }
 
+    /// What names one server whatever the spelling: the URL, with the loopback host's names
+    /// (`localhost`, `127.0.0.1`, `::1`) made one, since a user writes either for a server
+    /// on this host.
+    pub(crate) fn server_key(&self) -> String {
+        match self {
+            Endpoint::Tcp { host, port, tls }
+                if matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") =>
+            {
+                let scheme = if *tls { "https" } else { "http" };
+                format!("{scheme}://loopback:{port}")
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// The `Host` header.
     pub(crate) fn host_header(&self) -> String {
         match self {
@@ -231,6 +246,17 @@ mod tests {
         }
         let err = Endpoint::parse("https://ci:hunter22@h:1").unwrap_err();
         assert!(!err.to_string().contains("hunter22"), "{err}");
+    }
+
+    #[test]
+    fn the_loopback_names_are_one_server() {
+        let key = |u: &str| Endpoint::parse(u).unwrap().server_key();
+        assert_eq!(key("http://localhost:7070"), key("http://127.0.0.1:7070"));
+        assert_eq!(key("http://[::1]:7070"), key("http://LOCALHOST:7070"));
+        assert_ne!(key("http://localhost:7070"), key("http://localhost:7071"));
+        assert_ne!(key("http://localhost:7070"), key("https://localhost:7070"));
+        assert_ne!(key("http://10.0.0.1:7070"), key("http://127.0.0.1:7070"));
+        assert_eq!(key("unix:///a/../b.sock"), "unix:///b.sock");
     }
 
     #[test]

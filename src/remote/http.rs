@@ -184,12 +184,8 @@ fn exchange<S: Read + Write>(
         None => &[],
     };
     head.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
-    clock.time_left(deadline)?;
-    stream.write_all(head.as_bytes())?;
-    for piece in payload.chunks(64 * 1024) {
-        clock.time_left(deadline)?;
-        stream.write_all(piece)?;
-    }
+    write_by(&mut stream, clock, deadline, head.as_bytes())?;
+    write_by(&mut stream, clock, deadline, payload)?;
     clock.time_left(deadline)?;
     stream.flush()?;
 
@@ -234,10 +230,16 @@ fn exchange<S: Read + Write>(
         let mut rest = buf.split_off(len);
         // `Connection: close`: the end of the stream ends the body in every framing. Read it
         // all (bounded), then frame.
-        // A server that keeps the connection open anyway is not waited for once a
-        // `Content-Length` body is whole.
+        // A server that keeps the connection open anyway is not waited for once the body is
+        // whole: its `Content-Length` is there, or its last chunk.
         let limit = max_body.saturating_mul(2).saturating_add(MAX_HEAD);
-        let whole = |rest: &[u8]| length.filter(|_| !chunked).is_some_and(|n| rest.len() >= n);
+        let whole = |rest: &[u8]| {
+            if chunked {
+                rest.ends_with(b"0\r\n\r\n") && dechunk(rest).is_ok()
+            } else {
+                length.is_some_and(|n| rest.len() >= n)
+            }
+        };
         while !whole(&rest) {
             clock.time_left(deadline)?;
             let n = read_some(&mut stream, &mut chunk)?;
@@ -273,6 +275,38 @@ fn exchange<S: Read + Write>(
             body,
         });
     }
+}
+
+/// Write all of `bytes`, each `write` given only what is left of the call (a reader that
+/// takes a few bytes at a time cannot stretch it, as `write_all` with one timeout would).
+#[cfg(feature = "remote")]
+fn write_by<S: Write>(
+    stream: &mut S,
+    clock: &Socket,
+    deadline: Instant,
+    mut bytes: &[u8],
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        clock.time_left(deadline)?;
+        match stream.write(bytes) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the server stopped reading the request",
+                ))
+            }
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the server did not take the request in time",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "remote")]
