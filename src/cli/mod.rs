@@ -315,7 +315,8 @@ impl Smolvm {
         })
     }
 
-    /// The program as configured.
+    /// The program as configured (for a client of `smolvm serve`, its URL: see
+    /// [`Smolvm::remote_url`]).
     pub fn program(&self) -> &Path {
         &self.inner.program
     }
