@@ -350,9 +350,9 @@ pub(crate) fn abandon(smolvm: &Smolvm, name: &str, err: &Error) {
         }
     };
     if seen.is_none() && smolvm.remote_url().is_some() && may_still_land(err) {
-        // A server goes on with a create whose answer we did not get (a timeout on either
-        // side, a server error): the record and its entry stay, for the exit hook, the
-        // watcher and the next sweep, which wait until it is listed or surely over.
+        // A server goes on with a create whose answer we did not get (no answer in time, its
+        // own 408, a proxy's gateway error): the record and its entry stay, for the exit hook,
+        // the watcher and the next sweep, which wait until it is listed or surely over.
         diag::log(&format!(
             "smolvm-harness: the server may still be creating {name} ({err}); the exit hook, \
              the crash watcher or the next sweep will look"
