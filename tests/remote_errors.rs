@@ -409,3 +409,28 @@ fn a_server_that_keeps_the_connection_open_is_not_waited_for() {
         .expect("answered without waiting for the close");
     assert_eq!(got.unwrap(), "1.9.2");
 }
+
+#[test]
+fn host_paths_on_a_server_of_another_host_are_refused_before_any_request() {
+    // A server elsewhere (nothing listens there: any request would fail differently).
+    let smolvm = Smolvm::remote("http://192.0.2.1:7070")
+        .unwrap()
+        .with_version("1.9.2".parse().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("app.smolmachine");
+    std::fs::write(&pack, b"pack").unwrap();
+    for opts in [
+        CreateOptions::from_path(&pack).net(),
+        CreateOptions::image("alpine")
+            .net()
+            .volume(dir.path(), "/data"),
+    ] {
+        let err = smolvm.machine_create("web", &opts).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{opts:?}: {err}");
+        assert!(err.to_string().contains("its own host"), "{err}");
+    }
+    let err = smolvm
+        .pack_create("alpine", dir.path().join("p"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
