@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use canned_api::{read_request, Canned, RUNNING, STOPPED};
 use serial_test::file_serial;
-use serve::{finish, ledger_names, wait_for, SimServer};
+use serve::{finish, ledger_names, rerun, wait_for, SimServer};
 use smolvm_harness::{CreateOptions, Error, ExecOptions, Machine, MachineState, Smolvm};
 
 // ---------------------------------------------------------------------------------------
@@ -34,27 +34,9 @@ use smolvm_harness::{CreateOptions, Error, ExecOptions, Machine, MachineState, S
 
 /// This test binary again, running `attack_child` with `role`.
 fn child(role: &str, state: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "attack_child",
-        "--nocapture",
-        "--include-ignored",
-    ])
-    .env("ATTACK_CHILD", role)
-    .env("SMOLVM_HARNESS_STATE_DIR", state)
-    .env_remove("SMOLVM_HOST")
-    .env_remove("SMOLVM_BIN")
-    .env_remove("SMOLVM_HARNESS_REQUIRE")
-    .env_remove("SMOLVM_HARNESS_KEEP")
-    .env_remove("SMOLVM_HARNESS_RUN_ID");
-    // The same under nextest as under cargo test: no run id, so a `Golden::shared` is the
-    // child's alone (a run's golden would outlive it by its grace, by design).
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("NEXTEST") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = rerun("attack_child");
+    cmd.env("ATTACK_CHILD", role)
+        .env("SMOLVM_HARNESS_STATE_DIR", state);
     cmd
 }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use canned_api::{Canned, RUNNING};
 use serial_test::file_serial;
-use serve::{finish, ledger_names, wait_for, SimServer};
+use serve::{finish, finish_status, ledger_names, rerun, wait_for, SimServer};
 use smolvm_harness::{CpPath, Error, Machine, Smolvm};
 
 // ---------------------------------------------------------------------------------------
@@ -36,49 +36,10 @@ use smolvm_harness::{CpPath, Error, Machine, Smolvm};
 
 /// This test binary again, running `attack2_child` with `role`.
 fn child(role: &str, state: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "attack2_child",
-        "--nocapture",
-        "--include-ignored",
-    ])
-    .env("ATTACK2_CHILD", role)
-    .env("SMOLVM_HARNESS_STATE_DIR", state)
-    .env_remove("SMOLVM_HOST")
-    .env_remove("SMOLVM_BIN")
-    .env_remove("SMOLVM_HARNESS_REQUIRE")
-    .env_remove("SMOLVM_HARNESS_KEEP")
-    .env_remove("SMOLVM_HARNESS_RUN_ID");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("NEXTEST") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = rerun("attack2_child");
+    cmd.env("ATTACK2_CHILD", role)
+        .env("SMOLVM_HARNESS_STATE_DIR", state);
     cmd
-}
-
-/// Wait for a child (bounded; killed past `limit`): its exit status and stdout + stderr.
-fn finish_status(mut child: std::process::Child, limit: Duration) -> (ExitStatus, String) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut text = String::new();
-            if let Some(mut s) = child.stdout.take() {
-                let _ = s.read_to_string(&mut text);
-            }
-            if let Some(mut s) = child.stderr.take() {
-                let _ = s.read_to_string(&mut text);
-            }
-            return (status, text);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A unix-socket server answered by `conn` per connection, after the request head was read

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rstest::rstest;
 use serial_test::file_serial;
-use serve::{finish, ledger_names, wait_for, SimServer};
+use serve::{finish, ledger_names, rerun, wait_for, SimServer};
 use smolvm_harness::requires_smolvm;
 use smolvm_harness::{
     CpPath, CreateOptions, Error, ExecOptions, Golden, Machine, MachineState, Smolvm, Version,
@@ -336,14 +336,8 @@ fn sigkill_the_watcher_deletes_over_the_api() {
 /// This test binary again, running `child_holds_a_machine` against `server` (`SMOLVM_HOST`);
 /// the caller sets `REMOTE_CHILD` and the rest.
 fn remote_child(server: &SimServer) -> std::process::Command {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_holds_a_machine",
-        "--nocapture",
-        "--include-ignored",
-    ])
-    .env("SMOLVM_HOST", &server.url);
+    let mut cmd = rerun("child_holds_a_machine");
+    cmd.env("SMOLVM_HOST", &server.url);
     cmd
 }
 
@@ -408,15 +402,7 @@ fn child_holds_a_machine() {
 
 /// Run `guarded_by_the_skip_attribute` in a child with `env`: (success, output).
 fn guarded_child(env: &[(&str, &str)]) -> (bool, String) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "guarded_by_the_skip_attribute",
-            "--nocapture",
-            "--include-ignored",
-        ])
-        .env_remove("SMOLVM_HARNESS_REQUIRE")
-        .env_remove("SMOLVM_BIN")
+    let out = rerun("guarded_by_the_skip_attribute")
         .envs(env.iter().copied())
         .output()
         .unwrap();

@@ -173,8 +173,35 @@ pub fn wait_for(path: &Path, limit: Duration) -> bool {
     true
 }
 
+/// This test binary again, running only the (ignored) child-process subject `test`, in the
+/// environment of a user who set none of the harness's variables: no `SMOLVM_HOST`,
+/// `SMOLVM_BIN`, `SMOLVM_HARNESS_REQUIRE`, `_KEEP`, `_RUN_ID`, and nothing of nextest's (so a
+/// `Golden::shared` is the child's alone under nextest as under cargo test). The caller adds
+/// what the scenario sets.
+pub fn rerun(test: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args(["--exact", test, "--nocapture", "--include-ignored"])
+        .env_remove("SMOLVM_HOST")
+        .env_remove("SMOLVM_BIN")
+        .env_remove("SMOLVM_HARNESS_REQUIRE")
+        .env_remove("SMOLVM_HARNESS_KEEP")
+        .env_remove("SMOLVM_HARNESS_RUN_ID");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NEXTEST") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// Wait for a child (bounded; killed past `limit`), returning (success, stdout + stderr).
-pub fn finish(mut child: Child, limit: Duration) -> (bool, String) {
+pub fn finish(child: Child, limit: Duration) -> (bool, String) {
+    let (status, text) = finish_status(child, limit);
+    (status.success(), text)
+}
+
+/// [`finish`], with the exit status itself (a signal, say).
+pub fn finish_status(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String) {
     use std::io::Read;
     let deadline = Instant::now() + limit;
     loop {
@@ -186,7 +213,7 @@ pub fn finish(mut child: Child, limit: Duration) -> (bool, String) {
             if let Some(mut s) = child.stderr.take() {
                 let _ = s.read_to_string(&mut text);
             }
-            return (status.success(), text);
+            return (status, text);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
