@@ -21,13 +21,14 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../tests/common/serve.rs"]
+mod serve;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{figure, fmt_num, median, quantile, time, us, FakeEnv, Goal, MODELLED_LATENCY};
@@ -493,29 +494,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("start smolvm-fake serve");
-        let stdout = child.stdout.take().expect("the server's stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
-                        break url.to_string();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no `listening on` line from smolvm-fake serve within 20 s");
-                }
-            }
-        };
+        let url = serve::await_listening(&mut child);
         Server { child, socket, url }
     }
 

@@ -380,7 +380,6 @@ fn held_a_reused_socket_path_never_costs_the_new_server_its_chosen_name() {
 /// A simulated server on loopback TCP (a free port), over the fake state `state`: the child
 /// (killed and reaped by the caller) and its URL, `http://127.0.0.1:PORT`.
 fn tcp_sim_server(state: &Path) -> (std::process::Child, String) {
-    use std::io::BufRead;
     let mut child = Command::new(serve::FAKE)
         .args(["serve", "start", "--listen", "127.0.0.1:0"])
         .env("SMOLVM_FAKE_STATE", state)
@@ -391,14 +390,7 @@ fn tcp_sim_server(state: &Path) -> (std::process::Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("a `listening on` line").unwrap();
-        if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
-            break url.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let url = serve::await_listening(&mut child);
     (child, url)
 }
 

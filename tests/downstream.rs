@@ -22,6 +22,9 @@
 //! target dir, `NEXTEST_*`, `SMOLVM_*`): with those, the nested build would rebuild on every
 //! change of flags, or the nested tests would see our settings.
 
+#[path = "common/serve.rs"]
+mod serve;
+
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -369,7 +372,6 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        use std::io::{BufRead, BufReader};
         fs::create_dir_all(dir).expect("server dir");
         let (state, log) = (dir.join("state"), dir.join("log.jsonl"));
         let listen = format!("unix://{}", dir.join("api.sock").display());
@@ -388,29 +390,7 @@ impl Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start the downstream fake's serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let url = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
-                        break url.to_string();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no `listening on` line from the fake's serve within 20 s");
-                }
-            }
-        };
+        let url = serve::await_listening(&mut child);
         Server {
             child,
             url,

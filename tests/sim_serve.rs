@@ -5,11 +5,11 @@
 
 #[path = "common/raw_http.rs"]
 mod raw_http;
+#[path = "common/serve.rs"]
+mod serve;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use raw_http::{encode_path, request, Endpoint, Response};
@@ -58,29 +58,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
-                        break url.to_string();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no `listening on` line from the server within 20 s");
-                }
-            }
-        };
+        let url = serve::await_listening(&mut child);
         let (endpoint, socket) = if let Some(p) = url.strip_prefix("unix://") {
             (Endpoint::Unix(PathBuf::from(p)), Some(PathBuf::from(p)))
         } else {

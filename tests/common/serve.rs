@@ -66,30 +66,7 @@ impl SimServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start smolvm-fake serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
-                        self.url = url.to_string();
-                        break;
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no `listening on` line from smolvm-fake serve within 20 s");
-                }
-            }
-        }
+        self.url = await_listening(&mut child);
         self.child = Some(child);
     }
 
@@ -158,6 +135,35 @@ impl SimServer {
 impl Drop for SimServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The URL a just-started `smolvm serve` (real or fake) prints when it is ready
+/// (`smolvm API server listening on <url>`), read from its piped stdout within 20 s; past
+/// that the child is killed and the caller panics.
+pub fn await_listening(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("the server's stdout, piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(url) = line.strip_prefix("smolvm API server listening on ") {
+                    return url.to_string();
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no `listening on` line from the server within 20 s");
+            }
+        }
     }
 }
 
