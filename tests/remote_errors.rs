@@ -434,3 +434,25 @@ fn host_paths_on_a_server_of_another_host_are_refused_before_any_request() {
         .unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
 }
+
+#[test]
+fn is_available_caps_its_wait_below_the_call_timeout() {
+    // README: a server that does not answer `/health` within 10 s is unavailable. With the
+    // default call timeout (300 s), a silent server must still be given up well before the
+    // 60 s watchdog (a bound, not a speed claim).
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("silent.sock");
+    let _listener = UnixListener::bind(&sock).unwrap();
+    let smolvm = Smolvm::remote(&format!("unix://{}", sock.display())).unwrap();
+    assert!(
+        smolvm.timeout() > Duration::from_secs(60),
+        "{:?}",
+        smolvm.timeout()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(smolvm.is_available()));
+    let available = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("is_available() gave up on its own");
+    assert!(!available);
+}
